@@ -1,0 +1,104 @@
+import pytest
+import torch
+
+from models import backbones
+from models.backbones import build_encoder, load_backbone
+
+
+def test_wide_resnet50_taps_have_the_briefs_shapes_and_the_encoder_is_frozen():
+    torch.manual_seed(0)
+    encoder = build_encoder("wide_resnet50_2", "none", ("layer1", "layer2", "layer3"), "preact")
+    features = encoder(torch.randn(1, 3, 224, 224))
+    assert {k: tuple(v.shape) for k, v in features.items()} == {
+        "layer1": (1, 256, 56, 56), "layer2": (1, 512, 28, 28), "layer3": (1, 1024, 14, 14)}
+    assert not any(p.requires_grad for p in encoder.parameters())
+    encoder.train()
+    assert not encoder.training and not any(m.training for m in encoder.modules())
+
+
+def test_preact_taps_are_the_leaky_pre_activation_of_torchvisions_taps():
+    layers = ("layer1", "layer2", "layer3", "avgpool")
+    torch.manual_seed(0)
+    standard = build_encoder("resnet18", "none", layers, "standard")
+    torch.manual_seed(0)
+    preact = build_encoder("resnet18", "none", layers, "preact")
+    x = torch.randn(2, 3, 64, 64)
+    a, b = standard(x), preact(x)
+    for layer in ("layer1", "layer2", "layer3"):
+        assert (b[layer] < 0).float().mean() > 0.1  # really pre-activation (an in-place ReLU would zero these)
+        assert torch.equal(torch.relu(b[layer]), a[layer])
+        negative = b[layer] < 0
+        assert torch.allclose(b[layer][negative] / 0.01, b[layer][negative] * 100)  # leaky slope 0.01 kept
+    assert a["avgpool"].shape == b["avgpool"].shape == (2, 512)
+    assert (b["avgpool"] < 0).any() and (a["avgpool"] >= 0).all()  # pooled without any activation
+
+
+def test_efficientnet_b4_stage_taps_match_uniads_blocks():
+    torch.manual_seed(0)
+    encoder = build_encoder("efficientnet_b4", "none", ("features.1", "features.2", "features.3", "features.5"))
+    shapes = {k: tuple(v.shape[1:]) for k, v in encoder(torch.randn(1, 3, 224, 224)).items()}
+    assert shapes == {"features.1": (24, 112, 112), "features.2": (32, 56, 56), "features.3": (56, 28, 28),
+                      "features.5": (160, 14, 14)}
+
+
+def test_resnet152_pooled_features_have_2048_channels():
+    torch.manual_seed(0)
+    encoder = build_encoder("resnet152", "none", ("avgpool",), "preact")
+    assert encoder(torch.randn(1, 3, 64, 64))["avgpool"].shape == (1, 2048)
+
+
+def test_imagenet_weights_that_cannot_be_downloaded_name_the_file_to_place(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(url, dst, hash_prefix=None, progress=True):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(FileNotFoundError) as error:
+        load_backbone("resnet18", "imagenet")
+    message = str(error.value)
+    assert "resnet18-f37072fd.pth" in message and str(tmp_path / "hub" / "checkpoints") in message
+    assert "--weights none" in message
+
+
+def test_imagenet_weights_already_in_torch_home_are_loaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.manual_seed(3)
+    reference = load_backbone("resnet18", "none")
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(reference.state_dict(), checkpoints / "resnet18-f37072fd.pth")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("must not download"))
+    loaded = load_backbone("resnet18", "imagenet")
+    assert torch.equal(loaded.conv1.weight, reference.conv1.weight)
+
+
+def test_weights_from_a_local_file(tmp_path):
+    torch.manual_seed(4)
+    reference = load_backbone("resnet18", "none")
+    headless = {f"module.{k}": v for k, v in reference.state_dict().items() if not k.startswith("fc.")}
+    path = tmp_path / "backbone.pth"
+    torch.save({"state_dict": headless}, path)
+    loaded = load_backbone("resnet18", str(path))
+    assert torch.equal(loaded.layer3[0].conv1.weight, reference.layer3[0].conv1.weight)
+
+    with pytest.raises(FileNotFoundError, match="missing.pth: no such file"):
+        load_backbone("resnet18", str(tmp_path / "missing.pth"))
+    wrong = tmp_path / "wrong.pth"
+    torch.save(load_backbone("wide_resnet50_2", "none").state_dict(), wrong)
+    with pytest.raises(ValueError, match="wrong.pth: does not fit resnet18"):
+        load_backbone("resnet18", str(wrong))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="garbage.pth: cannot load it"):
+        load_backbone("resnet18", str(garbage))
+
+
+def test_unknown_backbone_layer_and_taps_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown backbone 'vgg16'; available: wide_resnet50_2"):
+        load_backbone("vgg16", "none")
+    with pytest.raises(ValueError, match="unknown encoder layer"):
+        build_encoder("resnet18", "none", ("layer9",))
+    with pytest.raises(ValueError, match="taps must be"):
+        build_encoder("resnet18", "none", ("layer1",), "post")
+    assert set(backbones.BACKBONES) == {"wide_resnet50_2", "resnet18", "resnet152", "efficientnet_b4"}

@@ -1,0 +1,25 @@
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from utils.maps import gaussian_blur, image_scores, upsample
+
+
+@pytest.mark.parametrize("shape, sigma", [((3, 64, 64), 4.0), ((2, 20, 30), 4.0), ((1, 7, 9), 4.0), ((2, 16, 16), 1.5)])
+def test_gaussian_blur_equals_scipys_gaussian_filter(shape, sigma):
+    maps = torch.rand(*shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = np.stack([ndimage.gaussian_filter(m, sigma) for m in maps.numpy()])  # mode reflect, truncate 4
+    assert np.abs(gaussian_blur(maps, sigma).numpy() - expected).max() < 1e-12
+    assert torch.equal(gaussian_blur(maps, 0), maps)
+
+
+def test_upsample_and_image_scores():
+    maps = torch.zeros(2, 4, 4)
+    maps[1, 2, 3] = 8.0
+    assert upsample(maps, 16).shape == (2, 16, 16)
+    assert image_scores(maps).tolist() == [0.0, 8.0]
+    flat = torch.arange(100.0).view(1, 10, 10)
+    assert image_scores(flat, "top_mean", top_fraction=0.05).item() == pytest.approx((95 + 96 + 97 + 98 + 99) / 5)
+    with pytest.raises(ValueError, match="reduction"):
+        image_scores(maps, "median")

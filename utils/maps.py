@@ -1,0 +1,54 @@
+"""Anomaly-map post-processing: upsampling, Gaussian blur, image scores. Pure tensor functions."""
+import torch
+import torch.nn.functional as F
+
+
+def upsample(maps, size, align_corners=False):
+    """(N, h, w) maps -> (N, size, size), bilinear."""
+    return F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=align_corners)[:, 0]
+
+
+def gaussian_kernel(sigma, truncate=4.0, dtype=torch.float32, device=None):
+    radius = int(truncate * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    return (kernel / kernel.sum()).to(dtype=dtype, device=device)
+
+
+def _symmetric_pad(maps, radius, dim):
+    """scipy's 'reflect' boundary (d c b a | a b c d | d c b a), which torch's 'reflect' is not."""
+    size = maps.shape[dim]
+    index = torch.arange(-radius, size + radius, device=maps.device)
+    index = torch.where(index < 0, -index - 1, index)
+    index = torch.where(index >= size, 2 * size - index - 1, index)
+    if radius >= size:  # a kernel wider than the map: fold again until every index is inside
+        index = index.remainder(2 * size)
+        index = torch.where(index >= size, 2 * size - index - 1, index)
+    return maps.index_select(dim, index)
+
+
+def gaussian_blur(maps, sigma=4.0, truncate=4.0, chunk=256):
+    """Separable Gaussian blur of (N, H, W) maps, equal to scipy.ndimage.gaussian_filter(map, sigma)
+    (mode='reflect', truncate=4: a 33-tap kernel for sigma 4) applied to each map."""
+    if sigma <= 0:
+        return maps
+    kernel = gaussian_kernel(sigma, truncate, maps.dtype, maps.device)
+    radius = (kernel.numel() - 1) // 2
+    out = torch.empty_like(maps)
+    for start in range(0, maps.shape[0], chunk):
+        x = maps[start:start + chunk, None]
+        x = F.conv2d(_symmetric_pad(x, radius, 3), kernel.view(1, 1, 1, -1))
+        x = F.conv2d(_symmetric_pad(x, radius, 2), kernel.view(1, 1, -1, 1))
+        out[start:start + chunk] = x[:, 0]
+    return out
+
+
+def image_scores(maps, reduction="max", top_fraction=0.01):
+    """Image-level score of each (N, H, W) map: its max, or the mean of its top `top_fraction` pixels."""
+    flat = maps.flatten(1)
+    if reduction == "max":
+        return flat.amax(dim=1)
+    if reduction == "top_mean":
+        k = max(1, int(round(top_fraction * flat.shape[1])))
+        return flat.topk(k, dim=1).values.mean(dim=1)
+    raise ValueError(f"image score reduction must be 'max' or 'top_mean', got {reduction!r}")
