@@ -1,0 +1,91 @@
+import gc
+import os
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from models.backbones import build_encoder
+from models.noco import NoCo
+from utils.features import CachedBatches, EncodedBatches, extract_features
+
+
+class RandomImages(Dataset):
+    def __init__(self, n=10, size=32):
+        self.images = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return {"image": self.images[index], "label": index % 2, "mask": torch.zeros(1, 32, 32)}
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    torch.manual_seed(0)
+    return build_encoder("resnet18", "none", ("layer1", "layer2"), "preact")
+
+
+def fresh_model(in_channels=192):
+    torch.manual_seed(1)  # the projector's init
+    return NoCo(in_channels, structured=True, generator=torch.Generator().manual_seed(1))
+
+
+def one_epoch(batches):
+    generator = torch.Generator().manual_seed(2)
+    model = fresh_model()
+    optimizer = model.configure_optimizers(lr=1e-3, weight_decay=5e-4)
+    for features in batches.epoch(generator, "cpu"):
+        loss = model.loss(features)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model
+
+
+def test_training_from_the_cache_equals_training_from_images(encoder):
+    dataset = RandomImages()
+    from_images = one_epoch(EncodedBatches(encoder, dataset, batch_size=4))
+    cache32 = extract_features(encoder, dataset, "cpu", batch_size=3, dtype=torch.float32)
+    from_cache = one_epoch(CachedBatches(cache32, batch_size=4))
+    initial = fresh_model().projector.weight
+    assert not torch.allclose(from_images.projector.weight, initial)  # one epoch did move the projector
+    for a, b in zip(from_images.parameters(), from_cache.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    cache16 = extract_features(encoder, dataset, "cpu", batch_size=3, dtype=torch.float16)
+    from_half = one_epoch(CachedBatches(cache16, batch_size=4))
+    step = (from_images.projector.weight - initial).abs().max()
+    assert (from_half.projector.weight - from_images.projector.weight).abs().max() < 0.05 * step
+
+
+def test_cached_and_encoded_batches_are_the_same_batches(encoder):
+    dataset = RandomImages(n=7)
+    cache = extract_features(encoder, dataset, "cpu", dtype=torch.float32)
+    indices = [6, 1, 4, 0, 5]
+    encoded = list(EncodedBatches(encoder, dataset, 2, indices=indices).epoch(torch.Generator().manual_seed(5), "cpu"))
+    cached = list(CachedBatches(cache, 2, indices=indices).epoch(torch.Generator().manual_seed(5), "cpu"))
+    assert [len(b["layer1"]) for b in cached] == [2, 2, 1]
+    for a, b in zip(encoded, cached):
+        assert torch.allclose(a["layer2"], b["layer2"], rtol=1e-4, atol=1e-5)  # batch size changes conv rounding
+    in_order = torch.cat([b["layer1"] for b in CachedBatches(cache, 3, indices=indices).ordered("cpu")])
+    assert torch.equal(in_order, cache["layer1"][indices])
+
+
+def test_features_above_the_memory_budget_go_to_a_memory_map_that_is_removed(encoder, tmp_path):
+    dataset = RandomImages(n=5)
+    in_memory, kept = extract_features(encoder, dataset, "cpu", dtype=torch.float16, keep=("label", "mask"))
+    on_disk = extract_features(encoder, dataset, "cpu", dtype=torch.float16, memory_budget_gb=0, cache_dir=tmp_path)
+    (folder,) = tmp_path.iterdir()
+    assert sorted(os.listdir(folder)) == ["layer1.npy", "layer2.npy"]
+    for key in in_memory:
+        assert on_disk[key].dtype == torch.float16 and torch.equal(in_memory[key], on_disk[key])
+    assert kept["label"].tolist() == [0, 1, 0, 1, 0] and kept["mask"].shape == (5, 1, 32, 32)
+    del on_disk
+    gc.collect()
+    assert not folder.exists()
+
+
+def test_an_empty_dataset_is_a_clear_error(encoder):
+    with pytest.raises(ValueError, match="dataset is empty"):
+        extract_features(encoder, RandomImages(n=0), "cpu")

@@ -1,0 +1,122 @@
+"""Frozen-encoder features, computed once and reused by every epoch.
+
+A frozen encoder with no augmentation gives the same features for an image at every epoch, so
+`extract_features` runs it once over a dataset and keeps the outputs (half precision by default)
+in memory, or in a memory-mapped file on disk when they exceed a budget. `CachedBatches` and
+`EncodedBatches` then yield the same shuffled training batches — from the cache, or by running
+the encoder again on the images — so a script can switch between them with one constant.
+"""
+import shutil
+import tempfile
+import weakref
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+_NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32}
+
+
+def shuffled_batches(n, batch_size, generator):
+    """Index batches of one epoch in a random order drawn from `generator` (the last may be short)."""
+    return torch.randperm(n, generator=generator).split(batch_size)
+
+
+def _storage(shape, dtype, path):
+    if path is None:
+        return torch.empty(shape, dtype=dtype)
+    return torch.from_numpy(np.lib.format.open_memmap(path, mode="w+", dtype=_NUMPY_DTYPES[dtype], shape=shape))
+
+
+@torch.no_grad()
+def extract_features(encoder, dataset, device, batch_size=32, num_workers=0, dtype=torch.float16,
+                     memory_budget_gb=8.0, cache_dir=None, desc="features", keep=()):
+    """Run the frozen encoder once over `dataset`; return {layer: tensor of shape (N, ...)} on the CPU.
+
+    Above `memory_budget_gb` the tensors live in .npy memory maps in `cache_dir` (a temporary folder
+    by default, removed when the returned dict is garbage-collected). With `keep`, also return the
+    stacked sample fields of those names (e.g. ("mask", "label")) from the same pass over the images.
+    """
+    if dtype not in _NUMPY_DTYPES:
+        raise ValueError(f"feature cache dtype must be float16 or float32, got {dtype}")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    features, disk_dir, start = None, None, 0
+    kept = {key: [] for key in keep}
+    for batch in tqdm(loader, desc=desc, leave=False):
+        for key in keep:
+            kept[key].append(torch.as_tensor(batch[key]))
+        outputs = encoder(batch["image"].to(device))
+        if features is None:
+            per_image = sum(v[0].numel() for v in outputs.values()) * torch.finfo(dtype).bits // 8
+            if per_image * len(dataset) > memory_budget_gb * 2 ** 30:
+                disk_dir = tempfile.mkdtemp(prefix="feature-cache-", dir=cache_dir)
+            features = {k: _storage((len(dataset), *v.shape[1:]), dtype, disk_dir and f"{disk_dir}/{k}.npy")
+                        for k, v in outputs.items()}
+            if disk_dir is not None:
+                features = _DiskFeatures(features, disk_dir)
+        for k, v in outputs.items():
+            features[k][start:start + len(v)] = v.to("cpu", dtype)
+        start += len(batch["image"])
+    if features is None:
+        raise ValueError(f"cannot extract {desc}: the dataset is empty")
+    return (features, {key: torch.cat(values) for key, values in kept.items()}) if keep else features
+
+
+class _DiskFeatures(dict):
+    """A feature dict backed by memory-mapped files; the files go when the dict does."""
+
+    def __init__(self, features, folder):
+        super().__init__(features)
+        self.folder = folder
+        weakref.finalize(self, shutil.rmtree, folder, True)
+
+
+class _Rows:
+    """Rows of a dataset (all, or the given indices) served in shuffled batches; within a batch the
+    rows are sorted, which keeps reads from a memory map sequential and does not change a mean loss."""
+
+    def __init__(self, n, batch_size, indices):
+        self.indices = torch.arange(n) if indices is None else torch.as_tensor(indices)
+        self.batch_size = batch_size
+
+    def __len__(self):
+        return len(self.indices)
+
+    def shuffled(self, generator):
+        return [self.indices[batch].sort().values for batch in shuffled_batches(len(self), self.batch_size, generator)]
+
+
+class CachedBatches(_Rows):
+    """Training batches taken from extracted features (optionally a subset of their rows)."""
+
+    def __init__(self, features, batch_size, indices=None):
+        super().__init__(len(next(iter(features.values()))), batch_size, indices)
+        self.features = features
+
+    def _take(self, rows, device):
+        return {k: v[rows].to(device, torch.float32, non_blocking=True) for k, v in self.features.items()}
+
+    def epoch(self, generator, device):
+        for rows in self.shuffled(generator):
+            yield self._take(rows, device)
+
+    def ordered(self, device):
+        """All rows in order, in batches (for evaluation)."""
+        for rows in self.indices.split(self.batch_size):
+            yield self._take(rows, device)
+
+
+class EncodedBatches(_Rows):
+    """The same batches as CachedBatches, computed by running the encoder on the images each time."""
+
+    def __init__(self, encoder, dataset, batch_size, num_workers=0, indices=None):
+        super().__init__(len(dataset), batch_size, indices)
+        self.encoder = encoder
+        self.dataset = dataset
+        self.num_workers = num_workers
+
+    def epoch(self, generator, device):
+        batches = [rows.tolist() for rows in self.shuffled(generator)]
+        for batch in DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers):
+            yield {k: v.float() for k, v in self.encoder(batch["image"].to(device)).items()}
