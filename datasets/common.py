@@ -44,14 +44,16 @@ def load_mask(path, size):
     """
     try:
         with Image.open(path) as img:
-            mask = img.convert("L")
+            # palette and integer masks hold class indices: binarise those, not their display colour
+            values = np.asarray(img if img.mode in ("1", "L", "P", "I", "I;16") else img.convert("L"))
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise ValueError(f"cannot read mask {path}: {err}") from None
+    mask = Image.fromarray((values > 0).astype(np.uint8) * 255)
     if mask.size != tuple(size):
         warnings.warn(f"mask {path} is {mask.size[0]}x{mask.size[1]} but its image is {size[0]}x{size[1]}; "
                       "resized with nearest neighbour", stacklevel=2)
         mask = mask.resize(tuple(size), Image.NEAREST)
-    return Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255)
+    return mask
 
 
 class ImageTransform:
