@@ -1,0 +1,49 @@
+"""Semantic anomaly detection, one-class protocol, with NoCo: MNIST and Fashion-MNIST. Each class in
+turn is normal; one model per class; image-level metrics.
+
+    python train_mnist.py --dataset mnist --download
+    python train_mnist.py --dataset fmnist --data_path /data
+    python train_mnist.py --dataset mnist --data_path ../shared/data --weights none --backbone resnet18 --image_size 64 --crop_size 0
+
+The run itself (data, frozen features once, a model per class and target norm, evaluation of the
+last checkpoint, the table) is utils/semantic.py, shared with train_cifar10.py. Every constant below
+can be overridden as --name value. The last line printed is `results: <csv>`.
+"""
+from utils.config import parse_config, script_constants
+from utils.semantic import run_semantic_noco
+
+# -----------------------------------------------------------------------------
+method = "noco"              # the detector (NoCo, one model per normal class)
+dataset = "mnist"            # mnist | fmnist
+data_path = ""               # torchvision's root (holding MNIST/ or FashionMNIST/); "" = data/
+classes = ()                 # comma list of normal classes (names or indices); empty = all
+download = False             # let torchvision fetch the dataset
+out_dir = "results"
+seed = 0
+device = "auto"              # auto | cpu | cuda
+weights = "imagenet"         # imagenet | none (random init) | <path to a state-dict file>
+backbone = "resnet152"
+layers = ("avgpool",)        # the globally pooled last layer
+encoder_taps = "preact"      # preact: the reference's pre-activation layer4, pooled; standard: torchvision's
+image_size = 256
+crop_size = 224
+batch_size = 64
+num_workers = 2
+epochs = 20                  # 0 = cold start: evaluate the untrained detector
+lr = 1e-3
+weight_decay = 5e-4
+target = "randn"             # randn | rand | ones | mean (of the projected training features)
+target_norm = (1.0,)         # more than one value trains one model per norm: the norm study
+target_p = 2.0
+nu = 1.0
+radius_init = 1e-5
+radius_penalty = 0.0         # the reference MNIST script has no `+ 1e3 * r` term (train_cifar10.py does)
+cache_features = True        # run the frozen encoder once instead of every epoch
+cache_dtype = "float16"      # float16 | float32
+cache_memory_gb = 8.0        # above this, cached features go to a memory-mapped file
+cache_dir = ""
+save_checkpoints = True      # the last checkpoint of each model (no other is ever kept or chosen)
+# -----------------------------------------------------------------------------
+cfg = parse_config(script_constants(globals()))
+csv_path = run_semantic_noco(cfg, "train_mnist", datasets=("mnist", "fmnist"))
+print(f"results: {csv_path}")
