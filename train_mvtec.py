@@ -60,9 +60,12 @@ cache_memory_gb = 8.0        # above this, cached features go to a memory-mapped
 cache_dir = ""               # where those files go ("" = the system's temporary folder)
 save_checkpoints = True      # the last checkpoint of each model (no other is ever kept or chosen)
 # -----------------------------------------------------------------------------
-cfg = parse_config(script_constants(globals()))
+# the demo set is a newcomer's first run: a small, quick configuration unless the command line says otherwise
+DEMO_PRESET = {"backbone": "resnet18", "image_size": 128, "crop_size": 0}
+cfg = parse_config(script_constants(globals()), dataset_presets={"demo": DEMO_PRESET})
 started = time.time()
 device = resolve_device(cfg.device)
+seed_everything(cfg.seed)  # also fixes a random-init (--weights none) encoder
 if cfg.method != "noco":
     raise SystemExit(f"--method: train_mvtec.py implements 'noco', got {cfg.method!r}")
 if cfg.cache_dtype not in ("float16", "float32"):

@@ -56,3 +56,10 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+def test_a_dataset_preset_replaces_defaults_but_not_what_the_command_line_gives():
+    presets = {"demo": {"epochs": 5, "lr": 1e-2}}
+    assert parse_config(DEFAULTS, ["--dataset", "visa"], presets).epochs == 50
+    cfg = parse_config(DEFAULTS, ["--dataset", "demo", "--lr", "0.5"], presets)
+    assert cfg.epochs == 5 and cfg.lr == 0.5

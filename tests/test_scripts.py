@@ -70,6 +70,14 @@ def test_norm_study_and_cold_start(demo_root, tmp_path):
         assert torch.linalg.vector_norm(checkpoint["model"]["target"]).item() == pytest.approx(norm, rel=1e-5)
 
 
+def test_same_seed_same_table_even_with_a_random_init_encoder(demo_root, tmp_path):
+    args = ["--dataset", "demo", "--data_path", str(demo_root), "--classes", "grass", "--image_size", "64",
+            "--epochs", "1", "--save_checkpoints", "false", *SMALL]
+    first, second = (pd.read_csv(results_path(run_script("train_mvtec.py", *args, "--out_dir", str(tmp_path / name))))
+                     for name in ("a", "b"))
+    assert first.equals(second)
+
+
 def write_pattern_mnist(root, n_train=30, n_test=20):
     """MNIST-format files whose classes 0-2 are faint bars at three heights on strong noise."""
     rng = np.random.default_rng(0)

@@ -51,13 +51,16 @@ def _one_line_errors(kind, error, traceback):
         sys.__excepthook__(kind, error, traceback)
 
 
-def parse_config(defaults, argv=None):
+def parse_config(defaults, argv=None, dataset_presets=None):
     """Return `defaults` with the `--name value` overrides of argv applied, as a namespace
-    (cfg.lr, ...; `vars(cfg)` is the plain dict saved in config.json)."""
+    (cfg.lr, ...; `vars(cfg)` is the plain dict saved in config.json).
+
+    `dataset_presets` maps a value of `dataset` to constants that replace the defaults for it,
+    except those given on the command line (e.g. a small, quick configuration for the demo set)."""
     if argv is None:  # called by a script: bad input ends in one line, not a traceback
         sys.excepthook = _one_line_errors
     argv = sys.argv[1:] if argv is None else list(argv)
-    config = dict(defaults)
+    config, given = dict(defaults), set()
     i = 0
     while i < len(argv):
         token = argv[i]
@@ -78,7 +81,10 @@ def parse_config(defaults, argv=None):
             else:
                 raise ConfigError(f"--{name} needs a value")
         config[name] = _convert(name, value, defaults[name])
+        given.add(name)
         i += 1
+    preset = (dataset_presets or {}).get(config.get("dataset"), {})
+    config.update({name: value for name, value in preset.items() if name not in given})
     return SimpleNamespace(**config)
 
 

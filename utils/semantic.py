@@ -21,6 +21,7 @@ def run_semantic_noco(cfg, script, datasets, default_root="data"):
     """Run NoCo on every normal class of cfg.dataset (one of `datasets`); return the CSV path."""
     started = time.time()
     device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)  # also fixes a random-init (--weights none) encoder
     if cfg.method != "noco":
         raise SystemExit(f"--method: {script}.py implements 'noco', got {cfg.method!r}")
     if cfg.dataset not in datasets:
