@@ -93,9 +93,9 @@ def download_file(url, dest_path, sha256=None, md5=None):
         part.unlink(missing_ok=True)
         by_hand = f"download it by hand and put it at {dest}"
         if isinstance(err, urllib.error.HTTPError):
-            raise RuntimeError(f"downloading {url} failed: HTTP {err.code} {err.reason}; {by_hand}") from None
+            raise ConnectionError(f"downloading {url} failed: HTTP {err.code} {err.reason}; {by_hand}") from None
         if isinstance(err, OSError):  # URLError (refused, DNS, no route), timeout, disk full
-            raise RuntimeError(f"downloading {url} failed: {getattr(err, 'reason', err)}; {by_hand}") from None
+            raise ConnectionError(f"downloading {url} failed: {getattr(err, 'reason', err)}; {by_hand}") from None
         raise
 
     mismatch = _checksum_error(url, expected, part)

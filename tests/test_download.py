@@ -108,7 +108,7 @@ def test_http_404_names_the_url_and_the_manual_route(server, tmp_path):
     base_url, _, _ = server
     url = f"{base_url}/missing.tar.gz"
     dest = tmp_path / "downloads" / "missing.tar.gz"
-    with pytest.raises(RuntimeError) as error:
+    with pytest.raises(ConnectionError) as error:
         download_file(url, dest, sha256="0" * 64)
     message = str(error.value)
     assert url in message and "404" in message and "by hand" in message and str(dest) in message
@@ -116,7 +116,7 @@ def test_http_404_names_the_url_and_the_manual_route(server, tmp_path):
 
 
 def test_unreachable_server_is_a_clear_error(tmp_path):
-    with pytest.raises(RuntimeError, match="downloading http://127.0.0.1:9/x.zip failed.*by hand"):
+    with pytest.raises(ConnectionError, match="downloading http://127.0.0.1:9/x.zip failed.*by hand"):
         download_file("http://127.0.0.1:9/x.zip", tmp_path / "x.zip")
 
 

@@ -5,8 +5,9 @@ can then be overridden as `--name value` or `--name=value`. Values are checked a
 constant's type: bool takes true/false/1/0/yes/no (a bare `--flag` means true), tuples take a
 comma-separated list of their element type. Unknown names are refused with the valid list.
 
-Scripts that call `parse_config` report bad input (a ConfigError, ValueError or FileNotFoundError:
-unknown option, missing dataset, wrong layout, unreadable image, ...) as one line on stderr
+Scripts that call `parse_config` report bad input (a ConfigError, ValueError, FileNotFoundError or
+ConnectionError: unknown option, missing dataset, wrong layout, unreadable image, failed download)
+as one line on stderr
 instead of a traceback; set TRACEBACK=1 in the environment to see the traceback.
 """
 import os
@@ -45,7 +46,7 @@ def _convert(name, text, default):
 
 
 def _one_line_errors(kind, error, traceback):
-    if issubclass(kind, (ConfigError, ValueError, FileNotFoundError)) and not os.environ.get("TRACEBACK"):
+    if issubclass(kind, (ConfigError, ValueError, FileNotFoundError, ConnectionError)) and not os.environ.get("TRACEBACK"):
         print(f"error: {error}\n(set TRACEBACK=1 for the traceback)", file=sys.stderr)
     else:
         sys.__excepthook__(kind, error, traceback)
