@@ -36,8 +36,8 @@ def load_rgb(path):
         raise ValueError(f"cannot read image {path}: {err}") from None
 
 
-def load_mask(path, size):
-    """Open a mask as a binary (H, W) uint8 array (any value > 0 is anomalous).
+def load_mask(path, size=None):
+    """Open a mask as a binary 0/255 PIL image (any value > 0 is anomalous).
 
     `size` is the (width, height) of its image: a mask of another size is resized with nearest
     neighbour and a warning names it.
@@ -45,11 +45,12 @@ def load_mask(path, size):
     try:
         with Image.open(path) as img:
             # palette and integer masks hold class indices: binarise those, not their display colour
-            values = np.asarray(img if img.mode in ("1", "L", "P", "I", "I;16") else img.convert("L"))
+            values = (np.asarray(img) if img.mode in ("1", "L", "P", "I", "I;16")
+                      else np.asarray(img.convert("RGB")).max(axis=2))
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise ValueError(f"cannot read mask {path}: {err}") from None
     mask = Image.fromarray((values > 0).astype(np.uint8) * 255)
-    if mask.size != tuple(size):
+    if size is not None and mask.size != tuple(size):
         warnings.warn(f"mask {path} is {mask.size[0]}x{mask.size[1]} but its image is {size[0]}x{size[1]}; "
                       "resized with nearest neighbour", stacklevel=2)
         mask = mask.resize(tuple(size), Image.NEAREST)

@@ -15,10 +15,8 @@ import shutil
 import warnings
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 
-from datasets.common import list_images
+from datasets.common import list_images, load_mask
 from datasets.mvtec import VISA_CLASSES
 
 VISA_TEST_NORMALS = {"candle": 100, "capsules": 60, "cashew": 50, "chewinggum": 50, "fryum": 50, "macaroni1": 100,
@@ -55,14 +53,6 @@ def _read_split_csv(raw_root, split_csv):
         raise FileNotFoundError(f"{len(missing_files)} file(s) named in {split_csv} are missing under {raw_root}, "
                                 f"e.g. {', '.join(missing_files[:3])}")
     return rows
-
-
-def _write_binary_mask(source, target):
-    with Image.open(source) as img:
-        values = np.asarray(img)  # palette or grey indices; any non-zero value is a defect
-    if values.ndim == 3:
-        values = values.max(axis=2)
-    Image.fromarray((values > 0).astype(np.uint8) * 255).save(target)
 
 
 def _marker_split_csv(marker):
@@ -109,7 +99,7 @@ def prepare_visa(raw_root, out_root, split_csv=None):
         if row["label"] == "anomaly":
             mask_dir = out_root / row["object"] / "ground_truth" / "bad"
             mask_dir.mkdir(parents=True, exist_ok=True)
-            _write_binary_mask(raw_root / row["mask"], mask_dir / f"{image.stem}_mask.png")
+            load_mask(raw_root / row["mask"]).save(mask_dir / f"{image.stem}_mask.png")  # binarised > 0
 
     counts = visa_split_counts(out_root, classes)
     if set(classes) == set(VISA_CLASSES):  # the full official split: compare with the published counts
