@@ -11,10 +11,12 @@ class BTADDataset(MVTecDataset):
     """One product, one split of BTAD; same interface and sample dict as MVTecDataset."""
 
     good_folder = "ok"
+    layout_name = "BTAD"
     layout = "<root>/<product>/train/ok, <root>/<product>/test/{ok,ko}, <root>/<product>/ground_truth/ko/<name>.png"
 
-    def __init__(self, root, class_name, split, image_size=256, crop_size=0, source_hint=DATASET_SOURCES["btad"]):
-        super().__init__(root, class_name, split, image_size, crop_size, source_hint)
+    def __init__(self, root, class_name, split, image_size=256, crop_size=0, source_hint=DATASET_SOURCES["btad"],
+                 resize="pil"):
+        super().__init__(root, class_name, split, image_size, crop_size, source_hint, resize)
 
     def mask_candidates(self, class_dir, defect, image_path):
         return [class_dir / "ground_truth" / defect / f"{image_path.stem}{ext}" for ext in IMAGE_EXTENSIONS]

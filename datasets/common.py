@@ -8,9 +8,12 @@ A sample is a dict:
     class_name  str, the image's own class (metadata only: no model reads it)
     path        str, the file it came from (or "<dataset>/<split>/<index>" for array datasets)
 """
+import struct
 import warnings
+import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
@@ -21,6 +24,22 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
+# How ImageTransform resizes, and which reference does it that way:
+#   "pil": PIL bilinear, antialiased when downscaling: torchvision's transforms.Resize on a PIL image
+#          (RD4AD, ReContrast; NoCo's MNIST/CIFAR loaders); masks PIL nearest.
+#   "cv2": cv2.resize INTER_LINEAR on the uint8 RGB array, no antialiasing: albumentations' Resize
+#          (NoCo's MVTec/MPDD/VisA and Cats-vs-Dogs loaders); masks cv2 INTER_NEAREST.
+RESIZE_MODES = ("pil", "cv2")
+
+# Everything PIL raises for a truncated or corrupt file (a truncated one raises OSError "image file
+# is truncated" on load, since PIL's ImageFile.LOAD_TRUNCATED_IMAGES is False by default).
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error,
+                  Image.DecompressionBombError)
+
+
+def _one_line(err):
+    return " ".join(str(err).split()) or type(err).__name__
+
 
 def list_images(folder):
     """Sorted image files of a folder (by name, case-insensitive extensions)."""
@@ -28,16 +47,22 @@ def list_images(folder):
 
 
 def load_rgb(path):
-    """Open an image as 3-channel RGB (grayscale is replicated); a clear error names the file."""
+    """Open an image as 3-channel RGB (grayscale is replicated); a truncated or corrupt file raises
+    `ValueError: cannot read image <path>: <why>` (one line).
+
+    Decoding is PIL's: OpenCV's imread was not clearly faster on PNG (benchmarks/bench_decode.py)
+    and differs on 16-bit images and on truncated JPEGs (which it decodes partially).
+    """
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from None
+    except _DECODE_ERRORS as err:
+        raise ValueError(f"cannot read image {path}: {_one_line(err)}") from None
 
 
 def load_mask(path, size=None):
-    """Open a mask as a binary 0/255 PIL image (any value > 0 is anomalous).
+    """Open a mask as a binary 0/255 PIL image (any value > 0 is anomalous); a truncated or corrupt
+    file raises `ValueError: cannot read mask <path>: <why>` (one line).
 
     `size` is the (width, height) of its image: a mask of another size is resized with nearest
     neighbour and a warning names it.
@@ -47,8 +72,8 @@ def load_mask(path, size=None):
             # palette and integer masks hold class indices: binarise those, not their display colour
             values = (np.asarray(img) if img.mode in ("1", "L", "P", "I", "I;16")
                       else np.asarray(img.convert("RGB")).max(axis=2))
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise ValueError(f"cannot read mask {path}: {err}") from None
+    except _DECODE_ERRORS as err:
+        raise ValueError(f"cannot read mask {path}: {_one_line(err)}") from None
     mask = Image.fromarray((values > 0).astype(np.uint8) * 255)
     if size is not None and mask.size != tuple(size):
         warnings.warn(f"mask {path} is {mask.size[0]}x{mask.size[1]} but its image is {size[0]}x{size[1]}; "
@@ -57,36 +82,77 @@ def load_mask(path, size=None):
     return mask
 
 
+def _rgb_array(image):
+    """A HxWx3 uint8 array of a PIL image or of such an array."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected an RGB image (PIL or HxWx3 uint8 array), got {array.dtype} {array.shape}")
+    return array
+
+
 class ImageTransform:
     """Resize to a square `image_size`, then centre-crop `crop_size` (0 = no crop), then
-    ImageNet-normalise. Masks follow the same geometry with nearest-neighbour resizing."""
+    ImageNet-normalise. Masks follow the same geometry with nearest-neighbour resizing.
 
-    def __init__(self, image_size, crop_size=0):
+    `resize` is how (see RESIZE_MODES): "pil" resizes like torchvision's Resize on a PIL image
+    (bilinear, antialiased when downscaling) and crops like its CenterCrop; "cv2" resizes the uint8
+    RGB array with cv2.resize INTER_LINEAR (no antialiasing) and crops like albumentations'
+    CenterCrop (the offset rounds down where torchvision's rounds half to even).
+    """
+
+    def __init__(self, image_size, crop_size=0, resize="pil"):
         if image_size <= 0:
             raise ValueError(f"image_size must be positive, got {image_size}")
         if crop_size > image_size:
             raise ValueError(f"crop_size ({crop_size}) cannot exceed image_size ({image_size})")
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
         self.image_size = image_size
         self.crop_size = crop_size
+        self.resize = resize
 
     @property
     def output_size(self):
         return self.crop_size or self.image_size
 
-    def _geometry(self, img, interpolation):
+    def _pil_geometry(self, img, interpolation):
         img = TF.resize(img, [self.image_size, self.image_size], interpolation=interpolation, antialias=True)
         if self.crop_size:
             img = TF.center_crop(img, [self.crop_size, self.crop_size])
         return img
 
-    def image(self, pil_image):
-        tensor = TF.to_tensor(self._geometry(pil_image, InterpolationMode.BILINEAR))
+    def _cv2_geometry(self, array, interpolation):
+        array = cv2.resize(array, (self.image_size, self.image_size), interpolation=interpolation)
+        if self.crop_size:
+            top = (self.image_size - self.crop_size) // 2
+            array = array[top:top + self.crop_size, top:top + self.crop_size]
+        return array
+
+    def pixels(self, image):
+        """The resized and cropped image as a HxWx3 uint8 array (before normalisation)."""
+        if self.resize == "cv2":
+            return self._cv2_geometry(_rgb_array(image), cv2.INTER_LINEAR)
+        if not isinstance(image, Image.Image):
+            image = Image.fromarray(_rgb_array(image))
+        elif image.mode != "RGB":
+            image = image.convert("RGB")
+        return np.asarray(self._pil_geometry(image, InterpolationMode.BILINEAR))
+
+    def image(self, image):
+        """A PIL image or HxWx3 uint8 array -> normalised float32 tensor 3xSxS (TF.to_tensor's scaling)."""
+        tensor = torch.from_numpy(np.array(self.pixels(image))).permute(2, 0, 1).float().div(255)
         return TF.normalize(tensor, IMAGENET_MEAN, IMAGENET_STD)
 
     def mask(self, pil_mask):
         if pil_mask is None:
             return torch.zeros(1, self.output_size, self.output_size)
-        return (TF.to_tensor(self._geometry(pil_mask, InterpolationMode.NEAREST)) > 0.5).float()
+        if self.resize == "cv2":
+            array = self._cv2_geometry(np.asarray(pil_mask if pil_mask.mode == "L" else pil_mask.convert("L")),
+                                       cv2.INTER_NEAREST)
+            return torch.from_numpy(array > 127).float()[None]
+        return (TF.to_tensor(self._pil_geometry(pil_mask, InterpolationMode.NEAREST)) > 0.5).float()
 
 
 def make_sample(image, label, mask, class_name, path):

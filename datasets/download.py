@@ -1,6 +1,8 @@
 """Download a dataset archive with a checksum, and extract it without leaving half-written files.
 
-A download streams into `<dest>.part` and is renamed to `<dest>` only once its checksum matches;
+An archive has a list of URLs (its current one first, older mirrors after), tried in order, each
+checked against the one digest. A download streams into `<dest>.part` and is renamed to `<dest>`
+only once its checksum matches;
 an extraction unpacks into a temporary folder beside its destination and is moved into place
 only once every member is out. `download_dataset` removes the archive after a successful
 extraction (MVTec AD alone is 4.9 GB).
@@ -11,6 +13,7 @@ import os
 import posixpath
 import secrets
 import shutil
+import sys
 import tarfile
 import urllib.error
 import urllib.request
@@ -20,28 +23,34 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-# url, sha256, and the archive's own top folder that becomes the dataset folder (None: the
-# archive's top level is the dataset). URLs and sha256 digests are those of anomalib's
-# DownloadInfo (openvinotoolkit/anomalib); archive layouts follow its prepare_data.
+# urls (tried in order, each checked against the one sha256), sha256, and the archive's own top
+# folder that becomes the dataset folder (None: the archive's top level is the dataset). URLs and
+# sha256 digests are those of anomalib's DownloadInfo (openvinotoolkit/anomalib); archive layouts
+# follow its prepare_data.
 ARCHIVES = {
-    # src/anomalib/data/datamodules/image/mvtecad.py @ 95369eeacd40932006bcf9fe5cc572d5ebd42298
-    # (same url and digest in .../image/mvtec.py @ 1b98f56ad486d1c0c9437b7a713a6fa0ddcc0135)
     "mvtec": {
-        "url": "https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/"
-               "download/420938113-1629952094/mvtec_anomaly_detection.tar.xz",
+        "urls": [
+            # anomalib 2.7, src/anomalib/data/datamodules/image/mvtecad.py: MVTec's current share link
+            "https://www.mydrive.ch/shares/150996/b52ecdcbf521176e9db9c731f2304b27/"
+            "download/420938113-1629960298/mvtec_anomaly_detection.tar.xz",
+            # the older share link, same archive: .../image/mvtecad.py @ 95369eeacd40932006bcf9fe5cc572d5ebd42298
+            # (and .../image/mvtec.py @ 1b98f56ad486d1c0c9437b7a713a6fa0ddcc0135)
+            "https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/"
+            "download/420938113-1629952094/mvtec_anomaly_detection.tar.xz",
+        ],
         "sha256": "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d",
         "archive_folder": None,
     },
     # src/anomalib/data/datamodules/image/visa.py @ afecf6e2353d730d4e62923fadfbe38adc0e5a67
     # (raw layout: <class>/Data/..., split_csv/1cls.csv; datasets/visa.py prepares it)
     "visa": {
-        "url": "https://amazon-visual-anomaly.s3.us-west-2.amazonaws.com/VisA_20220922.tar",
+        "urls": ["https://amazon-visual-anomaly.s3.us-west-2.amazonaws.com/VisA_20220922.tar"],
         "sha256": "2eb8690c803ab37de0324772964100169ec8ba1fa3f7e94291c9ca673f40f362",
         "archive_folder": None,
     },
     # src/anomalib/data/datamodules/image/btech.py @ 6f0a80ab534d3a24116149f888dd7ae23b854115
     "btad": {
-        "url": "https://avires.dimi.uniud.it/papers/btad/btad.zip",
+        "urls": ["https://avires.dimi.uniud.it/papers/btad/btad.zip"],
         "sha256": "461c9387e515bfed41ecaae07c50cf6b10def647b36c9e31d239ab2736b10d2a",
         "archive_folder": "BTech_Dataset_transformed",
     },
@@ -58,12 +67,12 @@ def file_digest(path, algorithm="sha256"):
     return digest.hexdigest()
 
 
-def _checksum_error(url, expected, path):
-    """None if every expected digest ({algorithm: hex}) matches the file, else the error message."""
+def _checksum_error(expected, path):
+    """None if every expected digest ({algorithm: hex}) matches the file, else what differs."""
     for algorithm, hex_digest in expected.items():
         actual = file_digest(path, algorithm)
         if actual != hex_digest.lower():
-            return f"{algorithm} mismatch for {url}: expected {hex_digest.lower()}, got {actual}"
+            return f"{algorithm} mismatch (expected {hex_digest.lower()}, got {actual})"
     return None
 
 
@@ -77,33 +86,65 @@ def _stream_to_file(url, path, desc):
                 bar.update(len(chunk))
 
 
-def download_file(url, dest_path, sha256=None, md5=None):
-    """Download `url` to `dest_path` through `<dest_path>.part`; the file appears only once its
-    checksum matches. An existing file with the right checksum is kept without downloading."""
+def _why_failed(err):
+    """A download failure in a few words, or None for an exception that is not one (e.g. Ctrl-C)."""
+    if isinstance(err, urllib.error.HTTPError):
+        return f"HTTP {err.code} {err.reason}"
+    if isinstance(err, OSError):  # URLError (refused, DNS, no route), timeout, disk full
+        return str(getattr(err, "reason", err))
+    return None
+
+
+def _all_failed(dest, failures):
+    """The one-line error once every URL failed: ValueError if one served a wrong file, else ConnectionError."""
+    if len(failures) == 1:
+        (url, why, _), = failures
+        head, by_hand = f"downloading {url} failed: {why}", "download it by hand"
+    else:
+        tried = "; ".join(f"[{i}] {url}: {why}" for i, (url, why, _) in enumerate(failures, start=1))
+        head = f"downloading {dest.name} failed from all {len(failures)} URLs: {tried}"
+        by_hand = "download it by hand from one of them"
+    wrong_file = any(mismatch for _, _, mismatch in failures)
+    message = f"{head}; {'the wrong download was deleted; ' if wrong_file else ''}{by_hand} and put it at {dest}"
+    return ValueError(message) if wrong_file else ConnectionError(message)
+
+
+def download_file(urls, dest_path, sha256=None, md5=None):
+    """Download to `dest_path` from `urls` (one URL, or a list of mirrors tried in order), through
+    `<dest_path>.part`: the file appears only once its checksum matches. A URL that fails or serves
+    a file with another checksum is followed by the next; when all fail, one error names every URL
+    and how it failed (ValueError if one served a wrong file, else ConnectionError). An existing
+    file with the right checksum is kept without downloading."""
+    urls = [urls] if isinstance(urls, str) else list(urls)
+    if not urls:
+        raise ValueError("download_file needs at least one URL")
     dest = Path(dest_path)
     part = dest.with_name(dest.name + ".part")
     expected = {name: digest for name, digest in (("sha256", sha256), ("md5", md5)) if digest}
-    if dest.is_file() and _checksum_error(url, expected, dest) is None:
+    if dest.is_file() and _checksum_error(expected, dest) is None:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
 
-    try:
-        _stream_to_file(url, part, desc=dest.name)
-    except BaseException as err:  # an interrupted or failed download leaves no .part behind
-        part.unlink(missing_ok=True)
-        by_hand = f"download it by hand and put it at {dest}"
-        if isinstance(err, urllib.error.HTTPError):
-            raise ConnectionError(f"downloading {url} failed: HTTP {err.code} {err.reason}; {by_hand}") from None
-        if isinstance(err, OSError):  # URLError (refused, DNS, no route), timeout, disk full
-            raise ConnectionError(f"downloading {url} failed: {getattr(err, 'reason', err)}; {by_hand}") from None
-        raise
-
-    mismatch = _checksum_error(url, expected, part)
-    if mismatch:
-        part.unlink()
-        raise ValueError(f"{mismatch}; the download was deleted")
-    os.replace(part, dest)
-    return dest
+    failures = []  # (url, why, served a wrong file)
+    for index, url in enumerate(urls):
+        try:
+            _stream_to_file(url, part, desc=dest.name)
+        except BaseException as err:  # an interrupted or failed download leaves no .part behind
+            part.unlink(missing_ok=True)
+            why = _why_failed(err)
+            if why is None:
+                raise
+            failures.append((url, why, False))
+        else:
+            mismatch = _checksum_error(expected, part)
+            if mismatch is None:
+                os.replace(part, dest)
+                return dest
+            part.unlink()
+            failures.append((url, mismatch, True))
+        if index + 1 < len(urls):
+            print(f"downloading {url} failed ({failures[-1][1]}); trying {urls[index + 1]}", file=sys.stderr)
+    raise _all_failed(dest, failures)
 
 
 def _archive_kind(path):
@@ -188,8 +229,8 @@ def download_dataset(name, dest):
     dest = Path(dest)
     if dest.is_dir() and any(dest.iterdir()):
         return dest
-    archive_path = dest.parent / info["url"].rsplit("/", 1)[-1]
-    download_file(info["url"], archive_path, sha256=info["sha256"])
+    archive_path = dest.parent / info["urls"][0].rsplit("/", 1)[-1]
+    download_file(info["urls"], archive_path, sha256=info["sha256"])
     extract_archive(archive_path, dest, archive_folder=info["archive_folder"])
     archive_path.unlink()
     return dest

@@ -6,7 +6,9 @@
 
 The file list is built and checked in `__init__`, so a run fails at start-up (missing folder,
 missing mask) rather than half-way through; only an unreadable image fails later, naming its file.
+`resolve_classes` does that for every class of a run before any of them is trained.
 """
+import difflib
 import warnings
 from pathlib import Path
 
@@ -46,21 +48,24 @@ def list_classes(root):
 class MVTecDataset(Dataset):
     """One class, one split of an MVTec-layout folder; items are sample dicts (datasets.common).
 
-    `source_hint` completes the error raised when `root` does not exist (see DATASET_SOURCES).
-    Subclasses for other layouts override `good_folder`, `layout` and `mask_candidates`.
+    `source_hint` completes the error raised when `root` does not exist (see DATASET_SOURCES);
+    `resize` is ImageTransform's ("pil" or "cv2", see datasets.common.RESIZE_MODES).
+    Subclasses for other layouts override `good_folder`, `layout_name`, `layout` and `mask_candidates`.
     """
 
     good_folder = "good"
+    layout_name = "MVTec"
     layout = ("<root>/<class>/train/good, <root>/<class>/test/<defect>, "
               "<root>/<class>/ground_truth/<defect>/<name>_mask.png")
 
-    def __init__(self, root, class_name, split, image_size=256, crop_size=0, source_hint=DATASET_SOURCES["folder"]):
+    def __init__(self, root, class_name, split, image_size=256, crop_size=0, source_hint=DATASET_SOURCES["folder"],
+                 resize="pil"):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.root = Path(root)
         self.class_name = class_name
         self.split = split
-        self.transform = ImageTransform(image_size, crop_size)
+        self.transform = ImageTransform(image_size, crop_size, resize)
         self.samples = self._build_samples(source_hint)
         self.labels = [label for _, label, _ in self.samples]
 
@@ -116,6 +121,54 @@ class MVTecDataset(Dataset):
         image = load_rgb(image_path)
         mask = load_mask(mask_path, image.size) if mask_path is not None else None
         return make_sample(self.transform.image(image), label, self.transform.mask(mask), self.class_name, image_path)
+
+
+def _layout_hint(root):
+    """Where class folders are, if not in `root` itself: `root` is one class, or they are one level down."""
+    if (root / "train").is_dir():
+        return f" ({root} looks like a single class folder: pass its parent {root.parent} and --classes {root.name})"
+    nested = sorted(str(sub) for sub in root.iterdir() if sub.is_dir() and list_classes(sub))
+    return f" (class folders found one level down, in {', '.join(nested[:3])}: pass that folder)" if nested else ""
+
+
+def _requested_list(requested):
+    """A comma string or a sequence of class names -> a list without blanks or repeats, in order."""
+    names = requested.split(",") if isinstance(requested, str) else list(requested or ())
+    return list(dict.fromkeys(str(name).strip() for name in names if str(name).strip()))
+
+
+def resolve_classes(root, requested=(), dataset_cls=MVTecDataset, source_hint=DATASET_SOURCES["folder"]):
+    """The classes a run will use, checked before any work: `requested` (a sequence or a comma string)
+    in its order, or every class found in `root` (sorted) when it is empty.
+
+    Raises FileNotFoundError if `root` does not exist (naming the layout and `source_hint`);
+    ValueError if `root` holds no class folder of `dataset_cls`'s layout, or if any requested class
+    is missing (naming all the missing ones and the available ones). Then builds every class's
+    train and test file lists, so a missing folder or mask fails here rather than after training
+    the classes before it (warnings are left to the datasets the caller builds).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset not found at {root}: expected {dataset_cls.layout}; {source_hint}")
+    available = list_classes(root)
+    if not available:
+        raise ValueError(f"{root} is not in {dataset_cls.layout_name} layout: expected {dataset_cls.layout}"
+                         f"{_layout_hint(root)}")
+    names = _requested_list(requested) or available
+    missing = [name for name in names if not (root / name).is_dir()]
+    if missing:
+        described = []
+        for name in missing:
+            close = [a for a in available if a.lower() == name.lower()] or difflib.get_close_matches(name, available, 1)
+            described.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        raise ValueError(f"unknown class{'es' if len(missing) > 1 else ''} {', '.join(described)} in {root}; "
+                         f"available: {', '.join(available)}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in names:
+            for split in SPLITS:
+                dataset_cls(root, name, split, source_hint=source_hint)
+    return names
 
 
 class MixedDataset(ConcatDataset):

@@ -54,6 +54,10 @@ CIFAR100_FINE_TO_COARSE = (
     18, 1, 2, 15, 6, 0, 17, 8, 14, 13,    # train .. worm
 )
 
+# How NoCo's own loaders resize each set (casivi-research/noco-ad datasets/*.py): torchvision's
+# Resize(256) on a PIL image for the torchvision sets, albumentations' Resize (cv2) for Cats-vs-Dogs.
+REFERENCE_RESIZE = {"mnist": "pil", "fmnist": "pil", "cifar10": "pil", "cifar100": "pil", "cats_vs_dogs": "cv2"}
+
 CATS_VS_DOGS_CLASSES = ("cat", "dog")
 CATS_VS_DOGS_HELP = (
     "expected {root}/train/cat/*.jpg, {root}/train/dog/*.jpg and a flat {root}/test/ folder of "
@@ -142,16 +146,17 @@ class SemanticDataset(Dataset):
     """The whole train or test split of one classification set, all classes.
 
     An item is {"image": 3xHxW normalised tensor, "target": class index, "class_name": str,
-    "path": file path, or "<name>/<split>/<index>" for the array datasets}.
+    "path": file path, or "<name>/<split>/<index>" for the array datasets}. `resize` is
+    ImageTransform's ("pil" or "cv2"); NoCo's own loaders use REFERENCE_RESIZE[name].
     """
 
-    def __init__(self, name, root, split, image_size=256, crop_size=224, download=False):
+    def __init__(self, name, root, split, image_size=256, crop_size=224, download=False, resize="pil"):
         if name not in SEMANTIC_DATASETS:
             raise ValueError(f"unknown semantic dataset {name!r}; choose one of {', '.join(SEMANTIC_DATASETS)}")
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         self.name, self.root, self.split = name, Path(root), split
-        self.transform = ImageTransform(image_size, crop_size)
+        self.transform = ImageTransform(image_size, crop_size, resize)
         self.files = None
         self.torchvision_set = None
 

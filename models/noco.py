@@ -95,6 +95,7 @@ class NoCo(nn.Module):
         """(B, H, W) scores before upsampling and blur (semantic AD: (B, 1, 1))."""
         return self.distance(features)
 
-    def configure_optimizers(self, lr, weight_decay):
-        # AdamW over the projector and r alike (the reference decays r too), amsgrad
-        return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay, amsgrad=True)
+    def configure_optimizers(self, cfg, total_iters=None):
+        """AdamW (cfg.lr, cfg.weight_decay) over the projector and r alike (the reference decays r
+        too), amsgrad; no schedule (the reference's warm-up/cosine schedule is never applied)."""
+        return torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=True), None

@@ -1,6 +1,7 @@
 """One-class semantic datasets on tiny generated copies of MNIST, Fashion-MNIST, CIFAR-10/100
 and Cats-vs-Dogs written in each set's own on-disk format (no network, no ../shared)."""
 import hashlib
+import io
 import pickle
 import struct
 import warnings
@@ -11,9 +12,9 @@ import torch
 from PIL import Image
 from torchvision.datasets import CIFAR10, CIFAR100, FashionMNIST
 
-from datasets.common import IMAGENET_MEAN, IMAGENET_STD
-from datasets.oneclass import (CIFAR100_COARSE_NAMES, CIFAR100_FINE_TO_COARSE, OneClassDataset,
-                               SemanticDataset)
+from datasets.common import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, load_rgb
+from datasets.oneclass import (CIFAR100_COARSE_NAMES, CIFAR100_FINE_TO_COARSE, REFERENCE_RESIZE, SEMANTIC_DATASETS,
+                               OneClassDataset, SemanticDataset)
 
 SIZE = dict(image_size=32, crop_size=28)
 
@@ -288,6 +289,49 @@ def test_cats_vs_dogs_folder_skips_broken_files_with_one_warning(tmp_path):
     dogs = OneClassDataset(test, "dog")
     assert dogs.labels.tolist() == [1, 1, 0, 0]
     assert len(OneClassDataset(train, "dog")) == 2
+
+
+# ---------------------------------------------------------------- resizing
+@pytest.mark.parametrize("resize", ["pil", "cv2"])
+def test_semantic_datasets_resize_as_asked(tmp_path, monkeypatch, resize):
+    write_cifar10(tmp_path, monkeypatch)
+    transform = ImageTransform(48, 40, resize=resize)
+    cifar = SemanticDataset("cifar10", tmp_path, "test", image_size=48, crop_size=40, resize=resize)
+    image, _ = cifar.torchvision_set[3]
+    assert cifar.transform.resize == resize and torch.equal(cifar[3]["image"], transform.image(image))
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cats"
+    for name in ("cat.0.png", "cat.1.png"):
+        (folder / "train" / "cat").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)).save(folder / "train" / "cat" / name)
+    cats = SemanticDataset("cats_vs_dogs", folder, "train", image_size=48, crop_size=40, resize=resize)
+    assert torch.equal(cats[1]["image"], transform.image(load_rgb(cats.files[1])))
+    with pytest.raises(ValueError, match="resize must be one of"):
+        SemanticDataset("cifar10", tmp_path, "test", resize="area")
+
+
+def test_reference_resize_per_dataset():
+    # NoCo: torchvision's Resize on PIL images for the torchvision sets, albumentations for Cats-vs-Dogs
+    assert set(REFERENCE_RESIZE) == set(SEMANTIC_DATASETS)
+    assert REFERENCE_RESIZE["cats_vs_dogs"] == "cv2"
+    assert {REFERENCE_RESIZE[name] for name in ("mnist", "fmnist", "cifar10", "cifar100")} == {"pil"}
+
+
+def test_truncated_cats_vs_dogs_images(tmp_path):
+    """Cut in its header: skipped by the scan. Cut in its pixel data: the scan (no decoding) keeps
+    it, and reading it is one clear line naming the file."""
+    data = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 240, 3), dtype=np.uint8)).save(data, "JPEG")
+    data = data.getvalue()
+    write_image(tmp_path / "train" / "cat" / "cat.0.jpg", 50)
+    (tmp_path / "train" / "cat" / "cat.1.jpg").write_bytes(data[:100])
+    cut = tmp_path / "train" / "cat" / "cat.2.jpg"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning, match="skipped 1 empty or corrupt image file.*cat.1.jpg"):
+        train = SemanticDataset("cats_vs_dogs", tmp_path, "train", **SIZE)
+    assert [path.name for path in train.files] == ["cat.0.jpg", "cat.2.jpg"]
+    with pytest.raises(ValueError, match=f"^cannot read image {cut}: image file is truncated"):
+        train[1]
 
 
 # ---------------------------------------------------------------- missing data

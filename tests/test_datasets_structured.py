@@ -1,16 +1,20 @@
 """Structured-AD datasets (MVTec layout, BTAD, VisA preparation, the demo set) on generated files."""
 import csv
+import io
 import time
 
+import cv2
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
 from PIL import Image
 
 from datasets.btad import BTADDataset
-from datasets.common import IMAGENET_MEAN, IMAGENET_STD
+from datasets.common import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, load_mask, load_rgb
 from datasets.demo import DEFECT_TYPES, generate_demo_class, make_demo
-from datasets.mvtec import DATASET_SOURCES, MixedDataset, MVTecDataset, list_classes
+from datasets.mvtec import DATASET_SOURCES, MixedDataset, MVTecDataset, list_classes, resolve_classes
 from datasets.visa import (VISA_TEST_NORMALS, prepare_visa, visa_count_mismatches, visa_split_counts)
 
 WIDTH, HEIGHT = 40, 30  # non-square on purpose
@@ -184,6 +188,217 @@ def test_palette_mask_is_binarised_by_index_not_by_colour(tmp_path):
     mask.save(class_dir / "ground_truth" / "crack" / "000_mask.png")
     loaded = MVTecDataset(tmp_path, "widget", "test", image_size=WIDTH)[0]["mask"]
     assert loaded[0, :, : WIDTH // 2].min() == 1 and loaded[0, :, WIDTH // 2:].max() == 0
+
+
+# ---------------------------------------------------------------- resizing per method
+
+
+def smooth_image(width, height, seed=0):
+    """Structure at several scales, so that antialiasing visibly matters on a downscale."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, (height // 8, width // 8, 3)).astype(np.float32)
+    image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC) + rng.normal(0, 20, (height, width, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def test_cv2_resize_is_cv2_inter_linear_bit_for_bit():
+    array = smooth_image(300, 211)
+    transform = ImageTransform(64, resize="cv2")
+    expected = cv2.resize(array, (64, 64), interpolation=cv2.INTER_LINEAR)
+    assert np.array_equal(transform.pixels(array), expected)
+    assert np.array_equal(transform.pixels(Image.fromarray(array)), expected)  # a PIL image: the same array
+    cropped = ImageTransform(64, 48, resize="cv2").pixels(array)
+    assert np.array_equal(cropped, expected[8:56, 8:56])
+    odd = ImageTransform(64, 49, resize="cv2").pixels(array)  # albumentations' CenterCrop: offset rounds down
+    assert np.array_equal(odd, expected[7:56, 7:56])
+
+
+def test_pil_resize_is_torchvision_resize_on_the_pil_image():
+    image = Image.fromarray(smooth_image(300, 211))
+    transform = ImageTransform(64, 48, resize="pil")
+    expected = T.Compose([T.Resize((64, 64)), T.CenterCrop(48)])(image)
+    assert np.array_equal(transform.pixels(image), np.asarray(expected))
+    # normalised as torchvision's ToTensor + Normalize would: the default, unchanged
+    reference = T.Compose([T.Resize((64, 64)), T.CenterCrop(48), T.ToTensor(),
+                           T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    assert torch.equal(transform.image(image), reference(image))
+    assert torch.equal(ImageTransform(64, 48).image(image), reference(image))
+
+
+def test_pil_and_cv2_differ_on_a_downscale_and_normalise_alike():
+    array = smooth_image(400, 400)
+    pil, cv2_ = ImageTransform(50, resize="pil"), ImageTransform(50, resize="cv2")
+    difference = np.abs(pil.pixels(array).astype(int) - cv2_.pixels(array).astype(int))
+    assert difference.mean() > 2  # antialiased vs not: visibly different
+    for transform in (pil, cv2_):
+        expected = TF.normalize(TF.to_tensor(np.array(transform.pixels(array))), IMAGENET_MEAN, IMAGENET_STD)
+        assert torch.equal(transform.image(array), expected)
+
+
+@pytest.mark.parametrize("resize, interpolation", [("cv2", cv2.INTER_NEAREST), ("pil", Image.NEAREST)])
+def test_masks_are_resized_nearest_in_either_mode(resize, interpolation):
+    rng = np.random.default_rng(3)
+    mask = Image.fromarray((rng.random((37, 53)) > 0.7).astype(np.uint8) * 255)
+    got = ImageTransform(24, 20, resize=resize).mask(mask)
+    if resize == "cv2":
+        expected = cv2.resize(np.asarray(mask), (24, 24), interpolation=interpolation)[2:22, 2:22]
+    else:
+        expected = np.asarray(mask.resize((24, 24), interpolation))[2:22, 2:22]
+    assert got.shape == (1, 20, 20) and got.dtype == torch.float32
+    assert torch.equal(got[0], torch.from_numpy(expected > 0).float())
+
+
+def test_unknown_resize_mode_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="resize must be one of pil, cv2, got 'bicubic'"):
+        ImageTransform(32, resize="bicubic")
+    make_mvtec_class(tmp_path)
+    with pytest.raises(ValueError, match="resize must be one of"):
+        MVTecDataset(tmp_path, "widget", "train", resize="opencv")
+
+
+@pytest.mark.parametrize("resize", ["pil", "cv2"])
+def test_datasets_resize_as_asked(tmp_path, resize):
+    class_dir = make_mvtec_class(tmp_path)
+    dataset = MVTecDataset(tmp_path, "widget", "test", image_size=16, crop_size=12, resize=resize)
+    transform = ImageTransform(16, 12, resize=resize)
+    for index in (0, 3):
+        path = dataset.samples[index][0]
+        assert torch.equal(dataset[index]["image"], transform.image(load_rgb(path)))
+    mask_path = class_dir / "ground_truth" / "crack" / "000_mask.png"
+    assert torch.equal(dataset[0]["mask"], transform.mask(load_mask(mask_path)))
+    product = tmp_path / "btad" / "01"
+    bmp = write_image(product / "train" / "ok" / "0000.bmp")
+    write_image(product / "test" / "ok" / "0000.bmp")
+    btad = BTADDataset(tmp_path / "btad", "01", "train", image_size=16, resize=resize)
+    assert btad.transform.resize == resize
+    assert torch.equal(btad[0]["image"], ImageTransform(16, resize=resize).image(load_rgb(bmp)))
+
+
+# ---------------------------------------------------------------- truncated and corrupt files
+
+
+def encoded(array, fmt, **options):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def broken_versions(data):
+    """{how: bytes} of a file cut in half, with its second half garbled, and not an image at all."""
+    half = len(data) // 2
+    return {"truncated": data[:half], "garbled": data[:half] + bytes(b ^ 0x5A for b in data[half:]),
+            "not an image": b"definitely not an image \x00\x01" * 20, "empty": b""}
+
+
+@pytest.mark.parametrize("fmt, suffix", [("PNG", ".png"), ("JPEG", ".jpg")])
+@pytest.mark.parametrize("resize", ["pil", "cv2"])
+def test_truncated_or_corrupt_image_is_one_clear_line(tmp_path, fmt, suffix, resize):
+    class_dir = make_mvtec_class(tmp_path)
+    data = encoded(smooth_image(64, 48), fmt)
+    for how, bad in broken_versions(data).items():
+        path = class_dir / "train" / "good" / f"001{suffix}"
+        for old in (class_dir / "train" / "good").glob("001.*"):
+            old.unlink()
+        path.write_bytes(bad)
+        dataset = MVTecDataset(tmp_path, "widget", "train", image_size=16, resize=resize)
+        with pytest.raises(ValueError) as error:
+            dataset[1]
+        message = str(error.value)
+        assert message.startswith(f"cannot read image {path}: ") and "\n" not in message, (how, message)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+@pytest.mark.parametrize("resize", ["pil", "cv2"])
+def test_truncated_or_corrupt_mask_is_one_clear_line(tmp_path, fmt, resize):
+    class_dir = make_mvtec_class(tmp_path, n_crack=1)
+    mask = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
+    mask[5:25, 3:30] = 255
+    data = encoded(mask, fmt)
+    mask_path = class_dir / "ground_truth" / "crack" / "000_mask.png"  # the name is fixed; the bytes are not
+    for how in ("truncated", "not an image", "empty"):
+        mask_path.write_bytes(broken_versions(data)[how])
+        dataset = MVTecDataset(tmp_path, "widget", "test", image_size=16, resize=resize)
+        with pytest.raises(ValueError) as error:
+            dataset[0]
+        message = str(error.value)
+        assert message.startswith(f"cannot read mask {mask_path}: ") and "\n" not in message, (how, message)
+
+
+def test_a_whole_png_whose_end_marker_is_missing_still_loads(tmp_path):
+    array = smooth_image(40, 30)
+    path = tmp_path / "no_end.png"
+    path.write_bytes(encoded(array, "PNG")[:-12])  # only the IEND chunk is gone: every pixel is there
+    assert np.array_equal(np.asarray(load_rgb(path)), array)
+
+
+# ---------------------------------------------------------------- classes checked up front
+
+
+def test_resolve_classes_every_class_or_the_requested_ones_in_order(tmp_path):
+    for name in ("gamma", "alpha", "beta"):
+        make_mvtec_class(tmp_path, name)
+    (tmp_path / "notes").mkdir()
+    assert resolve_classes(tmp_path) == ["alpha", "beta", "gamma"]
+    assert resolve_classes(tmp_path, ()) == resolve_classes(tmp_path, None) == resolve_classes(tmp_path, "")
+    assert resolve_classes(tmp_path, ("gamma", "alpha")) == ["gamma", "alpha"]
+    assert resolve_classes(tmp_path, "beta, gamma,beta,") == ["beta", "gamma"]
+
+
+def test_resolve_classes_missing_root_names_layout_and_source(tmp_path):
+    with pytest.raises(FileNotFoundError) as error:
+        resolve_classes(tmp_path / "mvtec", ("bottle",), MVTecDataset, DATASET_SOURCES["mvtec"])
+    message = str(error.value)
+    assert f"dataset not found at {tmp_path / 'mvtec'}" in message and "ground_truth/<defect>" in message
+    assert "mvtec.com" in message and "--download" in message
+    with pytest.raises(FileNotFoundError, match="train/ok.*btad.zip"):
+        resolve_classes(tmp_path / "btad", (), BTADDataset, DATASET_SOURCES["btad"])
+
+
+def test_resolve_classes_folder_in_another_layout(tmp_path):
+    (tmp_path / "images").mkdir()
+    write_image(tmp_path / "images" / "a.png")
+    with pytest.raises(ValueError) as error:
+        resolve_classes(tmp_path, ("bottle",))
+    assert str(error.value) == f"{tmp_path} is not in MVTec layout: expected {MVTecDataset.layout}"
+    with pytest.raises(ValueError, match=f"{tmp_path} is not in BTAD layout: expected .*train/ok"):
+        resolve_classes(tmp_path, (), BTADDataset)
+    # the usual mistakes get a hint: one class folder given, or the classes one level down
+    make_mvtec_class(tmp_path / "extracted", "widget")
+    with pytest.raises(ValueError, match=f"one level down, in {tmp_path / 'extracted'}"):
+        resolve_classes(tmp_path)
+    with pytest.raises(ValueError, match=f"single class folder: pass its parent {tmp_path / 'extracted'} "
+                                         "and --classes widget"):
+        resolve_classes(tmp_path / "extracted" / "widget")
+
+
+def test_resolve_classes_names_every_missing_class_before_any_work(tmp_path):
+    root = make_demo(tmp_path / "demo", **SMALL_DEMO)
+    with pytest.raises(ValueError) as error:
+        resolve_classes(root, "brick,Grass,sand")
+    assert str(error.value) == (f"unknown classes 'Grass' (did you mean 'grass'?), 'sand' in {root}; "
+                                "available: brick, grass, gravel")
+    with pytest.raises(ValueError, match=r"^unknown class 'sand' in"):
+        resolve_classes(root, ["sand"])
+
+
+def test_resolve_classes_builds_every_file_list_up_front(tmp_path):
+    make_mvtec_class(tmp_path, "alpha")
+    beta = make_mvtec_class(tmp_path, "beta")
+    missing = beta / "ground_truth" / "crack" / "001_mask.png"
+    missing.unlink()
+    with pytest.raises(ValueError, match="has no mask") as error:
+        resolve_classes(tmp_path, "alpha,beta")
+    assert str(missing) in str(error.value)
+    assert resolve_classes(tmp_path, "alpha") == ["alpha"]
+    (beta / "train" / "good").rename(beta / "train" / "normal")
+    with pytest.raises(FileNotFoundError, match="wrong layout"):
+        resolve_classes(tmp_path, "beta")
+
+
+def test_resolve_classes_leaves_warnings_to_the_datasets(tmp_path, recwarn):
+    make_mvtec_class(tmp_path, n_crack=0)  # a test split without anomalies warns when its dataset is built
+    assert resolve_classes(tmp_path) == ["widget"]
+    assert len(recwarn) == 0
 
 
 # ---------------------------------------------------------------- BTAD

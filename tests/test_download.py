@@ -35,8 +35,11 @@ def server(tmp_path):
     requested = []
 
     class Handler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
+        def log_request(self, *args):  # once per answered request (an error is also logged by log_error)
             requested.append(self.path)
+
+        def log_message(self, *args):
+            pass
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(served)))
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -170,7 +173,7 @@ def test_download_dataset_is_idempotent_and_removes_the_archive(server, tmp_path
     base_url, served, requested = server
     archive = tar_bytes(MEMBERS)
     (served / "toy.tar.gz").write_bytes(archive)
-    monkeypatch.setitem(download.ARCHIVES, "toy", {"url": f"{base_url}/toy.tar.gz", "sha256": sha256(archive),
+    monkeypatch.setitem(download.ARCHIVES, "toy", {"urls": [f"{base_url}/toy.tar.gz"], "sha256": sha256(archive),
                                                    "archive_folder": "toy"})
     root = tmp_path / "data"
     out = download_dataset("toy", root / "Toy")
@@ -187,8 +190,81 @@ def test_download_dataset_is_idempotent_and_removes_the_archive(server, tmp_path
 def test_archives_table_is_complete():
     assert set(download.ARCHIVES) == {"mvtec", "visa", "btad"}
     for info in download.ARCHIVES.values():
-        assert info["url"].startswith("https://") and len(info["sha256"]) == 64
+        assert info["urls"] and all(url.startswith("https://") for url in info["urls"])
+        assert len({url.rsplit("/", 1)[-1] for url in info["urls"]}) == 1  # mirrors of one archive
+        assert len(info["sha256"]) == 64
         int(info["sha256"], 16)
+    mvtec = download.ARCHIVES["mvtec"]["urls"]
+    assert mvtec[0] == ("https://www.mydrive.ch/shares/150996/b52ecdcbf521176e9db9c731f2304b27/"
+                        "download/420938113-1629960298/mvtec_anomaly_detection.tar.xz")  # anomalib 2.7's, first
+    assert "shares/38536/" in mvtec[1]  # the old share link, after
+
+
+# ---------------------------------------------------------------- several URLs per archive
+
+
+def test_first_url_404_then_the_second_one(server, tmp_path, capsys):
+    base_url, served, requested = server
+    archive = tar_bytes(MEMBERS)
+    (served / "mirror").mkdir()
+    (served / "mirror" / "toy.tar.gz").write_bytes(archive)
+    dest = tmp_path / "downloads" / "toy.tar.gz"
+    urls = [f"{base_url}/gone/toy.tar.gz", f"{base_url}/mirror/toy.tar.gz"]
+    assert download_file(urls, dest, sha256=sha256(archive)) == dest
+    assert dest.read_bytes() == archive and leftovers(dest.parent) == ["toy.tar.gz"]
+    assert requested == ["/gone/toy.tar.gz", "/mirror/toy.tar.gz"]
+    assert f"{urls[0]} failed (HTTP 404" in capsys.readouterr().err
+
+
+def test_first_url_serving_a_corrupted_archive_then_the_second_one(server, tmp_path):
+    base_url, served, requested = server
+    archive = tar_bytes(MEMBERS)
+    corrupted = bytearray(archive)
+    corrupted[len(corrupted) // 2] ^= 0xFF
+    (served / "bad.tar.gz").write_bytes(bytes(corrupted))
+    (served / "good.tar.gz").write_bytes(archive)
+    dest = tmp_path / "downloads" / "toy.tar.gz"
+    download_file([f"{base_url}/bad.tar.gz", f"{base_url}/good.tar.gz"], dest, sha256=sha256(archive))
+    assert dest.read_bytes() == archive and leftovers(dest.parent) == ["toy.tar.gz"]
+    assert requested == ["/bad.tar.gz", "/good.tar.gz"]
+
+
+def test_every_url_failing_names_them_all_on_one_line(server, tmp_path):
+    base_url, _, _ = server
+    urls = [f"{base_url}/a/missing.tar.gz", "http://127.0.0.1:9/missing.tar.gz", f"{base_url}/b/missing.tar.gz"]
+    dest = tmp_path / "downloads" / "missing.tar.gz"
+    with pytest.raises(ConnectionError) as error:
+        download_file(urls, dest, sha256="0" * 64)
+    message = str(error.value)
+    assert "\n" not in message and "failed from all 3 URLs" in message
+    for index, url in enumerate(urls, start=1):
+        assert f"[{index}] {url}: " in message
+    assert message.count("HTTP 404") == 2 and "by hand" in message and str(dest) in message
+    assert leftovers(tmp_path / "downloads") == []
+
+
+def test_a_wrong_file_among_the_failures_is_a_value_error_saying_which(server, tmp_path):
+    base_url, served, _ = server
+    archive = tar_bytes(MEMBERS)
+    (served / "other.tar.gz").write_bytes(archive + b"extra")
+    urls = [f"{base_url}/missing.tar.gz", f"{base_url}/other.tar.gz"]
+    with pytest.raises(ValueError) as error:
+        download_file(urls, tmp_path / "toy.tar.gz", sha256=sha256(archive))
+    message = str(error.value)
+    assert f"[1] {urls[0]}: HTTP 404" in message
+    assert f"[2] {urls[1]}: sha256 mismatch (expected {sha256(archive)}, got {sha256(archive + b'extra')})" in message
+    assert "deleted" in message and leftovers(tmp_path) == ["served"]
+
+
+def test_download_dataset_falls_back_to_the_next_url(server, tmp_path, monkeypatch):
+    base_url, served, requested = server
+    archive = tar_bytes(MEMBERS)
+    (served / "toy.tar.gz").write_bytes(archive)
+    monkeypatch.setitem(download.ARCHIVES, "toy", {"urls": [f"{base_url}/moved/toy.tar.gz", f"{base_url}/toy.tar.gz"],
+                                                   "sha256": sha256(archive), "archive_folder": "toy"})
+    out = download_dataset("toy", tmp_path / "data" / "Toy")
+    assert (out / "good" / "001.txt").read_bytes() == b"1" * 10
+    assert requested == ["/moved/toy.tar.gz", "/toy.tar.gz"] and leftovers(tmp_path / "data") == ["Toy"]
 
 
 def test_torchvision_mnist_download_through_local_server(server, tmp_path, monkeypatch):

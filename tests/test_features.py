@@ -1,6 +1,8 @@
 import gc
 import os
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import Dataset
@@ -35,7 +37,7 @@ def fresh_model(in_channels=192):
 def one_epoch(batches):
     generator = torch.Generator().manual_seed(2)
     model = fresh_model()
-    optimizer = model.configure_optimizers(lr=1e-3, weight_decay=5e-4)
+    optimizer, _ = model.configure_optimizers(SimpleNamespace(lr=1e-3, weight_decay=5e-4))
     for features in batches.epoch(generator, "cpu"):
         loss = model.loss(features)
         optimizer.zero_grad()
@@ -89,3 +91,64 @@ def test_features_above_the_memory_budget_go_to_a_memory_map_that_is_removed(enc
 def test_an_empty_dataset_is_a_clear_error(encoder):
     with pytest.raises(ValueError, match="dataset is empty"):
         extract_features(encoder, RandomImages(n=0), "cpu")
+
+
+class Scaled(torch.nn.Module):
+    """A stand-in encoder: {layer: the images times a factor} (what an untrained deep layer can do)."""
+
+    def __init__(self, **factors):
+        super().__init__()
+        self.factors = factors
+
+    def forward(self, images):
+        return {layer: images * factor for layer, factor in self.factors.items()}
+
+
+def test_float32_is_the_default_and_keeps_the_encoder_output_exactly(encoder):
+    dataset = RandomImages(n=6)
+    cache = extract_features(encoder, dataset, "cpu", batch_size=6)
+    direct = encoder(torch.stack([dataset[i]["image"] for i in range(6)]))
+    for key, values in direct.items():
+        assert cache[key].dtype == torch.float32 and torch.equal(cache[key], values)
+
+
+def test_float16_overflow_is_refused_with_the_layer_and_the_fix():
+    dataset = RandomImages(n=4)
+    with pytest.raises(ValueError) as error:
+        extract_features(Scaled(layer3=1.0, layer4=1e5), dataset, "cpu", dtype=torch.float16)
+    message = str(error.value)
+    largest = (dataset.images * 1e5).abs().max().item()
+    assert message == (f"layer4 features overflow float16 (max |x| = {largest:.1e} > 65504): "
+                       "use --cache_dtype float32")
+    # the same features fit float32 and bfloat16 (whose range is float32's)
+    assert torch.isfinite(extract_features(Scaled(layer4=1e5), dataset, "cpu")["layer4"]).all()
+    assert torch.isfinite(extract_features(Scaled(layer4=1e5), dataset, "cpu", dtype="bfloat16")["layer4"]).all()
+
+
+def test_non_finite_encoder_output_is_refused_in_any_dtype():
+    with pytest.raises(ValueError, match="layer2 features are not finite .* encoder's own output"):
+        extract_features(Scaled(layer1=1.0, layer2=float("inf")), RandomImages(n=3), "cpu")
+
+
+def test_unknown_cache_dtype_is_refused(encoder):
+    with pytest.raises(ValueError, match="float32, float16, bfloat16"):
+        extract_features(encoder, RandomImages(n=2), "cpu", dtype=torch.float64)
+
+
+def test_bfloat16_round_trip_in_memory_and_on_disk(encoder, tmp_path):
+    dataset = RandomImages(n=5)
+    expected = encoder(torch.stack([dataset[i]["image"] for i in range(5)]))
+    in_memory = extract_features(encoder, dataset, "cpu", batch_size=5, dtype=torch.bfloat16)
+    on_disk = extract_features(encoder, dataset, "cpu", batch_size=5, dtype="bfloat16", memory_budget_gb=0,
+                               cache_dir=tmp_path)
+    (folder,) = tmp_path.iterdir()
+    for key, values in expected.items():
+        assert in_memory[key].dtype == on_disk[key].dtype == torch.bfloat16
+        assert torch.equal(in_memory[key], values.to(torch.bfloat16))
+        assert torch.equal(on_disk[key], in_memory[key])
+        # the file holds the bfloat16 bits as int16, and reads back to the same values
+        stored = torch.from_numpy(np.load(folder / f"{key}.npy")).view(torch.bfloat16)
+        assert torch.equal(stored, in_memory[key])
+    batches = list(CachedBatches(on_disk, batch_size=2).ordered("cpu"))
+    assert batches[0]["layer1"].dtype == torch.float32
+    assert torch.equal(torch.cat([b["layer2"] for b in batches]), in_memory["layer2"].float())

@@ -23,3 +23,14 @@ def test_upsample_and_image_scores():
     assert image_scores(flat, "top_mean", top_fraction=0.05).item() == pytest.approx((95 + 96 + 97 + 98 + 99) / 5)
     with pytest.raises(ValueError, match="reduction"):
         image_scores(maps, "median")
+
+
+def test_five_by_five_zero_padded_blur_equals_a_2d_convolution_with_the_normalised_kernel():
+    maps = torch.rand(2, 12, 9, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    offsets = torch.arange(5, dtype=torch.float64) - 2
+    grid = offsets[:, None] ** 2 + offsets[None, :] ** 2
+    kernel = torch.exp(-grid / (2 * 4.0 ** 2))
+    kernel = kernel / kernel.sum()  # ReContrast's multi-class kernel: 5 x 5, sigma 4, padding 2 with zeros
+    expected = torch.nn.functional.conv2d(maps[:, None], kernel[None, None], padding=2)[:, 0]
+    assert (gaussian_blur(maps, 4.0, kernel_size=5) - expected).abs().max() < 1e-12
+    assert (gaussian_blur(maps, 4.0, kernel_size=5) - gaussian_blur(maps, 4.0)).abs().max() > 1e-3

@@ -1,10 +1,13 @@
 """Frozen-encoder features, computed once and reused by every epoch.
 
 A frozen encoder with no augmentation gives the same features for an image at every epoch, so
-`extract_features` runs it once over a dataset and keeps the outputs (half precision by default)
-in memory, or in a memory-mapped file on disk when they exceed a budget. `CachedBatches` and
-`EncodedBatches` then yield the same shuffled training batches — from the cache, or by running
-the encoder again on the images — so a script can switch between them with one constant.
+`extract_features` runs it once over a dataset and keeps the outputs in memory, or in a
+memory-mapped file on disk when they exceed a budget. They are kept in float32 by default, exactly
+as the encoder gave them; float16 and bfloat16 halve the memory but change the scores slightly,
+and a value beyond float16's range (65504, e.g. in a random-init resnet152's layer4) is refused at
+extraction rather than cached as inf. `CachedBatches` and `EncodedBatches` then yield the same
+shuffled training batches — from the cache, or by running the encoder again on the images — so a
+script can switch between them with one constant.
 """
 import shutil
 import tempfile
@@ -15,7 +18,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-_NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32}
+# The element type of each cache dtype in a .npy memory map. numpy has no bfloat16: its 16 bits
+# are stored as int16 and viewed back as bfloat16 (a bit-for-bit copy, no conversion).
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16}
+CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def shuffled_batches(n, batch_size, generator):
@@ -26,20 +32,40 @@ def shuffled_batches(n, batch_size, generator):
 def _storage(shape, dtype, path):
     if path is None:
         return torch.empty(shape, dtype=dtype)
-    return torch.from_numpy(np.lib.format.open_memmap(path, mode="w+", dtype=_NUMPY_DTYPES[dtype], shape=shape))
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=_NUMPY_DTYPES[dtype], shape=shape)
+    return torch.from_numpy(array).view(dtype)
+
+
+def _checked_cast(layer, values, dtype):
+    """`values` in `dtype`; a ValueError (one line: the layer, the dtype, the fix) if any is not finite."""
+    cast = values.to(dtype)
+    if bool(torch.isfinite(cast).all()):
+        return cast
+    name = str(dtype).removeprefix("torch.")
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(f"{layer} features are not finite (inf or nan) in the encoder's own output "
+                         f"({str(values.dtype).removeprefix('torch.')}, before the {name} cache): the encoder "
+                         "itself overflows; check its weights and input (no cache dtype can fix this)")
+    largest = values.abs().max().item()
+    raise ValueError(f"{layer} features overflow {name} (max |x| = {largest:.1e} > {torch.finfo(dtype).max:g}): "
+                     "use --cache_dtype float32")
 
 
 @torch.no_grad()
-def extract_features(encoder, dataset, device, batch_size=32, num_workers=0, dtype=torch.float16,
+def extract_features(encoder, dataset, device, batch_size=32, num_workers=0, dtype=torch.float32,
                      memory_budget_gb=8.0, cache_dir=None, desc="features", keep=()):
     """Run the frozen encoder once over `dataset`; return {layer: tensor of shape (N, ...)} on the CPU.
 
-    Above `memory_budget_gb` the tensors live in .npy memory maps in `cache_dir` (a temporary folder
-    by default, removed when the returned dict is garbage-collected). With `keep`, also return the
-    stacked sample fields of those names (e.g. ("mask", "label")) from the same pass over the images.
+    `dtype` (float32, float16 or bfloat16, or its name) is the cache's precision; float32 keeps the
+    encoder's output exactly. A value that is not finite after the cast (float16 overflows above
+    65504) or in the encoder's output raises a ValueError naming the layer. Above `memory_budget_gb`
+    the tensors live in .npy memory maps in `cache_dir` (a temporary folder by default, removed when
+    the returned dict is garbage-collected; bfloat16 is stored there as its int16 bits). With `keep`,
+    also return the stacked sample fields of those names (e.g. ("mask", "label")) from the same pass.
     """
+    dtype = CACHE_DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
     if dtype not in _NUMPY_DTYPES:
-        raise ValueError(f"feature cache dtype must be float16 or float32, got {dtype}")
+        raise ValueError(f"feature cache dtype must be one of {', '.join(CACHE_DTYPES)}, got {dtype}")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     features, disk_dir, start = None, None, 0
     kept = {key: [] for key in keep}
@@ -56,7 +82,7 @@ def extract_features(encoder, dataset, device, batch_size=32, num_workers=0, dty
             if disk_dir is not None:
                 features = _DiskFeatures(features, disk_dir)
         for k, v in outputs.items():
-            features[k][start:start + len(v)] = v.to("cpu", dtype)
+            features[k][start:start + len(v)] = _checked_cast(k, v, dtype).cpu()
         start += len(batch["image"])
     if features is None:
         raise ValueError(f"cannot extract {desc}: the dataset is empty")

@@ -27,18 +27,29 @@ def _symmetric_pad(maps, radius, dim):
     return maps.index_select(dim, index)
 
 
-def gaussian_blur(maps, sigma=4.0, truncate=4.0, chunk=256):
-    """Separable Gaussian blur of (N, H, W) maps, equal to scipy.ndimage.gaussian_filter(map, sigma)
-    (mode='reflect', truncate=4: a 33-tap kernel for sigma 4) applied to each map."""
+def gaussian_blur(maps, sigma=4.0, truncate=4.0, chunk=256, kernel_size=0):
+    """Separable Gaussian blur of (N, H, W) maps.
+
+    kernel_size 0: equal to scipy.ndimage.gaussian_filter(map, sigma) (mode='reflect', truncate=4:
+    a 33-tap kernel for sigma 4), as RD4AD, ReContrast single-class and NoCo blur.
+    kernel_size k > 0: a k x k kernel with zero padding, as ReContrast's multi-class evaluation
+    (5 x 5, sigma 4)."""
     if sigma <= 0:
         return maps
-    kernel = gaussian_kernel(sigma, truncate, maps.dtype, maps.device)
+    if kernel_size:
+        offsets = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
+        kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+        kernel = (kernel / kernel.sum()).to(maps)
+    else:
+        kernel = gaussian_kernel(sigma, truncate, maps.dtype, maps.device)
     radius = (kernel.numel() - 1) // 2
+    pad = (lambda x, dim: x) if kernel_size else (lambda x, dim: _symmetric_pad(x, radius, dim))
+    padding = (0, radius) if kernel_size else 0
     out = torch.empty_like(maps)
     for start in range(0, maps.shape[0], chunk):
         x = maps[start:start + chunk, None]
-        x = F.conv2d(_symmetric_pad(x, radius, 3), kernel.view(1, 1, 1, -1))
-        x = F.conv2d(_symmetric_pad(x, radius, 2), kernel.view(1, 1, -1, 1))
+        x = F.conv2d(pad(x, 3), kernel.view(1, 1, 1, -1), padding=padding)
+        x = F.conv2d(pad(x, 2), kernel.view(1, 1, -1, 1), padding=padding[::-1] if kernel_size else 0)
         out[start:start + chunk] = x[:, 0]
     return out
 
