@@ -11,7 +11,7 @@ last checkpoint, the table) is utils/semantic.py, shared with train_mnist.py. Ev
 can be overridden as --name value. The last line printed is `results: <csv>`.
 """
 from utils.config import parse_config, script_constants
-from utils.semantic import run_semantic_noco
+from utils.semantic import checked_config, run_semantic_noco
 
 # -----------------------------------------------------------------------------
 method = "noco"              # the detector (NoCo, one model per normal class)
@@ -19,33 +19,36 @@ dataset = "cifar10"          # cifar10 | cifar100 | cats_vs_dogs
 data_path = ""               # torchvision's root (CIFAR), or the Cats-vs-Dogs folder; "" = data/
 classes = ()                 # comma list of normal classes (names or indices); empty = all
 download = False             # let torchvision fetch CIFAR (Cats-vs-Dogs cannot be fetched)
-out_dir = "results"
-seed = 0
+out_dir = "results"          # each run writes results/<script>_<dataset>_noco_<time>/
+resume = ""                  # the folder of an interrupted run: train and evaluate the classes it is missing
+seed = 0                     # seeds the target, the projector's init, a random-init encoder and the batch order
 device = "auto"              # auto | cpu | cuda
 weights = "imagenet"         # imagenet | none (random init) | <path to a state-dict file>
-backbone = "resnet152"
+backbone = "resnet152"       # resnet152 (the reference's) | wide_resnet50_2 | resnet18 (CPU-sized)
 layers = ("avgpool",)        # the globally pooled last layer
 encoder_taps = "preact"      # preact: the reference's pre-activation layer4, pooled; standard: torchvision's
-image_size = 256
-crop_size = 224
-batch_size = 64
-num_workers = 2
+image_size = 256             # resize to a square ...
+crop_size = 224              # ... then centre-crop (0 = no crop)
+resize = "pil"               # pil: PIL bilinear, as torchvision's Resize in the reference | cv2: OpenCV bilinear
+batch_size = 64              # training and extraction batch
+num_workers = 2              # DataLoader processes that decode images
 epochs = 10                  # 0 = cold start: evaluate the untrained detector
-lr = 1e-3
-weight_decay = 5e-4
+lr = 1e-3                    # AdamW learning rate (amsgrad)
+weight_decay = 5e-4          # AdamW weight decay (the reference decays r too)
 target = "randn"             # randn | rand | ones | mean (of the projected training features)
 target_norm = (1.0,)         # more than one value trains one model per norm: the norm study
-target_p = 2.0
-nu = 1.0
-radius_init = 1e-5
+target_p = 2.0               # the p-norm the target is rescaled under
+nu = 1.0                     # the soft boundary's nu (the semantic reference uses 1)
+radius_init = 1e-5           # the initial radius r
 radius_penalty = 1e3         # the reference CIFAR script's extra `+ 1e3 * r` loss term (0 = off)
 cache_features = True        # run the frozen encoder once instead of every epoch
-cache_dtype = "float16"      # float16 | float32
+cache_dtype = "float32"      # float32 | float16 | bfloat16
 cache_memory_gb = 8.0        # above this, cached features go to a memory-mapped file
-cache_dir = ""
+cache_dir = ""               # where those files go ("" = the system's temporary folder)
 save_checkpoints = True      # the last checkpoint of each model (no other is ever kept or chosen)
 # -----------------------------------------------------------------------------
-cfg = parse_config(script_constants(globals()))
-csv_path = run_semantic_noco(cfg, "train_cifar10", datasets=("cifar10", "cifar100", "cats_vs_dogs"),
-                             default_root="data/cats_vs_dogs" if cfg.dataset == "cats_vs_dogs" else "data")
+PRESETS = [({"dataset": "cats_vs_dogs"}, {"resize": "cv2"})]  # NoCo's Cats-vs-Dogs loader resizes with OpenCV
+cfg, given = parse_config(script_constants(globals()), presets=PRESETS, script=__file__, return_given=True)
+cfg = checked_config(cfg, given, "train_cifar10", datasets=("cifar10", "cifar100", "cats_vs_dogs"))
+csv_path = run_semantic_noco(cfg, "train_cifar10", default_root="data/cats_vs_dogs" if cfg.dataset == "cats_vs_dogs" else "data")
 print(f"results: {csv_path}")

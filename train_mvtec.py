@@ -1,77 +1,142 @@
 """Structured anomaly detection (MVTec AD, MPDD, VisA, BTAD, the demo set, or any folder in MVTec
-layout) with NoCo: one model per class, image- and pixel-level metrics.
+layout): NoCo, Reverse Distillation (RevDist) and ReContrast, one model per class (separate) or one
+model for every class (unified), with image- and pixel-level metrics.
 
-    python train_mvtec.py --dataset demo                         # generated data, a minute on a CPU
-    python train_mvtec.py --dataset mvtec --data_path /data/mvtec
-    python train_mvtec.py --data_path my_parts/ --classes screw  # your own folder in MVTec layout
-    python train_mvtec.py --dataset demo --target_norm 0.5,1,2,4,8,16,32   # the norm study
-    python train_mvtec.py --dataset demo --epochs 0              # cold start: the untrained detector
+    python train_mvtec.py --dataset demo                                  # NoCo, generated data, a minute on a CPU
+    python train_mvtec.py --dataset mvtec --data_path /data/mvtec         # NoCo Table III, one model per class
+    python train_mvtec.py --dataset mvtec --method revdist                # CADA Table 1, RevDist base (unified)
+    python train_mvtec.py --dataset mvtec --method revdist --setting separate   # RD4AD's own per-class table
+    python train_mvtec.py --dataset mvtec --method recontrast             # CADA Table 1, ReContrast base
+    python train_mvtec.py --data_path my_parts/ --classes screw           # your own folder in MVTec layout
+    python train_mvtec.py --dataset demo --target_norm 0.5,1,2,4,8,16,32  # NoCo's norm study
+    python train_mvtec.py --resume results/<run folder>                   # finish an interrupted run
 
-Every constant below can be overridden as --name value. The last line printed is `results: <csv>`.
+Settings: `separate` trains one model per class and reports a row per class and their mean;
+`unified` trains one model on the union of every class's training images (no class label reaches
+it) and reports the per-class rows and their mean (model-unified) and one `mixed` row in which every
+test image of every class is pooled (absolute-unified). Every constant below can be overridden as
+--name value; PRESETS (below them) swap in each method's reference settings unless the command line
+sets them. The last line printed is `results: <csv>`.
 """
 import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.btad import BTADDataset
 from datasets.demo import make_demo
 from datasets.download import download_dataset
-from datasets.mvtec import DATASET_SOURCES, MVTecDataset, list_classes
+from datasets.mvtec import DATASET_SOURCES, MixedDataset, MVTecDataset, resolve_classes
 from datasets.visa import prepare_visa
-from models.backbones import build_encoder
+from models.backbones import build_encoder, load_backbone
 from models.noco import NoCo
-from utils.config import parse_config, resolve_device, script_constants, seed_everything
+from models.recontrast import ReContrast
+from models.revdist import RevDist
+from utils.config import (ConfigError, check_config, check_out_dir, parse_config, resolve_device, script_constants,
+                          seed_everything)
 from utils.features import CachedBatches, EncodedBatches, extract_features
 from utils.maps import gaussian_blur, image_scores, upsample
 from utils.metrics import compute_metrics
-from utils.results import make_run_dir, metrics_row, save_checkpoint, write_norm_tables
+from utils.results import RunFolder, metrics_row, new_run_path, read_run_config
+from utils.training import ImageBatches, batch_stream, fingerprint, iterations
 
 # -----------------------------------------------------------------------------
-method = "noco"              # the detector (NoCo, one model per class)
+method = "noco"              # noco | revdist | recontrast
+setting = "separate"         # separate: one model per class | unified: one model for all classes
 dataset = "mvtec"            # mvtec | mpdd | visa | btad | demo (any MVTec-layout folder works as mvtec)
 data_path = ""               # the dataset folder (class folders inside); "" = data/<dataset>
 classes = ()                 # comma list of classes; empty = every class found
 download = False             # fetch the public archive (MVTec AD, VisA, BTAD) and verify its checksum
-out_dir = "results"          # each run writes results/<script>_<dataset>_<method>_<time>/
-seed = 0                     # seeds the target, the projector's init and the batch order
+out_dir = "results"          # each run writes results/<script>_<data>_<method>_<setting>_<time>/
+resume = ""                  # the folder of an interrupted run: train and evaluate what it is missing
+checkpoint = ""              # a run folder (or one .pt file) whose trained models are reused if their training configuration matches
+seed = 0                     # seeds the model's init, NoCo's target and the batch order
 device = "auto"              # auto | cpu | cuda
 weights = "imagenet"         # imagenet | none (random init) | <path to a state-dict file>
-backbone = "wide_resnet50_2"
-layers = ("layer1", "layer2", "layer3")
-encoder_taps = "preact"      # preact: the reference's pre-activation + leaky-ReLU taps; standard: torchvision's
+backbone = "wide_resnet50_2"  # wide_resnet50_2 (the papers') | resnet18 (CPU-sized)
+layers = ("layer1", "layer2", "layer3") # encoder layers tapped (NoCo; RevDist and ReContrast always tap layers 1-3)
+encoder_taps = "preact"      # preact: NoCo's pre-activation + leaky-ReLU taps; standard: torchvision's
 image_size = 256             # resize to a square ...
 crop_size = 224              # ... then centre-crop (0 = no crop)
-batch_size = 0               # 0 = the reference's: 16 for MVTec AD, 8 for MPDD and VisA
-num_workers = 2
-epochs = 50                  # 0 = cold start: evaluate the untrained detector
-lr = 1e-4
-weight_decay = 5e-4
-target = "randn"             # randn | rand | ones | mean (of the projected training features)
-target_norm = (1.0,)         # more than one value trains one model per norm: the norm study
-target_p = 2.0               # the p-norm the target is rescaled under
-nu = 1e-3
-radius_init = 1e-5
-blur_sigma = 4.0
-cache_features = True        # run the frozen encoder once per class instead of every epoch
-cache_dtype = "float16"      # float16 | float32
+resize = "cv2"               # cv2: OpenCV bilinear, no antialiasing (NoCo's reference) | pil: PIL bilinear (RD4AD, ReContrast)
+batch_size = 16              # training and evaluation batch
+num_workers = 2              # DataLoader processes that decode images
+epochs = 50                  # separate setting: passes over a class's training images (0 = untrained)
+iters = 5000                 # unified setting: iterations over the union of the classes (0 = untrained)
+optimizer = "adamw"          # adamw | adam
+lr = 1e-4                    # learning rate (of the bottleneck and decoder for RevDist and ReContrast)
+encoder_lr = 1e-5            # ReContrast's trainable encoder copy
+betas = (0.9, 0.999)         # Adam(W) betas
+weight_decay = 5e-4          # Adam(W) weight decay
+adam_eps = 1e-8              # Adam(W) eps
+amsgrad = True               # Adam(W) amsgrad
+lr_drop_at = 0.0             # fraction of the iterations after which lr is multiplied by lr_drop_gamma (0 = never)
+lr_drop_gamma = 0.2          # the factor of that drop
+target = "randn"             # NoCo: randn | rand | ones | mean (of the projected training features)
+target_norm = (1.0,)         # NoCo: more than one value trains one model per norm (the norm study)
+target_p = 2.0               # NoCo: the p-norm the target is rescaled under
+nu = 1e-3                    # NoCo: the soft boundary's nu
+radius_init = 1e-5           # NoCo: the initial radius r
+decoder_activation = "relu"  # RevDist, ReContrast: relu (RD4AD) | gelu (the multi-class setting)
+loss_form = "global"         # RevDist: global (RD4AD's code: flattened maps) | pixel (its paper: per-pixel cosine)
+hm_factor = 0.0              # ReContrast: gradient factor at easy points; its code uses 0 (its run names and Dinomaly say 0.1)
+image_score = "max"          # max | top_mean (mean of the top_fraction highest pixels of the blurred map)
+top_fraction = 0.01          # image score top_mean: the fraction of pixels averaged
+blur_sigma = 4.0             # Gaussian blur of the upsampled map (0 = none)
+blur_kernel = 0              # 0: scipy's gaussian_filter (33 taps, reflect) | 5: ReContrast multi-class 5x5, zero padding
+cache_features = True        # frozen-encoder methods: run the encoder once over the training images
+cache_dtype = "float32"      # float32 | float16 | bfloat16
 cache_memory_gb = 8.0        # above this, cached features go to a memory-mapped file
 cache_dir = ""               # where those files go ("" = the system's temporary folder)
+amp = True                   # on CUDA: bf16 autocast in the training step (losses in float32)
+channels_last = True         # on CUDA: channels-last memory format
 save_checkpoints = True      # the last checkpoint of each model (no other is ever kept or chosen)
 # -----------------------------------------------------------------------------
-# the demo set is a newcomer's first run: a small, quick configuration unless the command line says otherwise
-DEMO_PRESET = {"backbone": "resnet18", "image_size": 128, "crop_size": 0}
-cfg = parse_config(script_constants(globals()), dataset_presets={"demo": DEMO_PRESET})
+RD_INPUT = {"image_size": 256, "crop_size": 0, "resize": "pil", "encoder_taps": "standard"}  # 256 px full frame
+MULTI_CLASS = {"optimizer": "adamw", "lr": 2e-3, "betas": (0.9, 0.999), "weight_decay": 1e-5, "adam_eps": 1e-10,
+               "amsgrad": True, "lr_drop_at": 0.8, "decoder_activation": "gelu"}  # ReContrast's multi-class code
+PRESETS = [  # applied in order; an option given on the command line is never replaced
+    ({"method": "revdist"}, {"setting": "unified", **RD_INPUT}),
+    ({"method": "recontrast"}, {"setting": "unified", **RD_INPUT}),
+    ({"method": "revdist", "setting": "separate"},  # RD4AD
+     {"optimizer": "adam", "lr": 5e-3, "betas": (0.5, 0.999), "weight_decay": 0.0, "amsgrad": False, "epochs": 200}),
+    ({"method": "recontrast", "setting": "separate"},  # ReContrast single-class: 2000 iterations ~ 135 epochs on MVTec
+     {"lr": 2e-3, "betas": (0.9, 0.999), "weight_decay": 1e-5, "amsgrad": False, "epochs": 135}),
+    ({"method": "revdist", "setting": "unified"}, MULTI_CLASS),
+    ({"method": "recontrast", "setting": "unified"}, MULTI_CLASS),
+    ({"method": "noco", "dataset": "mpdd"}, {"batch_size": 8}),
+    ({"method": "noco", "dataset": "visa"}, {"batch_size": 8}),
+    ({"setting": "unified"}, {"image_score": "top_mean", "blur_kernel": 5}),  # the CADA paper's evaluation
+    ({"dataset": "demo"}, {"backbone": "resnet18", "image_size": 128, "crop_size": 0}),  # a quick first run
+]
+cfg, given = parse_config(script_constants(globals()), presets=PRESETS, script=__file__, return_given=True)
+if cfg.resume:  # the interrupted run's own configuration
+    if given - {"resume", "device", "num_workers"}:
+        raise ConfigError(f"--resume takes its configuration from {cfg.resume}/config.json; "
+                          f"drop {', '.join('--' + k for k in sorted(given - {'resume', 'device', 'num_workers'}))}")
+    cfg = type(cfg)(**{**read_run_config(cfg.resume, like=vars(cfg)), **{k: getattr(cfg, k) for k in given}})
+check_config(cfg, positive=("batch_size", "lr", "encoder_lr", "target_norm", "image_size", "top_fraction"),
+             non_negative=("epochs", "iters", "crop_size", "num_workers", "weight_decay", "blur_sigma",
+                           "cache_memory_gb", "lr_drop_at", "hm_factor", "blur_kernel"),
+             choices={"method": ("noco", "revdist", "recontrast"), "setting": ("separate", "unified"),
+                      "resize": ("cv2", "pil"), "optimizer": ("adamw", "adam"), "image_score": ("max", "top_mean"),
+                      "cache_dtype": ("float32", "float16", "bfloat16"), "loss_form": ("global", "pixel"),
+                      "decoder_activation": ("relu", "gelu")},
+             at_most={"top_fraction": 1.0, "lr_drop_at": 1.0}, non_empty=("target_norm",))
+if cfg.method != "noco" and len(cfg.target_norm) > 1:
+    raise ConfigError(f"--target_norm: a list of norms (the norm study) is for --method noco, not {cfg.method}")
+if not cfg.resume:
+    check_out_dir(cfg.out_dir)
 started = time.time()
 device = resolve_device(cfg.device)
+use_amp, memory_format = (cfg.amp and device.type == "cuda"), (
+    torch.channels_last if cfg.channels_last and device.type == "cuda" else torch.contiguous_format)
 seed_everything(cfg.seed)  # also fixes a random-init (--weights none) encoder
-if cfg.method != "noco":
-    raise SystemExit(f"--method: train_mvtec.py implements 'noco', got {cfg.method!r}")
-if cfg.cache_dtype not in ("float16", "float32"):
-    raise SystemExit(f"--cache_dtype: expected float16 or float32, got {cfg.cache_dtype!r}")
 
 # data -------------------------------------------------------------------------
+run_name = Path(cfg.data_path).name if cfg.data_path else cfg.dataset
 root = Path(cfg.data_path or f"data/{cfg.dataset}")
 if cfg.dataset == "demo":
     make_demo(root)
@@ -81,63 +146,136 @@ if cfg.dataset == "visa" and (root / "split_csv").is_dir():  # raw VisA: prepare
     root = prepare_visa(root, root / "visa_pytorch")
 Dataset = BTADDataset if cfg.dataset == "btad" else MVTecDataset
 source_hint = DATASET_SOURCES.get(cfg.dataset, DATASET_SOURCES["folder"])
-class_names = list(cfg.classes) or list_classes(root)
-if not class_names:
-    Dataset(root, "?", "train", source_hint=source_hint)  # raises the error that names the layout
-batch_size = cfg.batch_size or (8 if cfg.dataset in ("mpdd", "visa") else 16)
-extract = dict(device=device, batch_size=batch_size, num_workers=cfg.num_workers, dtype=getattr(torch, cfg.cache_dtype),
-               memory_budget_gb=cfg.cache_memory_gb, cache_dir=cfg.cache_dir or None)
+class_names = resolve_classes(root, cfg.classes, Dataset, source_hint)
+train_sets, test_sets = ({c: Dataset(root, c, split, cfg.image_size, cfg.crop_size, resize=cfg.resize,
+                                     source_hint=source_hint) for c in class_names} for split in ("train", "test"))
+cfg.data_path, cfg.classes = str(root), tuple(class_names)  # config.json records what ran
+uses_frozen_features = cfg.method in ("noco", "revdist")    # ReContrast trains an encoder copy on images
+separate = cfg.setting == "separate"
+drop_last = not separate  # the multi-class reference drops the last short batch; NoCo and RD4AD keep it
+loader = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+run = RunFolder(cfg.resume or new_run_path(cfg.out_dir, "train_mvtec", run_name, cfg.method, cfg.setting),
+                vars(cfg), device, started, resume=bool(cfg.resume))
 
 # model ------------------------------------------------------------------------
-encoder = build_encoder(cfg.backbone, cfg.weights, cfg.layers, cfg.encoder_taps).to(device)
-run_dir = make_run_dir(cfg.out_dir, "train_mvtec", cfg.dataset, cfg.method)
-rows = {norm: [] for norm in cfg.target_norm}
+if uses_frozen_features:
+    taps = cfg.encoder_taps if cfg.method == "noco" else "standard"
+    encoder = build_encoder(cfg.backbone, cfg.weights, cfg.layers, taps).to(device, memory_format=memory_format)
+    feature_channels = sum(f.shape[1] for f in encoder(test_sets[class_names[0]][0]["image"][None].to(device)).values())
+else:
+    frozen_backbone = load_backbone(cfg.backbone, cfg.weights)
 
-for class_name in class_names:
-    # frozen features, once per class: every epoch and every target norm reuses them
-    train_set = Dataset(root, class_name, "train", cfg.image_size, cfg.crop_size, source_hint=source_hint)
-    test_set = Dataset(root, class_name, "test", cfg.image_size, cfg.crop_size, source_hint=source_hint)
-    if cfg.cache_features:
-        train_features = extract_features(encoder, train_set, desc=f"{class_name} train features", **extract)
-        train_batches = CachedBatches(train_features, batch_size)
-    else:
-        train_batches = EncodedBatches(encoder, train_set, batch_size, cfg.num_workers)
-    test_features, test_samples = extract_features(encoder, test_set, desc=f"{class_name} test features",
-                                                   keep=("mask", "label"), **extract)
-    in_channels = sum(v.shape[1] for v in test_features.values())
 
-    for norm in cfg.target_norm:
+def build_model(norm, generator):
+    if cfg.method == "noco":
+        return NoCo(feature_channels, structured=True, target=cfg.target, target_norm=norm, p=cfg.target_p, nu=cfg.nu,
+                    radius_init=cfg.radius_init, generator=generator)
+    if cfg.method == "revdist":
+        return RevDist(cfg.backbone, activation=cfg.decoder_activation, loss_form=cfg.loss_form)
+    return ReContrast(frozen_backbone, cfg.backbone, activation=cfg.decoder_activation, hm_factor=cfg.hm_factor)
+
+
+# options that change how a model is evaluated, not how it is trained: a saved model is reused across them
+EVALUATION_ONLY = {"out_dir", "resume", "checkpoint", "device", "num_workers", "image_score", "top_fraction",
+                   "blur_sigma", "blur_kernel", "cache_features", "cache_memory_gb", "cache_dir", "save_checkpoints",
+                   "download", "data_path", "classes", "target_norm"}
+
+
+def reusable_state(model_name, training_config):
+    """A saved model trained exactly so: from the run being resumed, or from --checkpoint."""
+    for source in (cfg.resume, cfg.checkpoint):
+        path = Path(source) if source else None
+        if path is None or not (path.is_file() or (path := path / "checkpoints" / f"{model_name}.pt").is_file()):
+            continue
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") == fingerprint(training_config, EVALUATION_ONLY):
+            return state
+        if source == cfg.checkpoint:
+            differ = sorted(k for k in training_config if k not in EVALUATION_ONLY
+                            and state.get("training_config", {}).get(k) != training_config[k])
+            raise ConfigError(f"--checkpoint {path}: trained with another configuration (differs in {differ})")
+    return None
+
+
+groups = [(c, [c]) for c in class_names] if separate else [("unified", class_names)]
+for group_name, group in groups:
+    model_names = {norm: group_name if len(cfg.target_norm) == 1 else f"{group_name}_norm{norm:g}"
+                   for norm in cfg.target_norm}
+    if all(run.finished(name) for name in model_names.values()):
+        continue  # finished before the run was interrupted
+    train_set = train_sets[group[0]] if separate else MixedDataset(train_sets[c] for c in group)
+    total_iters = iterations(cfg.setting, cfg.epochs, cfg.iters, len(train_set), cfg.batch_size, drop_last)
+    source = None  # the training batches, made when a model of this group is trained (not when one is reused)
+
+    for norm, model_name in model_names.items():
+        if run.finished(model_name):
+            continue
         # train ---------------------------------------------------------------
         seed_everything(cfg.seed)
         generator = torch.Generator().manual_seed(cfg.seed)
-        model = NoCo(in_channels, structured=True, target=cfg.target, target_norm=norm, p=cfg.target_p, nu=cfg.nu,
-                     radius_init=cfg.radius_init, generator=generator).to(device)
-        if cfg.target == "mean":
-            with torch.no_grad():
-                model.set_target(torch.cat([model.project(f).mean(dim=(2, 3))
-                                            for f in train_batches.epoch(generator, device)]).mean(0))
-        optimizer = model.configure_optimizers(cfg.lr, cfg.weight_decay)
-        model.train()
-        for epoch in (progress := tqdm(range(cfg.epochs), desc=f"{class_name} norm {norm:g}", leave=False)):
-            for features in train_batches.epoch(generator, device):
-                loss = model.loss(features)
+        model = build_model(norm, generator).to(device, memory_format=memory_format)
+        training_config = {**vars(cfg), "classes": group, "target_norm": norm}
+        state = reusable_state(model_name, training_config)
+        if state is not None:
+            model.load_state_dict(state["model"])
+        else:
+            if source is None and not uses_frozen_features:
+                source = ImageBatches(train_set, cfg.batch_size, cfg.num_workers)
+            elif source is None and cfg.cache_features:  # frozen encoder, no augmentation: its features once
+                source = CachedBatches(extract_features(encoder, train_set, device, dtype=getattr(torch, cfg.cache_dtype),
+                                                        memory_budget_gb=cfg.cache_memory_gb,
+                                                        cache_dir=cfg.cache_dir or None,
+                                                        desc=f"{group_name} train features", **loader), cfg.batch_size)
+            elif source is None:
+                source = EncodedBatches(encoder, train_set, cfg.batch_size, cfg.num_workers)
+            if cfg.method == "noco" and cfg.target == "mean":
+                with torch.no_grad():
+                    model.set_target(torch.cat([model.project(f).mean(dim=(2, 3)) for f in source.epoch(generator, device)]).mean(0))
+            optimizer, scheduler = model.configure_optimizers(cfg, total_iters)
+            model.train()
+            stream = batch_stream(source, generator, device, drop_last)
+            for it in (progress := tqdm(range(total_iters), desc=f"{model_name} train", leave=False)):
+                batch = next(stream)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    loss = model.loss(batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-            progress.set_postfix(loss=f"{loss.item():.4f}", r=f"{model.radius.item():.2e}")
+                if scheduler is not None:
+                    scheduler.step()
+                if it % 10 == 0 or it == total_iters - 1:
+                    progress.set_postfix(loss=f"{loss.item():.4f}")
+            if cfg.save_checkpoints:
+                run.save_checkpoint({"model": model.state_dict(), "training_config": training_config,
+                                     "fingerprint": fingerprint(training_config, EVALUATION_ONLY)}, model_name)
 
         # evaluate the last checkpoint ----------------------------------------
         model.eval()
-        maps = torch.cat([model.anomaly_map(f) for f in CachedBatches(test_features, batch_size).ordered(device)])
-        maps = gaussian_blur(upsample(maps, test_set.transform.output_size), cfg.blur_sigma)
-        metrics = compute_metrics(image_scores(maps), test_samples["label"], maps, test_samples["mask"].to(device))
-        rows[norm].append(metrics_row(class_name, metrics))
-        print(f"{class_name} target_norm={norm:g}: " +
-              " ".join(f"{k} {100 * v:.1f}" for k, v in metrics.items() if v is not None))
-        if cfg.save_checkpoints:
-            save_checkpoint({"model": model.state_dict(), "config": vars(cfg), "class_name": class_name},
-                            run_dir / "checkpoints" / f"{class_name}_norm{norm:g}.pt")
+        rows, pooled = [], {"scores": [], "labels": [], "maps": [], "masks": []}
+        for class_name in group:
+            maps, labels, masks = [], [], []
+            for batch in tqdm(DataLoader(test_sets[class_name], **loader), desc=f"{class_name} test", leave=False):
+                images = batch["image"].to(device, memory_format=memory_format)
+                maps.append(model.anomaly_map(encoder(images) if uses_frozen_features else {"image": images}).float())
+                labels.append(batch["label"])
+                masks.append(batch["mask"][:, 0].bool())
+            maps = upsample(torch.cat(maps), test_sets[class_name].transform.output_size)
+            maps = gaussian_blur(maps, cfg.blur_sigma, kernel_size=cfg.blur_kernel).cpu()
+            scores, labels, masks = image_scores(maps, cfg.image_score, cfg.top_fraction), torch.cat(labels), torch.cat(masks)
+            metrics = compute_metrics(scores, labels, maps, masks)
+            rows.append(metrics_row(class_name, metrics, "separate" if separate else "model-unified",
+                                    model=model_name, target_norm=norm))
+            print(f"{class_name} ({model_name}): " + " ".join(f"{k} {100 * metrics[k]:.1f}" for k in
+                                                             ("I-AUROC", "I-AP", "P-AUROC", "P-AP", "AUPRO")))
+            for key, value in zip(pooled, (scores, labels, maps, masks)):
+                pooled[key].append(value)
+        if not separate:  # absolute-unified: every test image of every class in one pool
+            pooled = {key: torch.cat(values) for key, values in pooled.items()}
+            metrics = compute_metrics(pooled["scores"], pooled["labels"], pooled["maps"], pooled["masks"])
+            rows.append(metrics_row("mixed", metrics, "absolute-unified", model=model_name, target_norm=norm))
+            print("mixed: " + " ".join(f"{k} {100 * metrics[k]:.1f}" for k in ("I-AUROC", "I-AP", "P-AUROC", "P-AP", "AUPRO")))
+        run.add_rows(rows)
 
 # write the table ----------------------------------------------------------------
-csv_path = write_norm_tables(run_dir, rows, vars(cfg), device, started)
+csv_path = run.finish(norms=cfg.target_norm)
 print(f"results: {csv_path}")

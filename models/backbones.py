@@ -14,6 +14,8 @@
            copied ResNet.
 """
 import re
+import struct
+import zipfile
 from pathlib import Path
 
 import torch
@@ -48,14 +50,53 @@ def imagenet_state_dict(weights_enum):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+_LEGACY_MAGIC = bytes.fromhex("8a0a6cfc9c46f9206aa85019")  # the magic number torch.save's pickle format starts with
+
+
+def _not_loadable(path, err):
+    """Why a file torch.load refused is not a usable checkpoint, in words, from what the file looks like."""
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        head = file.read(64)
+    if size == 0:
+        return "the file is empty (not a PyTorch checkpoint)"
+    if head.startswith(b"PK\x03\x04"):  # torch.save's default format is a zip archive
+        if not zipfile.is_zipfile(path):
+            return ("a damaged PyTorch checkpoint: a zip archive whose end is missing "
+                    f"({size} bytes; an interrupted download or copy?)")
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("data.pkl") for name in archive.namelist()):
+                return "a zip archive, but not a PyTorch checkpoint (no data.pkl inside, which torch.save writes)"
+    elif head[:1] == b"\x80" and head[:2] != b"\x80\x00":  # a pickle (torch.save's older format)
+        if _LEGACY_MAGIC not in head:
+            return "a pickle, but not a PyTorch checkpoint (torch.save writes a magic number first)"
+        if isinstance(err, (EOFError, struct.error)) or "unexpected EOF" in str(err):
+            return f"a damaged PyTorch checkpoint: the file ends early ({size} bytes; an interrupted download or copy?)"
+    elif len(head) >= 10 and int.from_bytes(head[:8], "little") < size and head[8:10] == b'{"':
+        return ("a safetensors file, not a torch.save checkpoint "
+                "(convert it: safetensors.torch.load_file, then torch.save)")
+    else:
+        return "not a PyTorch checkpoint (torch.save writes a zip archive or a pickle; this file is neither)"
+    if "Weights only load failed" in str(err):  # a pickled object other than tensors and plain containers
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        return ("a PyTorch checkpoint holding Python objects that are not tensors"
+                f"{f' ({found[1]})' if found else ''}, which are not loaded from files for safety: "
+                "save a plain state dict (torch.save(model.state_dict(), path)) instead")
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"cannot load it as a PyTorch state dict ({type(err).__name__}: {lines[0] if lines else 'no message'})"
+
+
 def _file_state_dict(path):
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"--weights {path}: a folder, not a file "
+                                "(expected imagenet, none, or a state-dict file)")
     if not path.is_file():
         raise FileNotFoundError(f"--weights {path}: no such file (expected imagenet, none, or a state-dict file)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"--weights {path}: cannot load it as a PyTorch state dict ({err})") from None
+        raise ValueError(f"--weights {path}: {_not_loadable(path, err)}") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -16,21 +16,49 @@ def test_wide_resnet50_taps_have_the_briefs_shapes_and_the_encoder_is_frozen():
     assert not encoder.training and not any(m.training for m in encoder.modules())
 
 
+def _residual_sums(backbone, x, stages):
+    """The pre-activation output (residual sum, before any ReLU) of each stage's last BasicBlock,
+    recomputed by hand from the block's own modules: independent of the encoder's node tapping."""
+    inputs = {}
+    hooks = [getattr(backbone, stage)[-1].register_forward_pre_hook(
+        lambda module, args, stage=stage: inputs.__setitem__(stage, args[0])) for stage in stages]
+    with torch.no_grad():
+        backbone(x)
+        sums = {}
+        for stage in stages:
+            block, inp = getattr(backbone, stage)[-1], inputs[stage]
+            out = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(inp)))))
+            sums[stage] = out + (block.downsample(inp) if block.downsample is not None else inp)
+    for hook in hooks:
+        hook.remove()
+    return sums
+
+
 def test_preact_taps_are_the_leaky_pre_activation_of_torchvisions_taps():
     layers = ("layer1", "layer2", "layer3", "avgpool")
     torch.manual_seed(0)
     standard = build_encoder("resnet18", "none", layers, "standard")
     torch.manual_seed(0)
     preact = build_encoder("resnet18", "none", layers, "preact")
+    torch.manual_seed(0)
+    reference = load_backbone("resnet18", "none")  # the same weights, untouched by any encoder
     x = torch.randn(2, 3, 64, 64)
     a, b = standard(x), preact(x)
+    raw = _residual_sums(reference, x, ("layer1", "layer2", "layer3", "layer4"))
     for layer in ("layer1", "layer2", "layer3"):
-        assert (b[layer] < 0).float().mean() > 0.1  # really pre-activation (an in-place ReLU would zero these)
+        negative = raw[layer] < 0
+        assert negative.float().mean() > 0.1  # really pre-activation (an in-place ReLU would zero these)
         assert torch.equal(torch.relu(b[layer]), a[layer])
-        negative = b[layer] < 0
-        assert torch.allclose(b[layer][negative] / 0.01, b[layer][negative] * 100)  # leaky slope 0.01 kept
+        # the tap is leaky_relu(raw, 0.01): positive part unchanged, negative part exactly 0.01 * raw
+        leaky = torch.where(raw[layer] > 0, raw[layer], 0.01 * raw[layer])
+        assert torch.allclose(b[layer], leaky, rtol=1e-5, atol=1e-6)
+        slope = b[layer][negative] / raw[layer][negative]
+        assert torch.allclose(slope, torch.full_like(slope, 0.01), rtol=1e-4)
     assert a["avgpool"].shape == b["avgpool"].shape == (2, 512)
-    assert (b["avgpool"] < 0).any() and (a["avgpool"] >= 0).all()  # pooled without any activation
+    # pooled without any activation: the plain mean of layer4's residual sum
+    assert torch.allclose(b["avgpool"], raw["layer4"].mean(dim=(2, 3)), rtol=1e-5, atol=1e-6)
+    assert (b["avgpool"] < 0).any() and torch.allclose(a["avgpool"], torch.relu(raw["layer4"]).mean(dim=(2, 3)),
+                                                       rtol=1e-5, atol=1e-6)
 
 
 def test_efficientnet_b4_stage_taps_match_uniads_blocks():
@@ -88,10 +116,34 @@ def test_weights_from_a_local_file(tmp_path):
     torch.save(load_backbone("wide_resnet50_2", "none").state_dict(), wrong)
     with pytest.raises(ValueError, match="wrong.pth: does not fit resnet18"):
         load_backbone("resnet18", str(wrong))
-    garbage = tmp_path / "garbage.pth"
-    garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="garbage.pth: cannot load it"):
-        load_backbone("resnet18", str(garbage))
+    with pytest.raises(FileNotFoundError, match="a folder, not a file"):
+        load_backbone("resnet18", str(tmp_path))
+
+
+def test_weights_that_are_not_a_checkpoint_say_what_the_file_is_not(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("learning rate 1e-4, 50 epochs\n")
+    with pytest.raises(ValueError) as error:
+        load_backbone("resnet18", str(notes))
+    assert str(error.value) == (f"--weights {notes}: not a PyTorch checkpoint "
+                                "(torch.save writes a zip archive or a pickle; this file is neither)")
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.pth: the file is empty"):
+        load_backbone("resnet18", str(empty))
+
+    state = {k: v for k, v in load_backbone("resnet18", "none").state_dict().items() if k.startswith("layer1.")}
+    for name, zip_format in (("zip.pth", True), ("legacy.pth", False)):  # torch.save's two formats
+        whole = tmp_path / name
+        torch.save(state, whole, _use_new_zipfile_serialization=zip_format)
+        data = whole.read_bytes()
+        for size in (len(data) // 2, len(data) - 7, 40):
+            truncated = tmp_path / f"cut{size}_{name}"
+            truncated.write_bytes(data[:size])
+            with pytest.raises(ValueError) as error:
+                load_backbone("resnet18", str(truncated))
+            assert str(error.value).startswith(f"--weights {truncated}: a damaged PyTorch checkpoint: ")
+            assert f"({size} bytes; an interrupted download or copy?)" in str(error.value)
 
 
 def test_unknown_backbone_layer_and_taps_are_clear_errors():

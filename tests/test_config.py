@@ -1,8 +1,19 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
+from torch._utils import ExceptionWrapper
 
-from utils.config import ConfigError, parse_config, resolve_device, script_constants
+from utils import config
+from utils.config import (ConfigError, check_config, check_out_dir, config_help, parse_config, resolve_device,
+                          script_constants)
 
+REPO = Path(__file__).resolve().parents[1]
 DEFAULTS = {"lr": 1e-4, "epochs": 50, "dataset": "mvtec", "download": False, "classes": (),
             "target_norm": (1.0,), "layers": ("layer1", "layer2")}
 
@@ -58,8 +69,276 @@ def test_device_resolution():
             resolve_device("cuda")
 
 
-def test_a_dataset_preset_replaces_defaults_but_not_what_the_command_line_gives():
-    presets = {"demo": {"epochs": 5, "lr": 1e-2}}
-    assert parse_config(DEFAULTS, ["--dataset", "visa"], presets).epochs == 50
-    cfg = parse_config(DEFAULTS, ["--dataset", "demo", "--lr", "0.5"], presets)
-    assert cfg.epochs == 5 and cfg.lr == 0.5
+# presets ----------------------------------------------------------------------------------------
+METHOD_DEFAULTS = {"method": "noco", "setting": "separate", "dataset": "mvtec", "epochs": 50, "lr": 1e-4,
+                   "batch_size": 16, "betas": (0.9, 0.999)}
+PRESETS = [
+    ({"dataset": "demo"}, {"epochs": 5, "lr": 1}),                       # int for a float constant: 1.0
+    ({"method": "revdist"}, {"setting": "unified"}),
+    ({"method": "revdist", "setting": "separate"}, {"epochs": 200, "lr": 5e-3, "betas": [0.5, 0.999]}),
+    ({"setting": "unified"}, {"epochs": 7}),                              # sees the setting a preset set
+    ({"dataset": "demo"}, {"batch_size": 4, "epochs": 3}),                # a later preset wins
+]
+
+
+@pytest.mark.parametrize("argv, changed", [
+    ([], {}),
+    (["--dataset", "demo"], {"dataset": "demo", "epochs": 3, "lr": 1.0, "batch_size": 4}),
+    (["--method", "revdist"], {"method": "revdist", "setting": "unified", "epochs": 7}),
+    (["--method", "revdist", "--setting", "separate"],
+     {"method": "revdist", "setting": "separate", "epochs": 200, "lr": 5e-3, "betas": (0.5, 0.999)}),
+    (["--method", "revdist", "--epochs", "9", "--lr=0.5"],
+     {"method": "revdist", "setting": "unified", "epochs": 9, "lr": 0.5}),
+    (["--dataset", "demo", "--setting", "unified", "--batch_size", "2"],
+     {"dataset": "demo", "setting": "unified", "epochs": 3, "lr": 1.0, "batch_size": 2}),
+])
+def test_presets_apply_in_order_and_never_replace_the_command_line(argv, changed):
+    cfg, given = parse_config(METHOD_DEFAULTS, argv, PRESETS, return_given=True)
+    assert vars(cfg) == {**METHOD_DEFAULTS, **changed}
+    assert all(type(v) is type(METHOD_DEFAULTS[k]) for k, v in vars(cfg).items())  # 1 -> 1.0, list -> tuple
+    assert given == {token[2:].partition("=")[0] for token in argv if token.startswith("--")}
+    assert vars(parse_config(METHOD_DEFAULTS, argv, PRESETS)) == vars(cfg)  # return_given only adds `given`
+
+
+def test_a_preset_with_an_unknown_option_or_a_wrong_type_is_a_programming_error():
+    with pytest.raises(KeyError, match="unknown option 'epoch'"):  # raised even where the preset does not apply
+        parse_config(METHOD_DEFAULTS, [], [({"dataset": "visa"}, {"epoch": 3})])
+    with pytest.raises(KeyError, match="unknown option 'task'"):
+        parse_config(METHOD_DEFAULTS, [], [({"task": "x"}, {"epochs": 3})])
+    for values in ({"epochs": 2.5}, {"batch_size": True}, {"lr": "fast"}, {"betas": (0.9, "x")}):
+        with pytest.raises(TypeError, match=f"preset --dataset visa: {next(iter(values))} = "):
+            parse_config(METHOD_DEFAULTS, [], [({"dataset": "visa"}, values)])
+
+
+# --help -----------------------------------------------------------------------------------------
+SCRIPT = '''"""Trains the tiny thing on
+the small data set, quickly.
+
+More detail that --help leaves out.
+"""
+from utils.config import parse_config, script_constants
+
+lr = 3e-4                    # the learning rate of the
+epochs = 12                  # passes over the training images (0 = untrained)
+dataset = "mvtec"            # mvtec | demo
+layers = ("layer1", "layer2")
+download = False             # fetch the public archive and verify its checksum
+PRESETS = [
+    ({"dataset": "demo"}, {"epochs": 2, "layers": ("layer3",)}),  # a quick first run
+]
+cfg = parse_config(script_constants(globals()), presets=PRESETS, script=__file__)
+print("ran with", cfg.epochs)
+'''
+
+
+def _run(script_path, *args, **kwargs):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("TRACEBACK", None)
+    return subprocess.run([sys.executable, str(script_path), *args], capture_output=True, text=True, env=env,
+                          cwd=script_path.parent, timeout=60, **kwargs)
+
+
+def test_help_prints_usage_purpose_defaults_comments_and_presets_to_stdout(tmp_path):
+    script = tmp_path / "train_tiny.py"
+    script.write_text(SCRIPT.replace("the learning rate of the", "the learning rate of the " + "very " * 30 + "end"))
+    done = _run(script, "--epochs", "3", "--help")
+    assert done.returncode == 0 and done.stderr == ""
+    lines = done.stdout.splitlines()
+    assert lines[0] == "usage: python train_tiny.py [--name value ...]"
+    assert "Trains the tiny thing on the small data set, quickly." in done.stdout
+    assert "More detail" not in done.stdout and "ran with" not in done.stdout
+    assert max(map(len, lines)) <= 100
+    entry = next(i for i, line in enumerate(lines) if line.startswith("  --epochs "))
+    assert lines[entry].split() == "--epochs 12 passes over the training images (0 = untrained)".split()
+    column = lines[entry].index("passes")
+    lr = next(i for i, line in enumerate(lines) if line.startswith("  --lr "))
+    assert lines[lr].startswith("  --lr 0.0003") and lines[lr].index("the learning") == column
+    assert lines[lr + 1].startswith(" " * column + "very") and lines[lr + 2].rstrip().endswith("end")  # wrapped
+    assert "  --dataset mvtec" in done.stdout and "mvtec | demo" in done.stdout
+    assert "  --layers layer1,layer2\n" in done.stdout and "  --download false " in done.stdout
+    assert "  if --dataset demo:  # a quick first run\n      --epochs 2 --layers layer3\n" in done.stdout
+    assert _run(script, "-h").stdout == done.stdout
+
+
+def test_help_without_a_script_lists_the_options():
+    text = config_help(METHOD_DEFAULTS, PRESETS)
+    assert text.startswith("usage: python ")
+    assert "  --betas 0.9,0.999\n" in text and "  --lr 0.0001\n" in text
+    assert "  if --method revdist --setting separate:\n      --epochs 200 --lr 0.005 --betas 0.5,0.999\n" in text
+    assert "  if --dataset demo:\n      --epochs 5 --lr 1.0\n" in text
+
+
+# checks before any work ------------------------------------------------------------------------
+CHECKED = {"epochs": 50, "lr": 1e-4, "batch_size": 16, "setting": "separate", "target_norm": (1.0, 2.0),
+           "layers": ("layer1",), "top_fraction": 0.01, "crop_size": 224}
+RULES = dict(positive=("lr", "batch_size", "target_norm", "top_fraction"), non_negative=("epochs", "crop_size"),
+             choices={"setting": ("separate", "unified"), "layers": ("layer1", "layer2", "layer3")},
+             at_most={"top_fraction": 1}, non_empty=("target_norm",))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"epochs": -3}, "--epochs: expected a non-negative int, got -3"),
+    ({"lr": 0.0}, "--lr: expected a positive number, got 0.0"),
+    ({"lr": float("nan")}, "--lr: expected a positive number, got nan"),
+    ({"lr": float("inf")}, "--lr: expected a positive number, got inf"),
+    ({"batch_size": 0}, "--batch_size: expected a positive int, got 0"),
+    ({"setting": "both"}, "--setting: expected one of separate, unified, got 'both'"),
+    ({"target_norm": (1.0, -2.0)}, "--target_norm: expected positive numbers, got 1.0,-2.0"),
+    ({"target_norm": ()}, '--target_norm: expected at least one value, got ""'),
+    ({"layers": ("layer1", "layer9")},
+     "--layers: expected each one of layer1, layer2, layer3, got 'layer9' (in layer1,layer9)"),
+    ({"top_fraction": 2.0}, "--top_fraction: expected a value at most 1, got 2.0"),
+    ({"crop_size": -1}, "--crop_size: expected a non-negative int, got -1"),
+])
+def test_check_config_names_the_option_and_what_was_expected(change, message):
+    check_config(parse_config(CHECKED, []), **RULES)  # the defaults pass
+    check_config(parse_config(CHECKED, ["--epochs", "0", "--crop_size", "0"]), **RULES)  # zero is non-negative
+    with pytest.raises(ConfigError) as error:
+        check_config(parse_config(CHECKED, []).__class__(**{**CHECKED, **change}), **RULES)
+    assert str(error.value) == message
+
+
+def test_check_config_reads_command_line_values():
+    cfg = parse_config(CHECKED, ["--target_norm", "1,-2"])
+    with pytest.raises(ConfigError, match=r"^--target_norm: expected positive numbers, got 1.0,-2.0$"):
+        check_config(cfg, **RULES)
+
+
+def test_check_out_dir_refuses_a_file_or_an_unwritable_folder_and_creates_nothing(tmp_path, monkeypatch):
+    check_out_dir(tmp_path)
+    check_out_dir(tmp_path / "new" / "deeper")
+    assert list(tmp_path.iterdir()) == []
+    a_file = tmp_path / "results"
+    a_file.write_text("")
+    with pytest.raises(ConfigError, match=r"^--out_dir .*results: it is a file, not a folder$"):
+        check_out_dir(a_file)
+    with pytest.raises(ConfigError, match=r"^--out_dir .*results/run: cannot create it: .*results is a file"):
+        check_out_dir(a_file / "run")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(config.os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
+    with pytest.raises(ConfigError, match=r"^--out_dir .*locked: the folder is not writable$"):
+        check_out_dir(locked)
+    with pytest.raises(ConfigError, match=rf"^--out_dir .*locked/a/b: cannot create it: {locked} is not writable$"):
+        check_out_dir(locked / "a" / "b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["locked", "results"] and not any(locked.iterdir())
+
+
+# one line for bad input ------------------------------------------------------------------------
+def _wrapped(error):
+    """The exception a DataLoader worker's `error` becomes in the main process."""
+    try:
+        raise error
+    except Exception:
+        wrapper = ExceptionWrapper(where="in DataLoader worker process 0")
+    try:
+        wrapper.reraise()
+    except Exception as reraised:
+        return reraised
+
+
+def test_one_line_message_keeps_the_original_message_of_a_worker_error():
+    message = config._one_line_message
+    assert message(ValueError, ValueError("no images in x/\nlook in y/")) == "no images in x/ look in y/"
+    assert message(ConfigError, ConfigError("--lr: expected float")) == "--lr: expected float"
+    assert message(RuntimeError, RuntimeError("CUDA out of memory")) is None
+    assert message(KeyError, KeyError("k")) is None
+    error = _wrapped(ValueError("cannot read image x.png: truncated"))
+    assert type(error) is ValueError and "Original Traceback" in str(error)
+    assert message(type(error), error) == "cannot read image x.png: truncated"
+    error = _wrapped(FileNotFoundError(2, "No such file or directory", "x.png"))
+    assert type(error) is FileNotFoundError
+    assert message(type(error), error) == "[Errno 2] No such file or directory: 'x.png'"
+    error = _wrapped(UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"))  # cannot be rebuilt
+    assert type(error) is RuntimeError
+    assert message(type(error), error) == "'utf-8' codec can't decode byte 0xff in position 0: invalid start byte"
+    error = _wrapped(ZeroDivisionError("division by zero"))
+    assert message(type(error), error) is None  # a bug in a worker keeps its traceback
+    error = _wrapped(ValueError())
+    assert message(type(error), error) == "ValueError"
+
+
+WORKER_SCRIPT = '''
+import torch
+from torch.utils.data import DataLoader, Dataset
+from utils.config import parse_config
+
+cfg = parse_config({"workers": 1})
+
+
+class Broken(Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        raise ValueError(f"cannot read image x{i}.png: truncated file")
+
+
+for batch in DataLoader(Broken(), num_workers=cfg.workers):
+    pass
+'''
+
+
+def test_an_error_raised_in_a_dataloader_worker_is_one_line(tmp_path):
+    script = tmp_path / "broken.py"
+    script.write_text(WORKER_SCRIPT)
+    done = _run(script)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == ["error: cannot read image x0.png: truncated file",
+                                        "(set TRACEBACK=1 for the traceback)"]
+
+
+INTERRUPT_SCRIPT = '''
+import sys
+import time
+from pathlib import Path
+
+from torch.utils.data import DataLoader, Dataset
+from utils.config import parse_config
+
+cfg = parse_config({"marker": "", "workers": 1})
+
+
+class Slow(Dataset):
+    def __len__(self):
+        return 100000
+
+    def __getitem__(self, i):
+        time.sleep(0.01)
+        return i
+
+
+try:
+    for i, batch in enumerate(DataLoader(Slow(), num_workers=cfg.workers)):
+        if i == 3:
+            print("ready", flush=True)
+        time.sleep(0.01)
+finally:
+    Path(cfg.marker).write_text("cleaned up")
+'''
+
+
+def test_ctrl_c_prints_interrupted_once_runs_finally_and_exits_130(tmp_path):
+    script, marker = tmp_path / "slow.py", tmp_path / "marker"
+    script.write_text(INTERRUPT_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, str(script), "--marker", str(marker)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path, start_new_session=True)
+    try:
+        assert process.stdout.readline() == "ready\n"
+        time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C does: the script and its DataLoader worker
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130
+    assert stderr.splitlines() == ["interrupted"]  # once (not from the worker), and no traceback
+    assert marker.read_text() == "cleaned up"
+
+
+def test_parse_config_with_argv_installs_no_handlers():
+    hook, handler = sys.excepthook, signal.getsignal(signal.SIGINT)
+    parse_config(DEFAULTS, [])
+    assert sys.excepthook is hook and signal.getsignal(signal.SIGINT) is handler

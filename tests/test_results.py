@@ -1,9 +1,12 @@
 import json
+import os
+import stat
 
 import pandas as pd
 import pytest
 
-from utils.results import TABLE_COLUMNS, atomic_write, metrics_row, results_table, write_norm_tables, write_run
+from utils.results import (PARTIAL_NAME, TABLE_COLUMNS, RunFolder, atomic_write, metrics_row, read_run_config,
+                           results_table)
 
 
 def metrics(i_auroc, p_auroc=None):
@@ -11,27 +14,57 @@ def metrics(i_auroc, p_auroc=None):
             "AUPRO": None, "F1-max": 0.9}
 
 
-def test_table_in_percent_with_a_mean_row_and_empty_pixel_columns(tmp_path):
-    table = results_table([metrics_row("a", metrics(0.9, 0.8)), metrics_row("b", metrics(0.7, 0.6))])
-    assert list(table.columns) == TABLE_COLUMNS == ["class", "I-AUROC", "I-AP", "P-AUROC", "P-AP", "AUPRO"]
-    assert table["class"].tolist() == ["a", "b", "mean"]
+def test_table_in_percent_with_a_mean_row_per_setting_and_the_mixed_row_last():
+    rows = [metrics_row("a", metrics(0.9, 0.8), "model-unified"), metrics_row("b", metrics(0.7, 0.6), "model-unified"),
+            metrics_row("mixed", metrics(0.6, 0.5), "absolute-unified")]
+    table = results_table(rows)
+    assert list(table.columns) == TABLE_COLUMNS == ["setting", "class", "I-AUROC", "I-AP", "P-AUROC", "P-AP", "AUPRO"]
+    assert table["class"].tolist() == ["a", "b", "mean", "mixed"]
+    assert table["setting"].tolist() == ["model-unified"] * 3 + ["absolute-unified"]
     assert table.loc[2, "I-AUROC"] == pytest.approx(80.0) and table.loc[2, "P-AUROC"] == pytest.approx(70.0)
-    path = write_run(tmp_path, table, {"lr": 1e-4}, "cpu", started=0.0)
-    written = pd.read_csv(path)
-    assert written["AUPRO"].isna().all() and written.loc[0, "I-AUROC"] == 90.0
-    meta = json.loads((tmp_path / "config.json").read_text())
-    assert meta["config"] == {"lr": 1e-4} and meta["device"].startswith("cpu")
-    assert {"torch", "torchvision", "numpy", "scikit-learn"} <= set(meta["versions"]) and "git_commit" in meta
-    assert "wall_time_s" in meta
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "results.csv"]
+    assert table.loc[3, "I-AUROC"] == pytest.approx(60.0)  # pooled, not the mean
+    separate = results_table([metrics_row("a", metrics(0.9)), metrics_row("b", metrics(0.8))])
+    assert separate["class"].tolist() == ["a", "b", "mean"] and separate["P-AUROC"].isna().all()
 
 
-def test_mixed_row_table_has_no_mean():
-    table = results_table([metrics_row("mixed", metrics(0.95, 0.9))], summary=None)
-    assert table["class"].tolist() == ["mixed"]
+def test_run_folder_appears_with_the_first_result_keeps_partial_rows_and_finishes(tmp_path):
+    path = tmp_path / "run"
+    run = RunFolder(path, {"lr": 1e-4}, "cpu", started=0.0)
+    assert not path.exists()  # nothing is created before a result is ready
+    run.add_rows([metrics_row("a", metrics(0.91234567), model="a")])
+    partial = pd.read_csv(path / PARTIAL_NAME)
+    assert partial.loc[0, "I-AUROC"] == pytest.approx(91.234567)  # full precision, for a resumed mean
+    meta = json.loads((path / "config.json").read_text())
+    assert meta["status"] == "partial" and meta["config"] == {"lr": 1e-4}
+    assert read_run_config(path) == {"lr": 1e-4}
+
+    resumed = RunFolder(path, {"lr": 1e-4}, "cpu", started=0.0, resume=True)
+    assert resumed.finished("a") and not resumed.finished("b")
+    resumed.add_rows([metrics_row("b", metrics(0.8), model="b")])
+    csv = resumed.finish()
+    table = pd.read_csv(csv, dtype={"class": str})
+    assert table["class"].tolist() == ["a", "b", "mean"] and table.loc[2, "I-AUROC"] == pytest.approx(85.62, abs=0.006)
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "results.csv"]
+    meta = json.loads((path / "config.json").read_text())
+    assert meta["status"] == "complete" and {"device", "git_commit", "wall_time_s", "versions"} <= meta.keys()
+    with pytest.raises(ValueError, match="complete"):
+        read_run_config(path)
 
 
-def test_a_failed_write_leaves_nothing_behind(tmp_path):
+def test_norm_study_tables(tmp_path):
+    run = RunFolder(tmp_path, {}, "cpu", 0.0)
+    run.add_rows([metrics_row("grid", metrics(0.9, 0.8), target_norm=1.0),
+                  metrics_row("grid", metrics(0.95, 0.85), target_norm=8.0)])
+    path = run.finish(norms=(1.0, 8.0))
+    study = pd.read_csv(path)
+    assert path.name == "norm_study.csv"
+    assert list(study.columns) == ["setting", "class", "I-AUROC norm=1", "I-AUROC norm=8", "P-AUROC norm=1",
+                                   "P-AUROC norm=8"]
+    assert study["class"].tolist() == ["grid", "mean"] and study.loc[0, "I-AUROC norm=8"] == 95.0
+    assert pd.read_csv(tmp_path / "results_norm8.csv").loc[0, "I-AUROC"] == 95.0
+
+
+def test_a_failed_write_leaves_nothing_behind_and_files_follow_the_umask(tmp_path):
     target = tmp_path / "results.csv"
 
     def crash(tmp):
@@ -45,13 +78,9 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_write(target, crash)
     assert target.read_text() == "old" and len(list(tmp_path.iterdir())) == 1
-
-
-def test_norm_study_table_has_a_column_per_metric_and_norm(tmp_path):
-    rows = {1.0: [metrics_row("grid", metrics(0.9, 0.8))], 8.0: [metrics_row("grid", metrics(0.95, 0.85))]}
-    path = write_norm_tables(tmp_path, rows, {}, "cpu", 0.0)
-    study = pd.read_csv(path)
-    assert path.name == "norm_study.csv"
-    assert list(study.columns) == ["class", "I-AUROC norm=1", "I-AUROC norm=8", "P-AUROC norm=1", "P-AUROC norm=8"]
-    assert study["class"].tolist() == ["grid", "mean"] and study.loc[0, "I-AUROC norm=8"] == 95.0
-    assert (tmp_path / "results_norm1.csv").exists() and (tmp_path / "results_norm8.csv").exists()
+    old = os.umask(0o022)
+    try:
+        atomic_write(target, lambda tmp: open(tmp, "w").write("new"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644 and target.read_text() == "new"

@@ -1,8 +1,12 @@
 """The three scripts end to end, as a user runs them, on generated data (CPU, random-init resnet18)."""
 import json
 import os
+import shutil
+import signal
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,20 +44,32 @@ def demo_root(tmp_path_factory):
 
 
 def test_train_mvtec_on_the_demo_set_writes_the_table_config_and_checkpoints(demo_root, tmp_path):
-    done = run_script("train_mvtec.py", "--dataset", "demo", "--data_path", str(demo_root), "--classes", "brick,grass",
-                      "--image_size", "64", "--crop_size", "0", "--epochs", "2", "--out_dir", str(tmp_path), *SMALL)
+    old_umask = os.umask(0o022)
+    try:
+        done = run_script("train_mvtec.py", "--dataset", "demo", "--data_path", str(demo_root), "--classes",
+                          "brick,grass", "--image_size", "64", "--crop_size", "0", "--epochs", "2",
+                          "--out_dir", str(tmp_path), *SMALL)
+    finally:
+        os.umask(old_umask)
     csv = results_path(done)
+    assert csv.parent.name.startswith(f"train_mvtec_{demo_root.name}_noco_separate_")  # named after the folder
     table = pd.read_csv(csv)
-    assert list(table.columns) == ["class", "I-AUROC", "I-AP", "P-AUROC", "P-AP", "AUPRO"]
-    assert table["class"].tolist() == ["brick", "grass", "mean"]
-    values = table.drop(columns="class").to_numpy()
+    assert list(table.columns) == ["setting", "class", "I-AUROC", "I-AP", "P-AUROC", "P-AP", "AUPRO"]
+    assert table["class"].tolist() == ["brick", "grass", "mean"] and set(table["setting"]) == {"separate"}
+    values = table.drop(columns=["setting", "class"]).to_numpy()
     assert np.isfinite(values).all() and (values >= 0).all() and (values <= 100).all()
-    assert table.iloc[2, 1:].to_numpy() == pytest.approx(table.iloc[:2, 1:].to_numpy().mean(axis=0), abs=0.011)
+    assert table.iloc[2, 2:].to_numpy() == pytest.approx(table.iloc[:2, 2:].to_numpy().mean(axis=0), abs=0.011)
     meta = json.loads((csv.parent / "config.json").read_text())
-    assert meta["config"]["epochs"] == 2 and meta["config"]["classes"] == ["brick", "grass"]
+    assert meta["status"] == "complete"
+    config = meta["config"]  # what ran, not the placeholders
+    assert config["epochs"] == 2 and config["classes"] == ["brick", "grass"] and config["batch_size"] == 16
+    assert config["crop_size"] == 0 and config["data_path"] == str(demo_root) and config["backbone"] == "resnet18"
     assert {"device", "git_commit", "wall_time_s", "versions"} <= meta.keys()
-    checkpoint = torch.load(csv.parent / "checkpoints" / "brick_norm1.pt", weights_only=True)
+    checkpoint = torch.load(csv.parent / "checkpoints" / "brick.pt", weights_only=True)
     assert torch.linalg.vector_norm(checkpoint["model"]["target"]).item() == pytest.approx(1.0, rel=1e-5)
+    for path in (csv, csv.parent / "config.json", csv.parent / "checkpoints" / "brick.pt"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path  # the user's umask, not 0600
+    assert "F1" not in done.stdout  # printed only what the table holds
 
 
 def test_norm_study_and_cold_start(demo_root, tmp_path):
@@ -62,7 +78,8 @@ def test_norm_study_and_cold_start(demo_root, tmp_path):
                       "--out_dir", str(tmp_path), *SMALL)
     study = pd.read_csv(results_path(done))
     assert results_path(done).name == "norm_study.csv"
-    assert list(study.columns) == ["class", "I-AUROC norm=1", "I-AUROC norm=8", "P-AUROC norm=1", "P-AUROC norm=8"]
+    assert list(study.columns) == ["setting", "class", "I-AUROC norm=1", "I-AUROC norm=8", "P-AUROC norm=1",
+                                   "P-AUROC norm=8"]
     assert study["class"].tolist() == ["gravel", "mean"] and study.notna().all().all()
     for norm in (1, 8):  # cold start: the untrained detector with its data-independent target
         checkpoint = torch.load(results_path(done).parent / "checkpoints" / f"gravel_norm{norm}.pt", weights_only=True)
@@ -76,6 +93,61 @@ def test_same_seed_same_table_even_with_a_random_init_encoder(demo_root, tmp_pat
     first, second = (pd.read_csv(results_path(run_script("train_mvtec.py", *args, "--out_dir", str(tmp_path / name))))
                      for name in ("a", "b"))
     assert first.equals(second)
+
+
+@pytest.mark.parametrize("method", ["revdist", "recontrast"])
+def test_unified_run_has_per_class_rows_their_mean_and_the_pooled_mixed_row(method, demo_root, tmp_path):
+    done = run_script("train_mvtec.py", "--method", method, "--dataset", "demo", "--data_path", str(demo_root),
+                      "--image_size", "64", "--iters", "3", "--batch_size", "8", "--out_dir", str(tmp_path), *SMALL)
+    csv = results_path(done)
+    table = pd.read_csv(csv)
+    assert table["class"].tolist() == ["brick", "grass", "gravel", "mean", "mixed"]
+    assert table["setting"].tolist() == ["model-unified"] * 4 + ["absolute-unified"]
+    assert table.drop(columns=["setting", "class"]).notna().all().all()
+    config = json.loads((csv.parent / "config.json").read_text())["config"]
+    assert config["setting"] == "unified" and config["image_score"] == "top_mean" and config["iters"] == 3
+    assert config["resize"] == "pil" and config["optimizer"] == "adamw" and config["lr"] == 2e-3
+    assert [p.name for p in (csv.parent / "checkpoints").iterdir()] == ["unified.pt"]
+    # evaluation-only changes reuse the trained model instead of training it again
+    again = run_script("train_mvtec.py", "--method", method, "--dataset", "demo", "--data_path", str(demo_root),
+                       "--image_size", "64", "--iters", "3", "--batch_size", "8", "--out_dir", str(tmp_path / "b"),
+                       "--checkpoint", str(csv.parent), "--image_score", "max", *SMALL)
+    assert "unified train" not in again.stderr  # neither features nor iterations
+    assert not pd.read_csv(results_path(again)).equals(table)
+    refused = run_script("train_mvtec.py", "--method", method, "--dataset", "demo", "--data_path", str(demo_root),
+                         "--image_size", "64", "--iters", "4", "--batch_size", "8", "--out_dir", str(tmp_path / "c"),
+                         "--checkpoint", str(csv.parent), *SMALL, expect_ok=False)
+    assert "trained with another configuration (differs in ['iters'])" in refused.stderr
+
+
+def test_interrupted_run_keeps_finished_classes_and_resume_ends_with_the_same_table(demo_root, tmp_path):
+    args = ["--dataset", "demo", "--data_path", str(demo_root), "--image_size", "64", "--epochs", "3", *SMALL]
+    whole = pd.read_csv(results_path(run_script("train_mvtec.py", *args, "--out_dir", str(tmp_path / "whole"))))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, str(REPO / "train_mvtec.py"), *args, "--out_dir", str(tmp_path / "cut")],
+                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not list((tmp_path / "cut").glob("*/results.partial.csv")) and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)  # Ctrl-C after the first class
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and stderr.strip().splitlines()[-1] == "interrupted", stderr[-2000:]
+    (run_dir,) = (tmp_path / "cut").iterdir()
+    assert not (run_dir / "results.csv").exists()
+    assert 1 <= len(pd.read_csv(run_dir / "results.partial.csv")) < 3
+    assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
+    resumed = run_script("train_mvtec.py", "--resume", str(run_dir), "--num_workers", "0")
+    assert results_path(resumed) == run_dir / "results.csv"
+    assert pd.read_csv(results_path(resumed)).equals(whole)
+    assert not (run_dir / "results.partial.csv").exists()
+
+
+def test_help_explains_every_option_on_stdout(tmp_path):
+    done = run_script("train_mvtec.py", "--help")
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout.startswith("usage: ")
+    assert "--iters" in done.stdout and "5000" in done.stdout and "iterations over the union" in done.stdout
+    assert "demo" in done.stdout and "resnet18" in done.stdout  # the demo preset
 
 
 def write_pattern_mnist(root, n_train=30, n_test=20):
@@ -113,31 +185,74 @@ def test_train_mnist_learns_what_the_cold_start_detector_cannot_see(tmp_path):
     assert mean_auroc[0] < 65 and mean_auroc[15] > 85, mean_auroc
 
 
-def test_train_cifar10_on_a_cats_vs_dogs_folder(tmp_path):
+def test_train_cifar10_on_a_cats_vs_dogs_folder_learns(tmp_path):
     rng = np.random.default_rng(1)
     root = tmp_path / "cvd"
-    for split, count in (("train", 6), ("test", 4)):
+    for split, count in (("train", 16), ("test", 12)):
         for animal, level in (("cat", 60), ("dog", 190)):
             for i in range(count):
                 path = root / split / (animal if split == "train" else "") / f"{animal}.{i}.jpg"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(np.clip(rng.normal(level, 30, (40, 48, 3)), 0, 255).astype(np.uint8)).save(path)
-    done = run_script("train_cifar10.py", "--dataset", "cats_vs_dogs", "--data_path", str(root), "--image_size", "32",
-                      "--crop_size", "0", "--epochs", "1", "--out_dir", str(tmp_path / "results"), *SMALL)
-    assert pd.read_csv(results_path(done))["class"].tolist() == ["cat", "dog", "mean"]
+    mean_auroc = {}
+    for epochs in (0, 10):
+        done = run_script("train_cifar10.py", "--dataset", "cats_vs_dogs", "--data_path", str(root), "--image_size",
+                          "32", "--crop_size", "0", "--epochs", str(epochs), "--batch_size", "8",
+                          "--out_dir", str(tmp_path / "results"), *SMALL)
+        table = pd.read_csv(results_path(done))
+        assert table["class"].tolist() == ["cat", "dog", "mean"]
+        mean_auroc[epochs] = table.loc[2, "I-AUROC"]
+    # untrained, both classes share one score function on one test set with swapped labels, so the
+    # two AUROCs add up to 100 and their mean is 50 exactly; trained, each class learns its own
+    assert mean_auroc[0] == pytest.approx(50.0, abs=0.01) and mean_auroc[10] > 90, mean_auroc
 
 
 @pytest.mark.parametrize("args, message", [
     (["--learning_rate", "1"], "unknown option --learning_rate; valid options: --method"),
     (["--epochs", "ten"], "--epochs: expected int, got 'ten'"),
+    (["--epochs", "-3"], "--epochs"),
+    (["--batch_size", "0"], "--batch_size"),
+    (["--lr", "0"], "--lr"),
+    (["--target_norm", "1,-2"], "--target_norm"),
+    (["--setting", "both"], "--setting"),
     (["--data_path", "/no/such/folder"], "dataset not found at /no/such/folder"),
-    (["--dataset", "demo", "--classes", "marble"], "unknown class 'marble'"),
+    (["--dataset", "demo", "--classes", "brick,Grass,marble"], "Grass"),
     (["--weights", "/no/weights.pth", "--dataset", "demo"], "--weights /no/weights.pth: no such file"),
+    (["--method", "revdist", "--target_norm", "1,8", "--dataset", "demo"], "--target_norm"),
 ])
-def test_bad_input_ends_in_one_clear_line(args, message, demo_root, tmp_path):
+def test_bad_input_ends_in_one_clear_line_before_any_folder_is_made(args, message, demo_root, tmp_path):
     if "demo" in args:
         args = [*args, "--data_path", str(demo_root)]
-    done = run_script("train_mvtec.py", *SMALL, *args, "--out_dir", str(tmp_path), expect_ok=False)
+    done = run_script("train_mvtec.py", *SMALL, *args, "--out_dir", str(tmp_path / "out"), expect_ok=False)
     assert done.returncode != 0
     assert done.stderr.startswith("error: ") and message in done.stderr.splitlines()[0], done.stderr
-    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 2 and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_more_bad_input_out_dir_layout_weights_and_a_corrupt_image_in_a_worker(demo_root, tmp_path):
+    def one_line(done, message):
+        assert done.returncode != 0 and done.stderr.startswith("error: "), done.stderr[-2000:]
+        assert message in done.stderr.splitlines()[0] and len(done.stderr.strip().splitlines()) == 2, done.stderr
+
+    demo = ["--dataset", "demo", "--data_path", str(demo_root), "--classes", "grass", "--image_size", "64", *SMALL]
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    one_line(run_script("train_mvtec.py", *demo, "--out_dir", str(a_file), expect_ok=False), "--out_dir")
+    (tmp_path / "flat").mkdir()
+    write_jpeg = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    write_jpeg.save(tmp_path / "flat" / "photo.png")
+    one_line(run_script("train_mvtec.py", *SMALL, "--data_path", str(tmp_path / "flat"), "--out_dir",
+                        str(tmp_path / "out"), expect_ok=False), "not in MVTec layout")
+    one_line(run_script("train_mvtec.py", *demo, "--weights", str(a_file), "--out_dir", str(tmp_path / "out"),
+                        expect_ok=False), "not a PyTorch checkpoint")
+    broken = tmp_path / "broken"
+    shutil.copytree(demo_root / "grass", broken / "grass")
+    victim = sorted((broken / "grass" / "train" / "good").iterdir())[3]
+    victim.write_bytes(victim.read_bytes()[:200])  # truncated PNG, read inside a DataLoader worker
+    done = run_script("train_mvtec.py", *SMALL[:-2], "--num_workers", "2", "--data_path", str(broken),
+                      "--image_size", "64", "--crop_size", "0", "--out_dir", str(tmp_path / "out"), expect_ok=False)
+    error = done.stderr.strip().splitlines()[-2:]  # after the progress bar of the pass that met the image
+    assert done.returncode == 1 and error[0].startswith(f"error: cannot read image {victim}"), done.stderr
+    assert error[1] == "(set TRACEBACK=1 for the traceback)" and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()

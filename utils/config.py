@@ -1,25 +1,47 @@
 """Command-line overrides for the constants at the top of each train_*.py script.
 
-A script gathers its constants into a dict and calls `parse_config(defaults)`; every constant
-can then be overridden as `--name value` or `--name=value`. Values are checked against the
+A script gathers its constants into a dict and calls `parse_config(defaults, presets=..., script=__file__)`;
+every constant can then be overridden as `--name value` or `--name=value`. Values are checked against the
 constant's type: bool takes true/false/1/0/yes/no (a bare `--flag` means true), tuples take a
 comma-separated list of their element type. Unknown names are refused with the valid list.
+`--help` (or `-h`) prints the options with their defaults and the comment written beside each constant
+in the script, then the presets, and exits.
+
+Presets are `(condition, values)` pairs applied in order after the command line is read: a pair
+applies when every option in `condition` has that value in the configuration as it stands at that
+point (so an earlier preset can set an option a later condition reads), and its `values` replace the
+constants, except options given on the command line.
+
+`check_config` and `check_out_dir` check the configuration before any work starts.
 
 Scripts that call `parse_config` report bad input (a ConfigError, ValueError, FileNotFoundError or
-ConnectionError: unknown option, missing dataset, wrong layout, unreadable image, failed download)
-as one line on stderr
-instead of a traceback; set TRACEBACK=1 in the environment to see the traceback.
+ConnectionError: unknown option, missing dataset, wrong layout, unreadable image, failed download;
+also when a DataLoader worker raised it) as one line on stderr instead of a traceback; set
+TRACEBACK=1 in the environment to see the traceback. Ctrl-C prints `interrupted` and exits with
+status 130 after `finally:` blocks have run.
 """
+import ast
+import builtins
+import io
+import math
 import os
 import random
+import re
+import signal
 import sys
+import textwrap
+import threading
+import tokenize
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import torch
+import torch.utils.data
 
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
+_WIDTH = 100  # --help is laid out for this many columns
 
 
 class ConfigError(ValueError):
@@ -45,28 +67,121 @@ def _convert(name, text, default):
         raise ConfigError(f"--{name}: expected {expected}, got {text!r}") from None
 
 
+# bad input: one line ---------------------------------------------------------------------------
+_REPORTED = (ConfigError, ValueError, FileNotFoundError, ConnectionError)
+_WORKER_WRAPPED = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
+
+
+def _is_reported_name(name):
+    """Whether an exception type named in a DataLoader worker's message is one reported in one line."""
+    kind = ConfigError if name == "ConfigError" else getattr(builtins, name, None)
+    return isinstance(kind, type) and issubclass(kind, _REPORTED)
+
+
+def _one_line_message(kind, error):
+    """The one line printed for bad input, or None for anything else (a bug: keep its traceback).
+
+    An exception re-raised by a DataLoader worker (torch's ExceptionWrapper) carries the worker's
+    whole traceback as its message: only the original exception's own message is kept. When the
+    original type cannot be rebuilt from a message, torch raises a RuntimeError instead; it counts
+    when the original type is one of the reported kinds."""
+    text = str(error)
+    wrapped = _WORKER_WRAPPED.match(text)
+    if not (issubclass(kind, _REPORTED) or (wrapped and kind is RuntimeError and _is_reported_name(wrapped[1]))):
+        return None
+    if wrapped:  # the traceback ends with "[module.]Name: message" (or just "Name" when the message is empty)
+        headers = list(re.finditer(rf"^(?:[\w.]+\.)?{re.escape(wrapped[1])}(?:: |$)", text, re.MULTILINE))
+        text = text[headers[-1].end():] if headers else text.splitlines()[-1]
+    return " ".join(line.strip() for line in text.splitlines() if line.strip()) or kind.__name__
+
+
 def _one_line_errors(kind, error, traceback):
-    if issubclass(kind, (ConfigError, ValueError, FileNotFoundError, ConnectionError)) and not os.environ.get("TRACEBACK"):
-        print(f"error: {error}\n(set TRACEBACK=1 for the traceback)", file=sys.stderr)
-    else:
+    message = None if os.environ.get("TRACEBACK") else _one_line_message(kind, error)
+    if message is None:
         sys.__excepthook__(kind, error, traceback)
+    else:
+        print(f"error: {message}\n(set TRACEBACK=1 for the traceback)", file=sys.stderr)
 
 
-def parse_config(defaults, argv=None, dataset_presets=None):
-    """Return `defaults` with the `--name value` overrides of argv applied, as a namespace
-    (cfg.lr, ...; `vars(cfg)` is the plain dict saved in config.json).
+# Ctrl-C: one word, exit status 130, `finally:` blocks run ---------------------------------------
+_SIGINT_OWNER = None  # the pid of the process that installed _interrupted
 
-    `dataset_presets` maps a value of `dataset` to constants that replace the defaults for it,
-    except those given on the command line (e.g. a small, quick configuration for the demo set)."""
-    if argv is None:  # called by a script: bad input ends in one line, not a traceback
-        sys.excepthook = _one_line_errors
+
+def _interrupted(signum, frame):
+    if os.getpid() != _SIGINT_OWNER or torch.utils.data.get_worker_info() is not None:
+        # a DataLoader worker (forked with this handler): the default, a KeyboardInterrupt, which the
+        # worker loop swallows quietly; the main process reports the interruption once
+        return signal.default_int_handler(signum, frame)
+    print("interrupted", file=sys.stderr, flush=True)
+    raise SystemExit(130)
+
+
+def _install_script_handlers():
+    global _SIGINT_OWNER
+    sys.excepthook = _one_line_errors
+    if threading.current_thread() is threading.main_thread():
+        _SIGINT_OWNER = os.getpid()
+        signal.signal(signal.SIGINT, _interrupted)
+
+
+# parsing ---------------------------------------------------------------------------------------
+def _preset_value(name, value, default, where):
+    """A preset's value checked against its constant's type (int is fine for float, a list for a tuple)."""
+    kind = type(default)
+    if kind is tuple and isinstance(value, (tuple, list)):
+        element = default[0] if default else ""
+        return tuple(_preset_value(name, item, element, where) for item in value)
+    if kind is float and type(value) is int:
+        return float(value)
+    if type(value) is not kind:
+        raise TypeError(f"preset {where}: {name} = {value!r} does not match the type of the constant "
+                        f"({kind.__name__}, default {default!r})")
+    return value
+
+
+def _checked_presets(defaults, presets):
+    """The presets with their values converted to the constants' types; every preset is checked,
+    whether it will apply or not, so a mistake in one shows on the first run."""
+    checked = []
+    for condition, values in presets or ():
+        where = _condition_text(condition)
+        for name in (*condition, *values):
+            if name not in defaults:
+                raise KeyError(f"preset {where}: unknown option {name!r}")
+        checked.append((dict(condition), {name: _preset_value(name, value, defaults[name], where)
+                                          for name, value in values.items()}))
+    return checked
+
+
+def _apply_presets(config, defaults, presets, given):
+    for condition, values in _checked_presets(defaults, presets):
+        if all(config[name] == value for name, value in condition.items()):
+            config.update({name: value for name, value in values.items() if name not in given})
+
+
+def parse_config(defaults, argv=None, presets=None, script=None, return_given=False):
+    """Return `defaults` with the `--name value` overrides of argv (default: sys.argv[1:]) and then
+    the presets applied, as a namespace (cfg.lr, ...; `vars(cfg)` is the plain dict saved in
+    config.json). With `return_given=True`, return `(cfg, given)` where `given` is the set of the
+    option names the command line gave.
+
+    `presets`: a list of `(condition, values)` dicts, applied in order (see the module docstring).
+    A preset naming an unknown option, or a value not of its constant's type, is a programming
+    error (KeyError, TypeError). `script`: the script's path (`__file__`), for `--help`, which
+    prints its docstring's first paragraph and the comment beside each constant.
+
+    Called by a script (argv None), it also makes bad input end in one line instead of a traceback,
+    and Ctrl-C end in `interrupted` with exit status 130."""
+    if argv is None:
+        _install_script_handlers()
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "-h" in argv or "--help" in argv:
+        print(config_help(defaults, presets, script), flush=True)
+        raise SystemExit(0)
     config, given = dict(defaults), set()
     i = 0
     while i < len(argv):
         token = argv[i]
-        if token in ("-h", "--help"):
-            raise SystemExit(_usage(defaults))
         if not token.startswith("--"):
             raise ConfigError(f"unexpected argument {token!r}: options are given as --name value")
         name, has_value, value = token[2:].partition("=")
@@ -84,16 +199,185 @@ def parse_config(defaults, argv=None, dataset_presets=None):
         config[name] = _convert(name, value, defaults[name])
         given.add(name)
         i += 1
-    preset = (dataset_presets or {}).get(config.get("dataset"), {})
-    config.update({name: value for name, value in preset.items() if name not in given})
-    return SimpleNamespace(**config)
+    _apply_presets(config, defaults, presets, given)
+    cfg = SimpleNamespace(**config)
+    return (cfg, given) if return_given else cfg
 
 
-def _usage(defaults):
-    width = max(len(k) for k in defaults) + 2
-    lines = ["options (each overrides the constant of the same name at the top of the script):"]
-    lines += [f"  --{k:<{width}} {','.join(map(str, v)) if isinstance(v, tuple) else v!s}" for k, v in defaults.items()]
-    return "\n".join(lines)
+# --help ----------------------------------------------------------------------------------------
+def _format_value(value):
+    """A value as it would be written on the command line."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(map(_format_value, value)) or '""'
+    return str(value) if value != "" else '""'
+
+
+def _condition_text(condition):
+    return " ".join(f"--{name} {_format_value(value)}" for name, value in condition.items()) or "(always)"
+
+
+def _script_comments(script, presets):
+    """From the script's source: its docstring, {constant: the comment beside it}, and the comment
+    beside each preset of the list literal that defines `presets` (empty where there is none)."""
+    try:
+        source = Path(script).read_text(encoding="utf-8")
+        tree = ast.parse(source)
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (OSError, SyntaxError, UnicodeDecodeError, tokenize.TokenError):
+        return "", {}, []
+    comments = {}  # line number -> comment text
+    for token in tokens:
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = token.string.lstrip("#").strip()
+
+    def beside(first, last, skip=()):
+        return " ".join(comments[n] for n in range(first, last + 1) if n in comments and n not in skip)
+
+    constants, preset_comments = {}, []
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            constants.setdefault(node.target.id, beside(node.lineno, node.end_lineno))
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            constants.setdefault(node.targets[0].id, beside(node.lineno, node.end_lineno))  # the first: the constant
+            if not presets or preset_comments or not isinstance(node.value, (ast.List, ast.Tuple)):
+                continue
+            items = node.value.elts
+            try:  # the literal that defines these presets: same length, same conditions in the same order
+                conditions = [ast.literal_eval(item.elts[0]) for item in items]
+            except (AttributeError, IndexError, ValueError, TypeError, SyntaxError):
+                continue
+            if conditions == [condition for condition, _ in presets]:
+                preset_comments = [beside(item.lineno, item.end_lineno, skip=(node.lineno,)) for item in items]
+    return ast.get_docstring(tree) or "", constants, preset_comments
+
+
+def _wrap(words, indent, width=_WIDTH):
+    """Greedy wrap of words (each kept whole) into lines starting with `indent` spaces."""
+    lines, line = [], ""
+    for word in words:
+        if line and indent + len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return [" " * indent + line for line in lines + [line] if line]
+
+
+def _columns(left, text, column):
+    """`left` then `text` wrapped from `column` on (on the next line when `left` is too wide)."""
+    words = text.split()
+    lines = _wrap(words, column) if words else []
+    if not lines or len(left) + 2 > column:
+        return [left] + lines
+    return [left.ljust(column) + lines[0][column:]] + lines[1:]
+
+
+def config_help(defaults, presets=None, script=None):
+    """The text `--help` prints: usage, the script's purpose, every option with its default and the
+    comment beside its constant in the script, then the presets."""
+    docstring, comments, preset_comments = _script_comments(script, presets) if script else ("", {}, [])
+    name = Path(script or sys.argv[0] or "script.py").name
+    lines = [f"usage: python {name} [--name value ...]", ""]
+    purpose = docstring.strip().split("\n\n")[0]
+    if purpose:
+        lines += textwrap.wrap(" ".join(purpose.split()), _WIDTH) + [""]
+    lines.append("options (each replaces the constant of that name at the top of the script; shown with its default):")
+    entries = {key: f"  --{key} {_format_value(value)}" for key, value in defaults.items()}
+    column = min(max(map(len, entries.values()), default=0), 34) + 2
+    for key, entry in entries.items():
+        lines += _columns(entry, comments.get(key, ""), column)
+    lines += [""] + textwrap.wrap("bool options take true or false (a bare --name means true); tuple options take a "
+                                  "comma-separated list (\"\" for an empty one).", _WIDTH)
+    presets = _checked_presets(defaults, presets)
+    if presets:
+        lines += [""] + textwrap.wrap("presets, applied in order after the command line: where the options have "
+                                      "these values, the options below are set too (never one the command line "
+                                      "gives, and a later condition sees what an earlier preset set):", _WIDTH)
+        for i, (condition, values) in enumerate(presets):
+            header = f"  if {_condition_text(condition)}:"
+            comment = preset_comments[i] if i < len(preset_comments) else ""
+            lines += _columns(header, comment and f"# {comment}", len(header) + 2 if len(header) <= 60 else 6)
+            lines += _wrap([f"--{key}\u00a0{_format_value(value)}" for key, value in values.items()], 6)
+    return "\n".join(line.replace("\u00a0", " ").rstrip() for line in lines)
+
+
+# checks before any work ------------------------------------------------------------------------
+def _describe(value):
+    if isinstance(value, tuple):
+        return ",".join(map(_format_value, value)) or '""'
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _numbers(cfg, name):
+    """The option's value(s) as a tuple, each checked to be a number (anything else is a programming error)."""
+    value = getattr(cfg, name)
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"check_config: --{name} is not numeric ({value!r})")
+    return values
+
+
+def check_config(cfg, positive=(), non_negative=(), choices=None, at_most=None, non_empty=()):
+    """Raise ConfigError, one line naming the option and what was expected, unless every option in
+    `positive` is > 0, in `non_negative` >= 0 (both: finite too), in `at_most` ({name: bound}) <= its
+    bound, in `choices` ({name: allowed values}) one of them, and in `non_empty` (tuples) not empty.
+    Tuple options are checked element by element, e.g. `--target_norm: expected positive numbers, got 1.0,-2.0`."""
+
+    def fail(name, expected):
+        raise ConfigError(f"--{name}: expected {expected}, got {_describe(getattr(cfg, name))}")
+
+    for name in non_empty:
+        if len(getattr(cfg, name)) == 0:
+            fail(name, "at least one value")
+    for names, word, ok in ((positive, "positive", lambda v: v > 0), (non_negative, "non-negative", lambda v: v >= 0)):
+        for name in names:
+            values = _numbers(cfg, name)
+            if not all(math.isfinite(v) and ok(v) for v in values):
+                noun = "int" if all(type(v) is int for v in values) else "number"
+                fail(name, f"{word} {noun}s" if isinstance(getattr(cfg, name), tuple) else f"a {word} {noun}")
+    for name, bound in (at_most or {}).items():
+        if not all(v <= bound for v in _numbers(cfg, name)):
+            fail(name, f"{'values' if isinstance(getattr(cfg, name), tuple) else 'a value'} at most {bound}")
+    for name, allowed in (choices or {}).items():
+        value = getattr(cfg, name)
+        allowed_text = ", ".join(map(str, allowed))
+        if isinstance(value, tuple):
+            wrong = [v for v in value if v not in allowed]
+            if wrong:
+                raise ConfigError(f"--{name}: expected each one of {allowed_text}, got {wrong[0]!r} "
+                                  f"(in {_describe(value)})")
+        elif value not in allowed:
+            fail(name, f"one of {allowed_text}")
+
+
+def check_out_dir(path, option="out_dir"):
+    """Raise ConfigError naming --out_dir when `path` cannot be the output folder: it exists and is not
+    a folder, or it (or, when it does not exist yet, its nearest existing ancestor) is not writable.
+    Creates nothing."""
+    path = Path(path or ".")
+    try:
+        _check_out_dir(path, option)
+    except PermissionError as err:  # a parent folder that cannot even be searched
+        raise ConfigError(f"--{option} {path}: cannot reach it ({err.strerror}: {err.filename})") from None
+
+
+def _check_out_dir(path, option):
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"--{option} {path}: it is a file, not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"--{option} {path}: the folder is not writable")
+        return
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"--{option} {path}: cannot create it: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"--{option} {path}: cannot create it: {ancestor} is not writable")
 
 
 def script_constants(namespace):

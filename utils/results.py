@@ -1,7 +1,15 @@
-"""Result tables (CSV, percent), config.json beside them, and atomic writes.
+"""Result tables (CSV, percent), config.json beside them, checkpoints, and atomic writes.
 
-Every table has the columns of TABLE_COLUMNS: one row per class plus a `mean` row, or one
-`mixed` row in the absolute-unified setting. Pixel columns stay empty for semantic tasks.
+A table has the columns of TABLE_COLUMNS. `setting` says which rows are which:
+  separate          one model per class: a row per class and their `mean`
+  model-unified     one model for all classes, each class's test images alone: a row per class and `mean`
+  absolute-unified  the same model, every test image of every class pooled: the `mixed` row
+Pixel columns stay empty for semantic tasks.
+
+`RunFolder` is one run's folder. It is created only when the first result is ready; after each
+model the rows so far go to `results.partial.csv` (atomically, full precision), so a killed run
+keeps every finished class and `--resume <run folder>` continues with the missing ones; `finish`
+writes the final tables and removes the partial file.
 """
 import datetime
 import json
@@ -16,17 +24,27 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-TABLE_COLUMNS = ["class", "I-AUROC", "I-AP", "P-AUROC", "P-AP", "AUPRO"]
+TABLE_COLUMNS = ["setting", "class", "I-AUROC", "I-AP", "P-AUROC", "P-AP", "AUPRO"]
+METRIC_COLUMNS = TABLE_COLUMNS[2:]
+PARTIAL_NAME = "results.partial.csv"
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path, write):
-    """Call write(tmp_path), then rename tmp_path to path: a crash never leaves a half-written file."""
+    """Call write(tmp_path), then rename tmp_path to path: a crash never leaves a half-written file.
+    The file gets the permissions of an ordinary new file (0666 less the user's umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -38,26 +56,31 @@ def save_checkpoint(state, path):
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def metrics_row(name, metrics):
+def metrics_row(name, metrics, setting="separate", **extra):
     """One table row in percent from a compute_metrics dict (missing or None metrics stay empty)."""
-    row = {"class": name}
-    for column in TABLE_COLUMNS[1:]:
+    row = {"setting": setting, "class": name, **extra}
+    for column in METRIC_COLUMNS:
         value = metrics.get(column)
         row[column] = None if value is None else 100.0 * value
     return row
 
 
-def results_table(rows, summary="mean"):
-    """DataFrame of per-class rows plus a `mean` row (summary="mean"), or the rows as given."""
+def results_table(rows):
+    """DataFrame of the rows with a `mean` row after the per-class rows of each setting
+    (separate, model-unified); `mixed` rows (absolute-unified) are kept as they are, last."""
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-    if summary == "mean" and len(table):
-        means = table[TABLE_COLUMNS[1:]].astype(float).mean(axis=0, skipna=True)
-        table = pd.concat([table, pd.DataFrame([{"class": "mean", **means.to_dict()}])], ignore_index=True)
-    return table
+    parts = []
+    for setting in ("separate", "model-unified"):
+        per_class = table[table["setting"] == setting]
+        if len(per_class):
+            means = per_class[METRIC_COLUMNS].astype(float).mean(axis=0, skipna=True)
+            parts += [per_class, pd.DataFrame([{"setting": setting, "class": "mean", **means.to_dict()}])]
+    parts.append(table[~table["setting"].isin(["separate", "model-unified"])])
+    return pd.concat([p for p in parts if len(p)], ignore_index=True)[TABLE_COLUMNS]
 
 
-def write_table(table, path):
-    return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.2f"))
+def write_table(table, path, float_format="%.2f"):
+    return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False, float_format=float_format))
 
 
 def _git_commit():
@@ -87,35 +110,83 @@ def run_metadata(device, started):
     }
 
 
-def make_run_dir(out_dir, *parts):
+def new_run_path(out_dir, *parts):
+    """results/<parts>_<time>[_n]: a name no folder has yet (the folder itself is not created)."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(out_dir) / "_".join([*map(str, parts), stamp])
     suffix = 1
     while run_dir.exists():
         run_dir = Path(out_dir) / "_".join([*map(str, parts), stamp, str(suffix)])
         suffix += 1
-    run_dir.mkdir(parents=True)
     return run_dir
 
 
-def write_run(run_dir, table, config, device, started, name="results.csv"):
-    """Write the table and config.json (configuration + versions, commit, device, wall time); return the CSV path."""
-    run_dir = Path(run_dir)
-    meta = {"config": config, **run_metadata(device, started)}
-    atomic_write(run_dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
-    return write_table(table, run_dir / name)
+def read_run_config(run_dir, like=None):
+    """The configuration saved in <run_dir>/config.json, for --resume; a clear error when it is not a
+    run. With `like` (a config dict), JSON lists become tuples where `like` has tuples, and a saved
+    configuration with other options (a run of another script) is refused."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {run_dir}: not a run folder (it has no config.json)")
+    meta = json.loads(path.read_text())
+    if meta.get("status") == "complete":
+        raise ValueError(f"--resume {run_dir}: that run is complete ({meta.get('results')}); nothing to resume")
+    config = meta["config"]
+    if like is not None:
+        if set(config) != set(like):
+            raise ValueError(f"--resume {run_dir}: that run was made by another script or version "
+                             f"(options differ: {sorted(set(config) ^ set(like))})")
+        config = {k: tuple(v) if isinstance(like[k], tuple) else v for k, v in config.items()}
+    return config
 
 
-def write_norm_tables(run_dir, rows_by_norm, config, device, started, study_metrics=("I-AUROC", "P-AUROC")):
-    """Write the run's tables and return the CSV to report: results.csv for one target norm; for the
-    norm study, results_norm<n>.csv per norm and norm_study.csv (one column per metric and norm)."""
-    tables = {norm: results_table(rows) for norm, rows in rows_by_norm.items()}
-    if len(tables) == 1:
-        (table,) = tables.values()
-        return write_run(run_dir, table, config, device, started)
-    study = next(iter(tables.values()))[["class"]].copy()
-    for metric in study_metrics:
-        for norm, table in tables.items():
-            write_table(table, Path(run_dir) / f"results_norm{norm:g}.csv")
-            study[f"{metric} norm={norm:g}"] = table[metric].to_numpy()
-    return write_run(run_dir, study, config, device, started, name="norm_study.csv")
+class RunFolder:
+    """One run's folder: checkpoints, partial and final tables, config.json (see the module docstring)."""
+
+    def __init__(self, path, config, device, started, resume=False):
+        self.path = Path(path)
+        self.config, self.device, self.started = config, device, started
+        self.rows = []
+        if resume and (self.path / PARTIAL_NAME).is_file():
+            table = pd.read_csv(self.path / PARTIAL_NAME, dtype={"class": str})
+            self.rows = [{k: (None if pd.isna(v) else v) for k, v in row.items()}
+                         for row in table.to_dict("records")]
+
+    def finished(self, name, **extra):
+        """Whether rows for the model `name` (with these extra keys, e.g. target_norm) are already there."""
+        return any(row.get("model") == name and all(row.get(k) == v for k, v in extra.items()) for row in self.rows)
+
+    def _write_config(self, status, results=None):
+        meta = {"status": status, "results": results, "config": self.config,
+                **run_metadata(self.device, self.started)}
+        atomic_write(self.path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
+
+    def save_checkpoint(self, state, name):
+        path = save_checkpoint(state, self.path / "checkpoints" / f"{name}.pt")
+        if not (self.path / "config.json").exists():
+            self._write_config("partial")
+        return path
+
+    def add_rows(self, rows):
+        """Keep the rows of one finished model and write the table so far (results.partial.csv)."""
+        self.rows += rows
+        write_table(pd.DataFrame(self.rows), self.path / PARTIAL_NAME, float_format=None)
+        self._write_config("partial")
+
+    def finish(self, norms=(None,), study_metrics=("I-AUROC", "P-AUROC")):
+        """Write the final table(s) and config.json; return the CSV to report. One target norm:
+        results.csv. The norm study: results_norm<n>.csv per norm and norm_study.csv."""
+        tables = {norm: results_table([r for r in self.rows if r.get("target_norm") in (norm, None)
+                                       or len(norms) == 1]) for norm in norms}
+        if len(tables) == 1:
+            csv_path = write_table(next(iter(tables.values())), self.path / "results.csv")
+        else:
+            study = next(iter(tables.values()))[["setting", "class"]].copy()
+            for metric in study_metrics:
+                for norm, table in tables.items():
+                    write_table(table, self.path / f"results_norm{norm:g}.csv")
+                    study[f"{metric} norm={norm:g}"] = table[metric].to_numpy()
+            csv_path = write_table(study, self.path / "norm_study.csv")
+        self._write_config("complete", results=csv_path.name)
+        (self.path / PARTIAL_NAME).unlink(missing_ok=True)
+        return csv_path

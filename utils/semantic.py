@@ -1,6 +1,6 @@
 """The one-class semantic AD run shared by train_cifar10.py and train_mnist.py (they differ only in
-their constants): data, frozen features once, NoCo per normal class (and per target norm),
-evaluation of the last checkpoint, the table."""
+their constants): checks, data, frozen features once, NoCo per normal class (and per target norm),
+evaluation of the last checkpoint, the table after every class (see utils.results.RunFolder)."""
 import time
 from pathlib import Path
 
@@ -11,43 +11,63 @@ from tqdm import tqdm
 from datasets.oneclass import OneClassDataset, SemanticDataset
 from models.backbones import build_encoder
 from models.noco import NoCo
-from utils.config import resolve_device, seed_everything
+from utils.config import ConfigError, check_config, check_out_dir, resolve_device, seed_everything
 from utils.features import CachedBatches, EncodedBatches, extract_features
 from utils.metrics import compute_metrics
-from utils.results import make_run_dir, metrics_row, save_checkpoint, write_norm_tables
+from utils.results import RunFolder, metrics_row, new_run_path, read_run_config
+from utils.training import batch_stream, iterations
+
+RESUME_MAY_CHANGE = {"resume", "device", "num_workers"}
 
 
-def run_semantic_noco(cfg, script, datasets, default_root="data"):
-    """Run NoCo on every normal class of cfg.dataset (one of `datasets`); return the CSV path."""
+def checked_config(cfg, given, script, datasets):
+    """The configuration to run: cfg itself, or with --resume the interrupted run's; checked before any work."""
+    if cfg.resume:
+        if given - RESUME_MAY_CHANGE:
+            raise ConfigError(f"--resume takes its configuration from {cfg.resume}/config.json; "
+                              f"drop {', '.join('--' + k for k in sorted(given - RESUME_MAY_CHANGE))}")
+        cfg = type(cfg)(**{**read_run_config(cfg.resume, like=vars(cfg)), **{k: getattr(cfg, k) for k in given}})
+    check_config(cfg, positive=("batch_size", "lr", "target_norm", "image_size"),
+                 non_negative=("epochs", "crop_size", "num_workers", "weight_decay", "cache_memory_gb",
+                               "radius_penalty"),
+                 choices={"method": ("noco",), "dataset": datasets, "resize": ("pil", "cv2"),
+                          "cache_dtype": ("float32", "float16", "bfloat16")})
+    if not cfg.resume:
+        check_out_dir(cfg.out_dir)
+    return cfg
+
+
+def run_semantic_noco(cfg, script, default_root="data"):
+    """Run NoCo on every normal class of cfg.dataset; return the CSV path."""
     started = time.time()
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)  # also fixes a random-init (--weights none) encoder
-    if cfg.method != "noco":
-        raise SystemExit(f"--method: {script}.py implements 'noco', got {cfg.method!r}")
-    if cfg.dataset not in datasets:
-        raise SystemExit(f"--dataset: {script}.py takes {' | '.join(datasets)}, got {cfg.dataset!r}")
-    if cfg.cache_dtype not in ("float16", "float32"):
-        raise SystemExit(f"--cache_dtype: expected float16 or float32, got {cfg.cache_dtype!r}")
 
     # data ---------------------------------------------------------------------
     root = Path(cfg.data_path or default_root)
-    train_base = SemanticDataset(cfg.dataset, root, "train", cfg.image_size, cfg.crop_size, cfg.download)
-    test_base = SemanticDataset(cfg.dataset, root, "test", cfg.image_size, cfg.crop_size, cfg.download)
-    train_sets = [OneClassDataset(train_base, c) for c in (cfg.classes or train_base.class_names)]
+    train_base = SemanticDataset(cfg.dataset, root, "train", cfg.image_size, cfg.crop_size, cfg.download,
+                                 resize=cfg.resize)
+    test_base = SemanticDataset(cfg.dataset, root, "test", cfg.image_size, cfg.crop_size, cfg.download,
+                                resize=cfg.resize)
+    train_sets = [OneClassDataset(train_base, c) for c in (cfg.classes or train_base.class_names)]  # checks every name
+    cfg.data_path, cfg.classes = str(root), tuple(s.normal_class for s in train_sets)  # config.json records what ran
+    run = RunFolder(cfg.resume or new_run_path(cfg.out_dir, script, cfg.dataset, cfg.method), vars(cfg), device,
+                    started, resume=bool(cfg.resume))
+    model_name = {(s.normal_class, norm): f"class{s.normal_index}" + (f"_norm{norm:g}" if len(cfg.target_norm) > 1 else "")
+                  for s in train_sets for norm in cfg.target_norm}
+    train_sets = [s for s in train_sets if not all(run.finished(model_name[s.normal_class, n]) for n in cfg.target_norm)]
 
     # frozen features, once: every class and every target norm reuses them -----------
     encoder = build_encoder(cfg.backbone, cfg.weights, cfg.layers, cfg.encoder_taps).to(device)
     extract = dict(device=device, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                    dtype=getattr(torch, cfg.cache_dtype), memory_budget_gb=cfg.cache_memory_gb,
                    cache_dir=cfg.cache_dir or None)
-    if cfg.cache_features:  # the chosen classes' train images, class after class
+    if cfg.cache_features and train_sets:  # the chosen classes' train images, class after class
         train_rows = torch.cat([s.indices for s in train_sets]).tolist()
         train_features = extract_features(encoder, Subset(train_base, train_rows), desc="train features", **extract)
-    test_features = extract_features(encoder, test_base, desc="test features", **extract)
+    test_features = extract_features(encoder, test_base, desc="test features", **extract) if train_sets else {}
     in_channels = sum(v.shape[1] for v in test_features.values())
 
-    run_dir = make_run_dir(cfg.out_dir, script, cfg.dataset, cfg.method)
-    rows = {norm: [] for norm in cfg.target_norm}
     offset = 0
     for train_set in train_sets:
         class_name = train_set.normal_class
@@ -57,8 +77,12 @@ def run_semantic_noco(cfg, script, datasets, default_root="data"):
             batches = EncodedBatches(encoder, train_base, cfg.batch_size, cfg.num_workers, indices=train_set.indices)
         offset += len(train_set)
         test_labels = OneClassDataset(test_base, train_set.normal_index).labels
+        total_iters = iterations("separate", cfg.epochs, 0, len(train_set), cfg.batch_size, drop_last=False)
 
         for norm in cfg.target_norm:
+            name = model_name[class_name, norm]
+            if run.finished(name):
+                continue
             # train -----------------------------------------------------------
             seed_everything(cfg.seed)
             generator = torch.Generator().manual_seed(cfg.seed)
@@ -68,26 +92,27 @@ def run_semantic_noco(cfg, script, datasets, default_root="data"):
             if cfg.target == "mean":
                 with torch.no_grad():
                     model.set_target(torch.cat([model.project(f).flatten(1) for f in batches.epoch(generator, device)]).mean(0))
-            optimizer = model.configure_optimizers(cfg.lr, cfg.weight_decay)
+            optimizer, _ = model.configure_optimizers(cfg, total_iters)
             model.train()
-            for epoch in (progress := tqdm(range(cfg.epochs), desc=f"{class_name} norm {norm:g}", leave=False)):
-                for features in batches.epoch(generator, device):
-                    loss = model.loss(features)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                progress.set_postfix(loss=f"{loss.item():.4f}", r=f"{model.radius.item():.2e}")
+            stream = batch_stream(batches, generator, device)
+            for it in (progress := tqdm(range(total_iters), desc=f"{class_name} norm {norm:g}", leave=False)):
+                loss = model.loss(next(stream))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if it % 10 == 0 or it == total_iters - 1:
+                    progress.set_postfix(loss=f"{loss.item():.4f}", r=f"{model.radius.item():.2e}")
+            if cfg.save_checkpoints:
+                run.save_checkpoint({"model": model.state_dict(), "training_config": vars(cfg),
+                                     "class_name": class_name}, name)
 
             # evaluate the last checkpoint ------------------------------------
             model.eval()
             scores = torch.cat([model.anomaly_map(f).flatten()
                                 for f in CachedBatches(test_features, 1024).ordered(device)])
             metrics = compute_metrics(scores, test_labels)
-            rows[norm].append(metrics_row(class_name, metrics))
+            run.add_rows([metrics_row(class_name, metrics, model=name, target_norm=norm)])
             print(f"{class_name} target_norm={norm:g}: I-AUROC {100 * metrics['I-AUROC']:.1f} "
                   f"I-AP {100 * metrics['I-AP']:.1f}")
-            if cfg.save_checkpoints:
-                save_checkpoint({"model": model.state_dict(), "config": vars(cfg), "class_name": class_name},
-                                run_dir / "checkpoints" / f"class{train_set.normal_index}_norm{norm:g}.pt")
 
-    return write_norm_tables(run_dir, rows, vars(cfg), device, started, study_metrics=("I-AUROC",))
+    return run.finish(norms=cfg.target_norm, study_metrics=("I-AUROC",))

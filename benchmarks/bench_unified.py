@@ -1,0 +1,119 @@
+"""Training-step speed and peak memory of the unified base models (RevDist, ReContrast).
+
+    python benchmarks/bench_unified.py                     # paper size and CPU size, every base
+    python benchmarks/bench_unified.py --sizes paper --steps 3
+    python benchmarks/bench_unified.py --device cuda
+
+For each base and size, a fresh process builds the model (random init: the timing does not depend
+on the weights), runs one warm-up step and then `--steps` timed training steps (forward, loss,
+backward, optimiser step) on a fixed random batch, and reports seconds per step, images per second
+and peak memory: the process's peak RSS on a CPU, torch.cuda.max_memory_allocated on CUDA. The
+frozen encoder's own forward time is measured separately, so that the gain of the feature cache
+(RevDist trains on cached layer 1-3 features and never runs the encoder while training) is visible:
+`revdist` is the step with the cache, `revdist-nocache` the step that runs the encoder too.
+The training step uses the script's own settings: bf16 autocast and channels-last on CUDA only.
+"""
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SIZES = {"paper": ("wide_resnet50_2", 256, 16), "cpu": ("resnet18", 128, 16)}
+BASES = ("revdist", "revdist-nocache", "recontrast")
+# the official code's training step measured on the 2-core development CPU (wide_resnet50_2, 256 px, batch 16)
+OFFICIAL = {"revdist": "23.7 s, 8.2 GiB (RD4AD main.py)", "recontrast": "53.6 s, 14.7 GiB (ReContrast multi-class)"}
+
+
+def measure(base, size, steps, device_name):
+    import torch
+    from models.backbones import build_encoder, load_backbone
+    from models.recontrast import ReContrast
+    from models.revdist import RevDist
+
+    backbone, image_size, batch_size = SIZES[size]
+    device = torch.device(device_name)
+    cuda = device.type == "cuda"
+    memory_format = torch.channels_last if cuda else torch.contiguous_format
+    torch.manual_seed(0)
+    images = torch.randn(batch_size, 3, image_size, image_size, device=device).contiguous(memory_format=memory_format)
+    cfg = SimpleNamespace(optimizer="adamw", lr=2e-3, encoder_lr=1e-5, betas=(0.9, 0.999), weight_decay=1e-5,
+                          adam_eps=1e-10, amsgrad=True, lr_drop_at=0.8, lr_drop_gamma=0.2)
+    encoder = build_encoder(backbone, "none", ("layer1", "layer2", "layer3")).to(device, memory_format=memory_format)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    def timed(function, repeats):
+        function()  # warm-up
+        sync()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            function()
+        sync()
+        return (time.perf_counter() - start) / repeats
+
+    encoder_s = timed(lambda: encoder(images), steps)
+    if base.startswith("revdist"):
+        model = RevDist(backbone, activation="gelu")
+        features = encoder(images)
+        batch = (lambda: encoder(images)) if base == "revdist-nocache" else (lambda: features)
+    else:
+        model = ReContrast(load_backbone(backbone, "none"), backbone, activation="gelu")
+        batch = lambda: {"image": images}  # noqa: E731
+    model = model.to(device, memory_format=memory_format).train()
+    optimizer, scheduler = model.configure_optimizers(cfg, 1000)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            loss = model.loss(batch())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    step_s = timed(step, steps)
+    peak = torch.cuda.max_memory_allocated(device) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"base": base, "size": size, "backbone": backbone, "image_size": image_size, "batch_size": batch_size,
+            "step_s": step_s, "images_per_s": batch_size / step_s, "encoder_s": encoder_s, "peak_gib": peak / 2 ** 30,
+            "device": str(device), "threads": torch.get_num_threads()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bases", default=",".join(BASES))
+    parser.add_argument("--sizes", default="paper,cpu")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # base:size, run in this process
+    args = parser.parse_args()
+    if args.one:
+        base, size = args.one.split(":")
+        print(json.dumps(measure(base, size, args.steps, args.device)))
+        return
+    print(f"{'base':<16} {'size':<6} {'backbone':<16} {'px':>4} {'batch':>5} {'s/step':>8} {'img/s':>7} "
+          f"{'encoder s':>9} {'peak GiB':>8}  official")
+    for size in args.sizes.split(","):
+        for base in args.bases.split(","):
+            done = subprocess.run([sys.executable, __file__, "--one", f"{base}:{size}", "--steps", str(args.steps),
+                                   "--device", args.device], capture_output=True, text=True, cwd=ROOT)
+            if done.returncode:
+                print(f"{base} {size}: failed\n{done.stderr[-2000:]}")
+                continue
+            r = json.loads(done.stdout.strip().splitlines()[-1])
+            official = OFFICIAL.get(base, "") if size == "paper" and args.device == "cpu" else ""
+            print(f"{r['base']:<16} {r['size']:<6} {r['backbone']:<16} {r['image_size']:>4} {r['batch_size']:>5} "
+                  f"{r['step_s']:>8.2f} {r['images_per_s']:>7.2f} {r['encoder_s']:>9.2f} {r['peak_gib']:>8.2f}  {official}")
+
+
+if __name__ == "__main__":
+    main()

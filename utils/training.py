@@ -1,0 +1,56 @@
+"""What the scripts' training loop draws on: an endless stream of shuffled batches (from cached
+frozen features, from the encoder, or plain images), the number of iterations a run makes, and
+the fingerprint that decides whether a saved model can be reused."""
+import hashlib
+import json
+
+import torch
+from torch.utils.data import DataLoader
+
+from utils.features import shuffled_batches
+
+
+def batch_stream(source, generator, device, drop_last=False):
+    """Batches from `source` (CachedBatches, EncodedBatches or ImageBatches), epoch after epoch,
+    each epoch in a new random order drawn from `generator`. With drop_last, short batches are skipped."""
+    while True:
+        yielded = False
+        for batch in source.epoch(generator, device):
+            if drop_last and len(next(iter(batch.values()))) < source.batch_size:
+                continue
+            yielded = True
+            yield batch
+        if not yielded:
+            raise ValueError(f"no full batch of {source.batch_size} in {len(source)} training images: "
+                             "lower --batch_size")
+
+
+def iterations(setting, epochs, iters, n_images, batch_size, drop_last):
+    """Training length: `iters` in the unified setting; in the separate one, `epochs` passes."""
+    if setting == "unified":
+        return iters
+    per_epoch = n_images // batch_size if drop_last else -(-n_images // batch_size)
+    return epochs * per_epoch
+
+
+class ImageBatches:
+    """Shuffled batches of {"image": tensor} for methods that train on images (a trainable encoder)."""
+
+    def __init__(self, dataset, batch_size, num_workers=0):
+        self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def epoch(self, generator, device):
+        batches = [rows.tolist() for rows in shuffled_batches(len(self.dataset), self.batch_size, generator)]
+        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
+                            persistent_workers=False, pin_memory=torch.device(device).type == "cuda")
+        for batch in loader:
+            yield {"image": batch["image"].to(device, non_blocking=True)}
+
+
+def fingerprint(config, ignore):
+    """A short hash of the configuration that determines a trained model (options in `ignore` left out)."""
+    kept = {k: v for k, v in sorted(config.items()) if k not in ignore}
+    return hashlib.sha256(json.dumps(kept, default=str, sort_keys=True).encode()).hexdigest()[:12]
