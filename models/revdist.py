@@ -1,37 +1,47 @@
 """Reverse Distillation (RD4AD: Deng and Li, "Anomaly Detection via Reverse Distillation from
 One-Class Embedding", CVPR 2022; https://github.com/hq-deng/RD4AD).
 
-A frozen encoder (the teacher) gives layers 1-3; a trainable one-class bottleneck embedding (OCBE)
-fuses them into one compact map; a decoder (the student) mirrors the encoder and reconstructs the
-three layers from it, in reverse. Anomaly = where student and teacher disagree (1 - cosine).
+A frozen ImageNet encoder (the teacher) gives layers 1-3; a trainable one-class bottleneck
+embedding (OCBE) fuses them into one compact map; a decoder (the student) mirrors the encoder and
+rebuilds the three layers from it, deepest first. Anomaly = where student and teacher disagree.
+
+The model does not own the encoder: a batch is the encoder's feature dict {"layer1", "layer2",
+"layer3"} (torchvision's post-ReLU taps, models.backbones.build_encoder(..., "standard")), so that
+the script can cache it. The input image is taken to be 4x layer1's size (a ResNet's stride there).
 
 wide_resnet50_2 (the papers'), taps 256x64^2, 512x32^2, 1024x16^2 at 256 px:
   OCBE     layer1 -> 3x3 s2 conv 256->512, BN, ReLU -> 3x3 s2 conv 512->1024, BN, ReLU;
            layer2 -> 3x3 s2 conv 512->1024, BN, ReLU; concatenated with layer3 -> 3072 x 16^2;
-           three WRN bottlenecks (width 1024, first stride 2 with a 1x1 s2 downsample) -> 2048 x 8^2.
-           The reference also builds a conv4/bn4 (4096->2048) that it never uses: left out.
-           58.89 M parameters.
-  decoder  a mirrored WRN50-2: layers of 3, 4, 6 bottlenecks, planes 256/128/64, width x2; each
-           layer's first block upsamples with a 2x2 stride-2 transposed conv in the 3x3 slot and in
-           the shortcut. Outputs 1024x16^2, 512x32^2, 256x64^2. 24,917,504 parameters.
-resnet18 (for CPU runs), taps 64x64^2, 128x32^2, 256x16^2 at 256 px, built the way RD4AD builds its
-  BasicBlock variants: OCBE convs 64->128 s2 -> 128->256 s2 and 128->256 s2, concatenated with
-  layer3 -> 768 ch, two BasicBlocks (first stride 2, 1x1 s2 downsample) -> 512 x 8^2; decoder of
-  BasicBlocks [2, 2, 2], planes 256/128/64, each layer's first block upsampling with a 2x2
-  stride-2 transposed conv in its first conv slot and in the shortcut.
+           3 torchvision Bottlenecks of width 1024 (base width 128) and output 2048, the first
+           with stride 2 and a 1x1 s2 conv + BN shortcut from 3072 -> 2048 x 8^2.
+           58,885,120 parameters = 5,901,312 + 4,720,640 (the convs) + 48,263,168 (the blocks).
+           The reference also builds a conv4/bn4 (4096 -> 2048, 8.39 M) that it never uses: left out.
+  decoder  a mirrored WRN50-2: stages of 3, 4, 6 bottlenecks, planes 256/128/64, width x2, each
+           stage's first block upsampling with a 2x2 stride-2 transposed conv in the 3x3 slot and a
+           2x2 s2 transposed conv + BN shortcut. Outputs 1024x16^2, 512x32^2, 256x64^2, matched to
+           layers 3/2/1. 24,917,504 parameters (anomalib 2.7's decoder has exactly as many).
+  total    83,802,624.
+resnet18 (for CPU runs; built the way RD4AD builds its BasicBlock variants), taps 64/128/256 ch:
+  OCBE     3x3 s2 convs 64->128 -> 128->256 and 128->256 (each + BN + ReLU), concatenated with
+           layer3 -> 768 ch, 2 BasicBlocks (the first stride 2 with a 1x1 s2 conv + BN shortcut)
+           -> 512 x H3/2. 11,680,000 = 369,408 + 295,424 + 11,015,168 parameters.
+  decoder  de-BasicBlocks [2, 2, 2], planes 256/128/64, each stage's first block upsampling with a
+           2x2 s2 transposed conv in its first conv slot and in the shortcut (+ BN).
+           3,703,168 = 2,820,608 + 705,792 + 176,768 parameters.
+  total    15,383,168.
 
-The decoder's activation is a constructor argument: ReLU (RD4AD) or GELU (ReContrast's
-multi-class code, which the CADA paper's bases use); the OCBE keeps ReLU.
+`activation` is the decoder's ("relu": RD4AD; "gelu": ReContrast's multi-class code, which the
+CADA paper's bases use); the OCBE always uses ReLU.
 
 Loss (`loss_form`): "global", the reference code's: per layer 1 - cosine between the whole
 flattened C*H*W maps of each sample, mean over the batch, summed over the 3 layers. "pixel", the
-paper's formula: per layer the mean over pixels of 1 - channel-wise cosine, summed (RD4AD issue 22
-reports it worse). Map: per layer 1 - channel-wise cosine, bilinearly upsampled (align_corners=True)
-to the input size, mean over the layers (the multi-class reference; RD4AD sums, the same ranking).
-
-The model does not own the frozen encoder: a batch is the encoder's feature dict {"layer1",
-"layer2", "layer3"} (torchvision's post-ReLU taps), so that the script can cache it.
+paper's formula: per layer the mean over pixels of 1 - channel-wise cosine, summed over the layers
+(RD4AD issue 22 reports it worse). Targets are detached; cosines are computed in float32.
+Map: per layer 1 - channel-wise cosine, bilinearly upsampled (align_corners=True) to the input size,
+MEAN over the layers (the multi-class reference; RD4AD sums, which only scales the map); no blur.
 """
+from collections import namedtuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -39,31 +49,41 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 LAYERS = ("layer1", "layer2", "layer3")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
-# backbone -> (block, expansion, base width, OCBE blocks, decoder blocks per layer)
+LOSS_FORMS = ("global", "pixel")
+
+Architecture = namedtuple("Architecture", "block expansion base_width ocbe_blocks decoder_blocks")
 ARCHITECTURES = {
-    "wide_resnet50_2": (Bottleneck, 4, 128, 3, (3, 4, 6)),
-    "resnet18": (BasicBlock, 1, 64, 2, (2, 2, 2)),
+    "wide_resnet50_2": Architecture(Bottleneck, 4, 128, 3, (3, 4, 6)),
+    "resnet18": Architecture(BasicBlock, 1, 64, 2, (2, 2, 2)),
 }
 
 
-def _conv_bn_relu(in_channels, out_channels):
+def architecture(backbone):
+    if backbone not in ARCHITECTURES:
+        raise ValueError(f"unsupported backbone {backbone!r}: RevDist and ReContrast are built for "
+                         f"{' and '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[backbone]
+
+
+def _downsampling_conv(in_channels, out_channels):
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1, bias=False),
                          nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
 class OCBE(nn.Module):
-    """One-class bottleneck embedding: layers 1-3 -> one (B, 512 * expansion, H3/2, W3/2) map."""
+    """One-class bottleneck embedding: {layer1, layer2, layer3} -> (B, 512 * expansion, H3/2, W3/2)."""
 
-    def __init__(self, block, expansion, base_width, n_blocks):
+    def __init__(self, arch):
         super().__init__()
-        c1, c2, c3 = 64 * expansion, 128 * expansion, 256 * expansion
-        self.from_layer1 = nn.Sequential(_conv_bn_relu(c1, c2), _conv_bn_relu(c2, c3))
-        self.from_layer2 = _conv_bn_relu(c2, c3)
-        fused, out = 3 * c3, 512 * expansion
-        downsample = nn.Sequential(nn.Conv2d(fused, out, 1, stride=2, bias=False), nn.BatchNorm2d(out))
-        extra = {"base_width": base_width} if block is Bottleneck else {}
-        blocks = [block(fused, 512, stride=2, downsample=downsample, **extra)]
-        blocks += [block(out, 512, **extra) for _ in range(n_blocks - 1)]
+        c1, c2, c3 = (c * arch.expansion for c in (64, 128, 256))
+        self.from_layer1 = nn.Sequential(_downsampling_conv(c1, c2), _downsampling_conv(c2, c3))
+        self.from_layer2 = _downsampling_conv(c2, c3)
+        fused, planes = 3 * c3, 512
+        out = planes * arch.expansion
+        shortcut = nn.Sequential(nn.Conv2d(fused, out, 1, stride=2, bias=False), nn.BatchNorm2d(out))
+        width = {"base_width": arch.base_width} if arch.block is Bottleneck else {}
+        blocks = [arch.block(fused, planes, stride=2, downsample=shortcut, **width)]
+        blocks += [arch.block(out, planes, **width) for _ in range(arch.ocbe_blocks - 1)]
         self.blocks = nn.Sequential(*blocks)
 
     def forward(self, features):
@@ -71,50 +91,54 @@ class OCBE(nn.Module):
         return self.blocks(torch.cat([self.from_layer1(f1), self.from_layer2(f2), f3], dim=1))
 
 
-class _DeBlock(nn.Module):
-    """A ResNet block run in reverse: a stride-2 block doubles the resolution with 2x2 transposed
-    convs (in its 3x3 slot for bottlenecks, its first conv for basic blocks, and in the shortcut)."""
+class DeBlock(nn.Module):
+    """A ResNet block (torchvision's Bottleneck or BasicBlock layout) run backwards: an upsampling
+    block doubles the resolution with 2x2 stride-2 transposed convs, in the 3x3 slot (bottleneck)
+    or the first conv (basic block), and in the shortcut."""
 
     def __init__(self, bottleneck, in_channels, planes, base_width, upsample, activation):
         super().__init__()
-        expansion = 4 if bottleneck else 1
-        out = planes * expansion
+        out = planes * (4 if bottleneck else 1)
+
+        def spatial(cin, cout):
+            if upsample:
+                return nn.ConvTranspose2d(cin, cout, 2, stride=2, bias=False)
+            return nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+
         if bottleneck:
             width = planes * base_width // 64
-            spatial = (nn.ConvTranspose2d(width, width, 2, stride=2, bias=False) if upsample
-                       else nn.Conv2d(width, width, 3, padding=1, bias=False))
-            self.convs = nn.ModuleList([nn.Conv2d(in_channels, width, 1, bias=False), spatial,
-                                        nn.Conv2d(width, out, 1, bias=False)])
-            self.norms = nn.ModuleList([nn.BatchNorm2d(width), nn.BatchNorm2d(width), nn.BatchNorm2d(out)])
+            convs = [nn.Conv2d(in_channels, width, 1, bias=False), spatial(width, width),
+                     nn.Conv2d(width, out, 1, bias=False)]
         else:
-            first = (nn.ConvTranspose2d(in_channels, planes, 2, stride=2, bias=False) if upsample
-                     else nn.Conv2d(in_channels, planes, 3, padding=1, bias=False))
-            self.convs = nn.ModuleList([first, nn.Conv2d(planes, planes, 3, padding=1, bias=False)])
-            self.norms = nn.ModuleList([nn.BatchNorm2d(planes), nn.BatchNorm2d(planes)])
-        self.shortcut = (nn.Sequential(nn.ConvTranspose2d(in_channels, out, 2, stride=2, bias=False), nn.BatchNorm2d(out))
-                         if upsample else nn.Identity())
+            convs = [spatial(in_channels, planes), nn.Conv2d(planes, planes, 3, padding=1, bias=False)]
+        self.convs = nn.ModuleList(convs)
+        self.norms = nn.ModuleList(nn.BatchNorm2d(conv.out_channels) for conv in convs)
+        self.shortcut = nn.Identity()
+        if upsample:
+            self.shortcut = nn.Sequential(nn.ConvTranspose2d(in_channels, out, 2, stride=2, bias=False),
+                                          nn.BatchNorm2d(out))
         self.activation = ACTIVATIONS[activation]()
 
     def forward(self, x):
-        out = x
+        y = x
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
-            out = norm(conv(out))
+            y = norm(conv(y))
             if i < len(self.convs) - 1:
-                out = self.activation(out)
-        return self.activation(out + self.shortcut(x))
+                y = self.activation(y)
+        return self.activation(y + self.shortcut(x))
 
 
 class Decoder(nn.Module):
-    """The mirrored encoder: (B, 512 * expansion, h, w) -> [layer1-, layer2-, layer3-shaped maps]."""
+    """(B, 512 * expansion, h, w) -> [layer1-, layer2-, layer3-shaped maps] (encoder order)."""
 
-    def __init__(self, block, expansion, base_width, layer_blocks, activation):
+    def __init__(self, arch, activation):
         super().__init__()
-        bottleneck = block is Bottleneck
-        in_channels, stages = 512 * expansion, []
-        for planes, n_blocks in zip((256, 128, 64), layer_blocks):
-            blocks = [_DeBlock(bottleneck, in_channels, planes, base_width, True, activation)]
-            in_channels = planes * expansion
-            blocks += [_DeBlock(bottleneck, in_channels, planes, base_width, False, activation)
+        bottleneck = arch.block is Bottleneck
+        in_channels, stages = 512 * arch.expansion, []
+        for planes, n_blocks in zip((256, 128, 64), arch.decoder_blocks):
+            blocks = [DeBlock(bottleneck, in_channels, planes, arch.base_width, True, activation)]
+            in_channels = planes * arch.expansion
+            blocks += [DeBlock(bottleneck, in_channels, planes, arch.base_width, False, activation)
                        for _ in range(n_blocks - 1)]
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
@@ -124,11 +148,12 @@ class Decoder(nn.Module):
         for stage in self.stages:
             x = stage(x)
             outputs.append(x)
-        return outputs[::-1]  # encoder order: layer1, layer2, layer3
+        return outputs[::-1]
 
 
 def cosine_distance(target, prediction, form):
-    """1 - cosine of each sample: "global" over the flattened map (B,), "pixel" over channels (B, H, W)."""
+    """1 - cosine, in float32: "global" over each sample's flattened map -> (B,); "pixel" over the
+    channels of each position -> (B, H, W)."""
     target, prediction = target.float(), prediction.float()
     if form == "global":
         return 1 - F.cosine_similarity(target.flatten(1), prediction.flatten(1), dim=1)
@@ -136,52 +161,54 @@ def cosine_distance(target, prediction, form):
 
 
 def reconstruction_loss(targets, predictions, form="global"):
-    """Sum over layers of the batch mean of cosine_distance; the targets are detached."""
-    if form not in ("global", "pixel"):
+    """Sum over the layers of the batch mean of cosine_distance; the targets are detached."""
+    if form not in LOSS_FORMS:
         raise ValueError(f"loss_form must be 'global' or 'pixel', got {form!r}")
     return sum(cosine_distance(t.detach(), p, form).mean() for t, p in zip(targets, predictions))
 
 
 def cosine_map(targets, predictions, size):
-    """Mean over layers of 1 - channel cosine, each upsampled (align_corners=True) to size x size."""
-    maps = [F.interpolate(cosine_distance(t, p, "pixel")[:, None], size=(size, size), mode="bilinear",
-                          align_corners=True) for t, p in zip(targets, predictions)]
+    """(B, *size) mean over the layers of 1 - channel cosine, each bilinearly upsampled
+    (align_corners=True) to size (an int or (H, W))."""
+    maps = [F.interpolate(cosine_distance(t, p, "pixel")[:, None], size=size, mode="bilinear", align_corners=True)
+            for t, p in zip(targets, predictions)]
     return torch.stack(maps).mean(dim=0)[:, 0]
 
 
 def build_optimizer(param_groups, cfg, total_iters):
-    """Adam or AdamW (cfg.lr, cfg.betas, cfg.weight_decay, cfg.adam_eps, cfg.amsgrad), and a MultiStepLR
-    multiplying the learning rate by cfg.lr_drop_gamma after cfg.lr_drop_at of total_iters (0 = none)."""
-    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(cfg.optimizer)
-    if kind is None:
+    """Adam or AdamW over param_groups with cfg.lr (a group's own "lr" wins), cfg.betas,
+    cfg.weight_decay, cfg.adam_eps, cfg.amsgrad; plus, if cfg.lr_drop_at > 0, a MultiStepLR that
+    multiplies the learning rates by cfg.lr_drop_gamma at int(cfg.lr_drop_at * total_iters)
+    (stepped once per iteration by the caller), else None."""
+    optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    if cfg.optimizer not in optimizers:
         raise ValueError(f"optimizer must be 'adam' or 'adamw', got {cfg.optimizer!r}")
-    optimizer = kind(param_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps,
-                     weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad)
+    optimizer = optimizers[cfg.optimizer](param_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps,
+                                          weight_decay=cfg.weight_decay, amsgrad=bool(cfg.amsgrad))
     if not cfg.lr_drop_at:
         return optimizer, None
-    milestone = max(1, int(cfg.lr_drop_at * total_iters))
+    milestone = max(1, int(cfg.lr_drop_at * total_iters))  # a milestone 0 would drop before the first step
     return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, [milestone], gamma=cfg.lr_drop_gamma)
 
 
 class RevDist(nn.Module):
     def __init__(self, backbone="wide_resnet50_2", activation="relu", loss_form="global"):
         super().__init__()
-        if backbone not in ARCHITECTURES:
-            raise ValueError(f"RevDist is built for {', '.join(ARCHITECTURES)}, not {backbone!r}")
+        arch = architecture(backbone)
         if activation not in ACTIVATIONS:
             raise ValueError(f"decoder activation must be 'relu' or 'gelu', got {activation!r}")
-        if loss_form not in ("global", "pixel"):
+        if loss_form not in LOSS_FORMS:
             raise ValueError(f"loss_form must be 'global' or 'pixel', got {loss_form!r}")
-        block, expansion, base_width, ocbe_blocks, decoder_blocks = ARCHITECTURES[backbone]
         self.loss_form = loss_form
-        self.bottleneck = OCBE(block, expansion, base_width, ocbe_blocks)
-        self.decoder = Decoder(block, expansion, base_width, decoder_blocks, activation)
+        self.bottleneck = OCBE(arch)
+        self.decoder = Decoder(arch, activation)
 
     def bottleneck_features(self, batch):
-        """The OCBE output (B, 512 * expansion, h, w)."""
+        """The OCBE output (B, 512 * expansion, H3/2, W3/2): 2048 x 8^2 for WRN50-2 at 256 px."""
         return self.bottleneck(batch)
 
     def decode(self, batch):
+        """[layer1-, layer2-, layer3-shaped reconstructions], in encoder order."""
         return self.decoder(self.bottleneck(batch))
 
     def loss(self, batch):
@@ -189,9 +216,11 @@ class RevDist(nn.Module):
 
     @torch.no_grad()
     def anomaly_map(self, batch):
-        """(B, H, W) at the input size (4 x layer1's), before the blur."""
+        """(B, 4 * H1, 4 * W1) float32, before any blur."""
         targets = [batch[name] for name in LAYERS]
-        return cosine_map(targets, self.decode(batch), 4 * targets[0].shape[-1])
+        height, width = targets[0].shape[-2:]
+        return cosine_map(targets, self.decode(batch), (4 * height, 4 * width))
 
     def configure_optimizers(self, cfg, total_iters):
+        """One group: the OCBE and the decoder."""
         return build_optimizer([p for p in self.parameters() if p.requires_grad], cfg, total_iters)
