@@ -3,7 +3,7 @@ turn is normal; one model per class; image-level metrics.
 
     python train_mnist.py --dataset mnist --download
     python train_mnist.py --dataset fmnist --data_path /data
-    python train_mnist.py --dataset mnist --data_path ../shared/data --weights none --backbone resnet18 --image_size 64 --crop_size 0
+    python train_mnist.py --dataset mnist --data_path data --weights none --backbone resnet18 --image_size 64 --crop_size 0
 
 The run itself (data, frozen features once, a model per class and target norm, evaluation of the
 last checkpoint, the table) is utils/semantic.py, shared with train_cifar10.py. Every constant below

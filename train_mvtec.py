@@ -127,6 +127,9 @@ check_config(cfg, positive=("batch_size", "lr", "encoder_lr", "target_norm", "im
              at_most={"top_fraction": 1.0, "lr_drop_at": 1.0}, non_empty=("target_norm",))
 if cfg.method != "noco" and len(cfg.target_norm) > 1:
     raise ConfigError(f"--target_norm: a list of norms (the norm study) is for --method noco, not {cfg.method}")
+if cfg.method != "noco" and (cfg.crop_size or cfg.image_size) % 32:
+    raise ConfigError(f"--image_size/--crop_size: {cfg.method}'s decoder mirrors a stride-32 encoder, so the input "
+                      f"side must be a multiple of 32, got {cfg.crop_size or cfg.image_size}")
 if not cfg.resume:
     check_out_dir(cfg.out_dir)
 started = time.time()
@@ -158,10 +161,11 @@ run = RunFolder(cfg.resume or new_run_path(cfg.out_dir, "train_mvtec", run_name,
                 vars(cfg), device, started, resume=bool(cfg.resume))
 
 # model ------------------------------------------------------------------------
-if uses_frozen_features:
-    taps = cfg.encoder_taps if cfg.method == "noco" else "standard"
-    encoder = build_encoder(cfg.backbone, cfg.weights, cfg.layers, taps).to(device, memory_format=memory_format)
+if cfg.method == "noco":
+    encoder = build_encoder(cfg.backbone, cfg.weights, cfg.layers, cfg.encoder_taps).to(device)
     feature_channels = sum(f.shape[1] for f in encoder(test_sets[class_names[0]][0]["image"][None].to(device)).values())
+elif cfg.method == "revdist":  # torchvision's own taps of layers 1-3, whatever --layers says
+    encoder = build_encoder(cfg.backbone, cfg.weights).to(device, memory_format=memory_format)
 else:
     frozen_backbone = load_backbone(cfg.backbone, cfg.weights)
 

@@ -3,7 +3,7 @@
 
     python benchmarks/bench_decode.py                      # generated 1024x1024 files
     python benchmarks/bench_decode.py --repeats 30 --threads 1
-    python benchmarks/bench_decode.py --data_path ../shared/data/magnetic_tile   # also real files (first 200)
+    python benchmarks/bench_decode.py --data_path /data/magnetic_tile   # also real files (first 200)
 
 For every kind it prints the median time per image of each decoder and whether the two give the
 same RGB pixels (max absolute difference). OpenCV runs with IMREAD_IGNORE_ORIENTATION: without it,

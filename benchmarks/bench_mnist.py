@@ -1,6 +1,6 @@
 """NoCo against scikit-learn's IsolationForest and OneClassSVM on MNIST, one-class protocol, in one run.
 
-    python benchmarks/bench_mnist.py --data_path ../shared/data
+    python benchmarks/bench_mnist.py --data_path data
 
 For each digit: train on that digit's training images (about 6,000), test on all 10,000 test images
 (label 0 for the digit, 1 otherwise). NoCo runs through train_mnist.py with the options below (a

@@ -3,7 +3,7 @@
     python benchmarks/bench_noco.py                                   # structured, resnet18, demo data
     python benchmarks/bench_noco.py --task semantic                   # pooled features (NoCo's semantic head)
     python benchmarks/bench_noco.py --backbone wide_resnet50_2 --image_size 256 --crop_size 224   # paper size
-    python benchmarks/bench_noco.py --data_path ../shared/data/magnetic_tile --class_name magnetic_tile
+    python benchmarks/bench_noco.py --data_path /data/magnetic_tile --class_name magnetic_tile
 
 Without the cache every epoch decodes the images and runs the frozen encoder; with it, the first
 epoch pays for one extraction and every later epoch only trains the projector. Both paths see the

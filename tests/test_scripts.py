@@ -256,3 +256,21 @@ def test_more_bad_input_out_dir_layout_weights_and_a_corrupt_image_in_a_worker(d
     assert done.returncode == 1 and error[0].startswith(f"error: cannot read image {victim}"), done.stderr
     assert error[1] == "(set TRACEBACK=1 for the traceback)" and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_unified_run_on_a_folder_whose_classes_differ_in_size_and_channels(tmp_path):
+    from tests.test_datasets_structured import make_mvtec_class, write_image, write_mask
+    make_mvtec_class(tmp_path / "parts", "gray_widget", n_train=4)  # 40 x 30, the first image grayscale
+    big = tmp_path / "parts" / "rgb_bolt"
+    for i in range(4):
+        write_image(big / "train" / "good" / f"{i}.png", seed=40 + i, size=(70, 90))
+    write_image(big / "test" / "good" / "0.png", seed=50, size=(70, 90))
+    write_image(big / "test" / "dent" / "0.png", seed=51, size=(70, 90))
+    write_mask(big / "ground_truth" / "dent" / "0_mask.png", size=(70, 90))
+    done = run_script("train_mvtec.py", "--method", "revdist", "--data_path", str(tmp_path / "parts"), "--image_size",
+                      "64", "--iters", "2", "--batch_size", "4", "--out_dir", str(tmp_path / "out"), *SMALL)
+    csv = results_path(done)
+    assert csv.parent.name.startswith("train_mvtec_parts_revdist_unified_")
+    table = pd.read_csv(csv)
+    assert table["class"].tolist() == ["gray_widget", "rgb_bolt", "mean", "mixed"]
+    assert table.drop(columns=["setting", "class"]).notna().all().all()
