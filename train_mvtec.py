@@ -34,7 +34,8 @@ from models.backbones import build_encoder, load_backbone
 from models.noco import NoCo
 from models.recontrast import ReContrast
 from models.revdist import RevDist
-from utils.config import (ConfigError, check_config, check_out_dir, parse_config, resolve_device, script_constants,
+from utils.checks import check_config, check_out_dir
+from utils.config import (ConfigError, parse_config, resolve_device, script_constants,
                           seed_everything)
 from utils.features import CachedBatches, EncodedBatches, extract_features
 from utils.maps import gaussian_blur, image_scores, upsample

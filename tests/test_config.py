@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch._utils import ExceptionWrapper
 
-from utils import config
-from utils.config import (ConfigError, check_config, check_out_dir, config_help, parse_config, resolve_device,
-                          script_constants)
+from utils import checks, config
+from utils.checks import check_config, check_out_dir
+from utils.config import ConfigError, config_help, parse_config, resolve_device, script_constants
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULTS = {"lr": 1e-4, "epochs": 50, "dataset": "mvtec", "download": False, "classes": (),
@@ -217,7 +217,7 @@ def test_check_out_dir_refuses_a_file_or_an_unwritable_folder_and_creates_nothin
     locked = tmp_path / "locked"
     locked.mkdir()
     real_access = os.access
-    monkeypatch.setattr(config.os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
+    monkeypatch.setattr(checks.os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
     with pytest.raises(ConfigError, match=r"^--out_dir .*locked: the folder is not writable$"):
         check_out_dir(locked)
     with pytest.raises(ConfigError, match=rf"^--out_dir .*locked/a/b: cannot create it: {locked} is not writable$"):

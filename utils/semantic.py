@@ -11,7 +11,8 @@ from tqdm import tqdm
 from datasets.oneclass import OneClassDataset, SemanticDataset
 from models.backbones import build_encoder
 from models.noco import NoCo
-from utils.config import ConfigError, check_config, check_out_dir, resolve_device, seed_everything
+from utils.checks import check_config, check_out_dir
+from utils.config import ConfigError, resolve_device, seed_everything
 from utils.features import CachedBatches, EncodedBatches, extract_features
 from utils.metrics import compute_metrics
 from utils.results import RunFolder, metrics_row, new_run_path, read_run_config
