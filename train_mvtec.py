@@ -181,9 +181,10 @@ def build_model(norm, generator):
 
 
 # options that change how a model is evaluated, not how it is trained: a saved model is reused across them
+# (a model's own classes and target norm replace --classes and --target_norm in its training configuration)
 EVALUATION_ONLY = {"out_dir", "resume", "checkpoint", "device", "num_workers", "image_score", "top_fraction",
                    "blur_sigma", "blur_kernel", "cache_features", "cache_memory_gb", "cache_dir", "save_checkpoints",
-                   "download", "data_path", "classes", "target_norm"}
+                   "download", "data_path"}
 
 
 def reusable_state(model_name, training_config):
@@ -203,6 +204,12 @@ def reusable_state(model_name, training_config):
 
 
 groups = [(c, [c]) for c in class_names] if separate else [("unified", class_names)]
+if cfg.checkpoint:  # reuse was asked for: every model must be there before anything runs
+    wanted = [g if len(cfg.target_norm) == 1 else f"{g}_norm{n:g}" for g, _ in groups for n in cfg.target_norm]
+    if not Path(cfg.checkpoint).is_file() and not all((Path(cfg.checkpoint) / "checkpoints" / f"{name}.pt").is_file()
+                                                      for name in wanted):
+        raise ConfigError(f"--checkpoint {cfg.checkpoint}: expected a .pt file or a run folder with "
+                          f"checkpoints/{{{','.join(wanted)}}}.pt")
 for group_name, group in groups:
     model_names = {norm: group_name if len(cfg.target_norm) == 1 else f"{group_name}_norm{norm:g}"
                    for norm in cfg.target_norm}
@@ -270,7 +277,7 @@ for group_name, group in groups:
             metrics = compute_metrics(scores, labels, maps, masks)
             rows.append(metrics_row(class_name, metrics, "separate" if separate else "model-unified",
                                     model=model_name, target_norm=norm))
-            print(f"{class_name} ({model_name}): " + " ".join(f"{k} {100 * metrics[k]:.1f}" for k in
+            print(f"{class_name}{'' if model_name == class_name else f' ({model_name})'}: " + " ".join(f"{k} {100 * metrics[k]:.1f}" for k in
                                                              ("I-AUROC", "I-AP", "P-AUROC", "P-AP", "AUPRO")))
             for key, value in zip(pooled, (scores, labels, maps, masks)):
                 pooled[key].append(value)

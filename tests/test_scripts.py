@@ -275,3 +275,19 @@ def test_unified_run_on_a_folder_whose_classes_differ_in_size_and_channels(tmp_p
     table = pd.read_csv(csv)
     assert table["class"].tolist() == ["gray_widget", "rgb_bolt", "mean", "mixed"]
     assert table.drop(columns=["setting", "class"]).notna().all().all()
+
+
+def test_a_checkpoint_is_reused_only_for_the_classes_it_was_trained_on(demo_root, tmp_path):
+    args = ["--dataset", "demo", "--data_path", str(demo_root), "--image_size", "64", "--epochs", "1", *SMALL]
+    csv = results_path(run_script("train_mvtec.py", *args, "--classes", "brick", "--out_dir", str(tmp_path / "a")))
+    brick = csv.parent / "checkpoints" / "brick.pt"
+    again = run_script("train_mvtec.py", *args, "--classes", "brick", "--checkpoint", str(brick),
+                       "--out_dir", str(tmp_path / "b"))
+    assert pd.read_csv(results_path(again)).equals(pd.read_csv(csv))  # the same model, evaluated again
+    refused = run_script("train_mvtec.py", *args, "--classes", "grass", "--checkpoint", str(brick),
+                         "--out_dir", str(tmp_path / "c"), expect_ok=False)
+    assert "trained with another configuration (differs in ['classes'])" in refused.stderr
+    missing = run_script("train_mvtec.py", *args, "--classes", "grass", "--checkpoint", str(csv.parent),
+                         "--out_dir", str(tmp_path / "c"), expect_ok=False)
+    assert "expected a .pt file or a run folder with checkpoints/{grass}.pt" in missing.stderr
+    assert not (tmp_path / "c").exists()
