@@ -218,6 +218,7 @@ for group_name, group in groups:
     train_set = train_sets[group[0]] if separate else MixedDataset(train_sets[c] for c in group)
     total_iters = iterations(cfg.setting, cfg.epochs, cfg.iters, len(train_set), cfg.batch_size, drop_last)
     source = None  # the training batches, made when a model of this group is trained (not when one is reused)
+    test_inputs = {}  # the norm study scores several models on one class: its frozen test features, once
 
     for norm, model_name in model_names.items():
         if run.finished(model_name):
@@ -266,11 +267,23 @@ for group_name, group in groups:
         rows, pooled = [], {"scores": [], "labels": [], "maps": [], "masks": []}
         for class_name in group:
             maps, labels, masks = [], [], []
-            for batch in tqdm(DataLoader(test_sets[class_name], **loader), desc=f"{class_name} test", leave=False):
-                images = batch["image"].to(device, memory_format=memory_format)
-                maps.append(model.anomaly_map(encoder(images) if uses_frozen_features else {"image": images}).float())
-                labels.append(batch["label"])
-                masks.append(batch["mask"][:, 0].bool())
+            if class_name not in test_inputs:
+                inputs = []
+                for batch in tqdm(DataLoader(test_sets[class_name], **loader), desc=f"{class_name} test", leave=False):
+                    images = batch["image"].to(device, memory_format=memory_format)
+                    model_input = encoder(images) if uses_frozen_features else {"image": images}
+                    maps.append(model.anomaly_map(model_input).float())
+                    labels.append(batch["label"])
+                    masks.append(batch["mask"][:, 0].bool())
+                    if len(cfg.target_norm) > 1:
+                        inputs.append((model_input, batch["label"], masks[-1]))
+                if inputs:
+                    test_inputs[class_name] = inputs
+            else:
+                for model_input, label, mask in test_inputs[class_name]:
+                    maps.append(model.anomaly_map(model_input).float())
+                    labels.append(label)
+                    masks.append(mask)
             maps = upsample(torch.cat(maps), test_sets[class_name].transform.output_size)
             maps = gaussian_blur(maps, cfg.blur_sigma, kernel_size=cfg.blur_kernel).cpu()
             scores, labels, masks = image_scores(maps, cfg.image_score, cfg.top_fraction), torch.cat(labels), torch.cat(masks)
