@@ -40,7 +40,7 @@ from utils.config import (ConfigError, parse_config, resolve_device, script_cons
 from utils.features import CachedBatches, EncodedBatches, extract_features
 from utils.maps import gaussian_blur, image_scores, upsample
 from utils.metrics import compute_metrics
-from utils.results import RunFolder, metrics_row, new_run_path, read_run_config
+from utils.results import RunFolder, metrics_row, new_run_path, resumed_config
 from utils.training import ImageBatches, batch_stream, fingerprint, iterations
 
 # -----------------------------------------------------------------------------
@@ -113,11 +113,7 @@ PRESETS = [  # applied in order; an option given on the command line is never re
     ({"dataset": "demo"}, {"backbone": "resnet18", "image_size": 128, "crop_size": 0}),  # a quick first run
 ]
 cfg, given = parse_config(script_constants(globals()), presets=PRESETS, script=__file__, return_given=True)
-if cfg.resume:  # the interrupted run's own configuration
-    if given - {"resume", "device", "num_workers"}:
-        raise ConfigError(f"--resume takes its configuration from {cfg.resume}/config.json; "
-                          f"drop {', '.join('--' + k for k in sorted(given - {'resume', 'device', 'num_workers'}))}")
-    cfg = type(cfg)(**{**read_run_config(cfg.resume, like=vars(cfg)), **{k: getattr(cfg, k) for k in given}})
+cfg = resumed_config(cfg, given)  # with --resume, the interrupted run's own configuration
 check_config(cfg, positive=("batch_size", "lr", "encoder_lr", "target_norm", "image_size", "top_fraction"),
              non_negative=("epochs", "iters", "crop_size", "num_workers", "weight_decay", "blur_sigma",
                            "cache_memory_gb", "lr_drop_at", "hm_factor", "blur_kernel"),
@@ -204,23 +200,24 @@ def reusable_state(model_name, training_config):
 
 
 groups = [(c, [c]) for c in class_names] if separate else [("unified", class_names)]
+model_names = {(g, norm): g if len(cfg.target_norm) == 1 else f"{g}_norm{norm:g}"  # checkpoint and table names
+               for g, _ in groups for norm in cfg.target_norm}
 if cfg.checkpoint:  # reuse was asked for: every model must be there before anything runs
-    wanted = [g if len(cfg.target_norm) == 1 else f"{g}_norm{n:g}" for g, _ in groups for n in cfg.target_norm]
+    wanted = list(model_names.values())
     if not Path(cfg.checkpoint).is_file() and not all((Path(cfg.checkpoint) / "checkpoints" / f"{name}.pt").is_file()
                                                       for name in wanted):
         raise ConfigError(f"--checkpoint {cfg.checkpoint}: expected a .pt file or a run folder with "
                           f"checkpoints/{{{','.join(wanted)}}}.pt")
 for group_name, group in groups:
-    model_names = {norm: group_name if len(cfg.target_norm) == 1 else f"{group_name}_norm{norm:g}"
-                   for norm in cfg.target_norm}
-    if all(run.finished(name) for name in model_names.values()):
+    group_models = {norm: model_names[group_name, norm] for norm in cfg.target_norm}
+    if all(run.finished(name) for name in group_models.values()):
         continue  # finished before the run was interrupted
     train_set = train_sets[group[0]] if separate else MixedDataset(train_sets[c] for c in group)
     total_iters = iterations(cfg.setting, cfg.epochs, cfg.iters, len(train_set), cfg.batch_size, drop_last)
     source = None  # the training batches, made when a model of this group is trained (not when one is reused)
     test_inputs = {}  # the norm study scores several models on one class: its frozen test features, once
 
-    for norm, model_name in model_names.items():
+    for norm, model_name in group_models.items():
         if run.finished(model_name):
             continue
         # train ---------------------------------------------------------------

@@ -92,18 +92,23 @@ def test_good_archive_downloads_verifies_and_extracts(server, tmp_path):
     assert leftovers(tmp_path) == ["downloads", "extracted", "served"]  # no staging folder left
 
 
+def flip_a_byte(data):
+    corrupted = bytearray(data)
+    corrupted[len(corrupted) // 2] ^= 0xFF
+    return bytes(corrupted)
+
+
 def test_corrupted_download_fails_checksum_and_leaves_nothing(server, tmp_path):
     base_url, served, _ = server
     archive = tar_bytes(MEMBERS)
-    corrupted = bytearray(archive)
-    corrupted[len(corrupted) // 2] ^= 0xFF
-    (served / "toy.tar.gz").write_bytes(bytes(corrupted))
+    corrupted = flip_a_byte(archive)
+    (served / "toy.tar.gz").write_bytes(corrupted)
     url = f"{base_url}/toy.tar.gz"
 
     with pytest.raises(ValueError) as error:
         download_file(url, tmp_path / "downloads" / "toy.tar.gz", sha256=sha256(archive))
     message = str(error.value)
-    assert url in message and sha256(archive) in message and sha256(bytes(corrupted)) in message
+    assert url in message and sha256(archive) in message and sha256(corrupted) in message
     assert leftovers(tmp_path / "downloads") == []
 
 
@@ -219,9 +224,7 @@ def test_first_url_404_then_the_second_one(server, tmp_path, capsys):
 def test_first_url_serving_a_corrupted_archive_then_the_second_one(server, tmp_path):
     base_url, served, requested = server
     archive = tar_bytes(MEMBERS)
-    corrupted = bytearray(archive)
-    corrupted[len(corrupted) // 2] ^= 0xFF
-    (served / "bad.tar.gz").write_bytes(bytes(corrupted))
+    (served / "bad.tar.gz").write_bytes(flip_a_byte(archive))
     (served / "good.tar.gz").write_bytes(archive)
     dest = tmp_path / "downloads" / "toy.tar.gz"
     download_file([f"{base_url}/bad.tar.gz", f"{base_url}/good.tar.gz"], dest, sha256=sha256(archive))

@@ -12,18 +12,12 @@ import torchvision
 import models.recontrast as recontrast
 from models.backbones import load_backbone
 from models.recontrast import ReContrast, global_cosine_hm
+from tests.test_revdist import MULTI_CLASS as REVDIST_MULTI_CLASS
 
-MULTI_CLASS = SimpleNamespace(optimizer="adamw", lr=2e-3, encoder_lr=1e-5, betas=(0.9, 0.999), weight_decay=1e-5,
-                              adam_eps=1e-10, amsgrad=True, lr_drop_at=0.8, lr_drop_gamma=0.2)
+MULTI_CLASS = SimpleNamespace(**vars(REVDIST_MULTI_CLASS), encoder_lr=1e-5)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """On a shared 2-core machine two intra-op threads oversubscribe it (steps 20-50x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def count(module, trainable=False):

@@ -53,25 +53,21 @@ def _checked_cast(layer, values, dtype):
 
 @torch.no_grad()
 def extract_features(encoder, dataset, device, batch_size=32, num_workers=0, dtype=torch.float32,
-                     memory_budget_gb=8.0, cache_dir=None, desc="features", keep=()):
+                     memory_budget_gb=8.0, cache_dir=None, desc="features"):
     """Run the frozen encoder once over `dataset`; return {layer: tensor of shape (N, ...)} on the CPU.
 
     `dtype` (float32, float16 or bfloat16, or its name) is the cache's precision; float32 keeps the
     encoder's output exactly. A value that is not finite after the cast (float16 overflows above
     65504) or in the encoder's output raises a ValueError naming the layer. Above `memory_budget_gb`
     the tensors live in .npy memory maps in `cache_dir` (a temporary folder by default, removed when
-    the returned dict is garbage-collected; bfloat16 is stored there as its int16 bits). With `keep`,
-    also return the stacked sample fields of those names (e.g. ("mask", "label")) from the same pass.
+    the returned dict is garbage-collected; bfloat16 is stored there as its int16 bits).
     """
     dtype = CACHE_DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
     if dtype not in _NUMPY_DTYPES:
         raise ValueError(f"feature cache dtype must be one of {', '.join(CACHE_DTYPES)}, got {dtype}")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     features, disk_dir, start = None, None, 0
-    kept = {key: [] for key in keep}
     for batch in tqdm(loader, desc=desc, leave=False):
-        for key in keep:
-            kept[key].append(torch.as_tensor(batch[key]))
         outputs = encoder(batch["image"].to(device))
         if features is None:
             per_image = sum(v[0].numel() for v in outputs.values()) * torch.finfo(dtype).bits // 8
@@ -86,7 +82,7 @@ def extract_features(encoder, dataset, device, batch_size=32, num_workers=0, dty
         start += len(batch["image"])
     if features is None:
         raise ValueError(f"cannot extract {desc}: the dataset is empty")
-    return (features, {key: torch.cat(values) for key, values in kept.items()}) if keep else features
+    return features
 
 
 class _DiskFeatures(dict):

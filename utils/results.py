@@ -121,6 +121,20 @@ def new_run_path(out_dir, *parts):
     return run_dir
 
 
+RESUME_MAY_CHANGE = {"resume", "device", "num_workers"}
+
+
+def resumed_config(cfg, given):
+    """With --resume, the interrupted run's own configuration (only the options of RESUME_MAY_CHANGE
+    may be given beside it, and they win); cfg itself otherwise."""
+    if not cfg.resume:
+        return cfg
+    if given - RESUME_MAY_CHANGE:
+        raise ValueError(f"--resume takes its configuration from {cfg.resume}/config.json; "
+                         f"drop {', '.join('--' + k for k in sorted(given - RESUME_MAY_CHANGE))}")
+    return type(cfg)(**{**read_run_config(cfg.resume, like=vars(cfg)), **{k: getattr(cfg, k) for k in given}})
+
+
 def read_run_config(run_dir, like=None):
     """The configuration saved in <run_dir>/config.json, for --resume; a clear error when it is not a
     run. With `like` (a config dict), JSON lists become tuples where `like` has tuples, and a saved

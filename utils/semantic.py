@@ -12,22 +12,15 @@ from datasets.oneclass import OneClassDataset, SemanticDataset
 from models.backbones import build_encoder
 from models.noco import NoCo
 from utils.checks import check_config, check_out_dir
-from utils.config import ConfigError, resolve_device, seed_everything
+from utils.config import resolve_device, seed_everything
 from utils.features import CachedBatches, EncodedBatches, extract_features
 from utils.metrics import compute_metrics
-from utils.results import RunFolder, metrics_row, new_run_path, read_run_config
+from utils.results import RunFolder, metrics_row, new_run_path, resumed_config
 from utils.training import batch_stream, iterations
-
-RESUME_MAY_CHANGE = {"resume", "device", "num_workers"}
-
 
 def checked_config(cfg, given, script, datasets):
     """The configuration to run: cfg itself, or with --resume the interrupted run's; checked before any work."""
-    if cfg.resume:
-        if given - RESUME_MAY_CHANGE:
-            raise ConfigError(f"--resume takes its configuration from {cfg.resume}/config.json; "
-                              f"drop {', '.join('--' + k for k in sorted(given - RESUME_MAY_CHANGE))}")
-        cfg = type(cfg)(**{**read_run_config(cfg.resume, like=vars(cfg)), **{k: getattr(cfg, k) for k in given}})
+    cfg = resumed_config(cfg, given)
     check_config(cfg, positive=("batch_size", "lr", "target_norm", "image_size"),
                  non_negative=("epochs", "crop_size", "num_workers", "weight_decay", "cache_memory_gb",
                                "radius_penalty"),
