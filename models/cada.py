@@ -1,0 +1,124 @@
+"""Score alignment for absolute-unified AD: CADA (Class-Agnostic Distribution Alignment, the CADA
+paper, sections 3.2-3.3) and the variants it is compared with.
+
+A unified model's normal scores sit at a different level in every class, so one threshold cannot
+serve all classes. Each alignment estimates, for one image, the mean u and the top gamma of the
+normal score map of its class, and calibrates the map as (M - u) / (gamma - u) (eq. 5) before the
+blur. The base model is frozen throughout; only the small head below is trained.
+
+  none         M as it is.
+  cada         a regressor predicts (u, gamma) from the image's features; trained on each TRAINING
+               image's (mean, max) of its own map with SmoothL1 (eq. 3-4). No class label anywhere.
+  cada_sigma   the same head predicts (u, sigma); gamma = u + SIGMA_WIDTH * sigma (Table 5).
+  class_aware  CaDA-A: u_c = mean over class c's training pixels, gamma_c = mean of the per-image
+               maxima (the paper's choice "to avoid outliers"); the class label is used at test.
+  classifier   CaDA-B: a head of the regressor's shape, trained with cross-entropy on the training
+               images' class labels, picks (u_c, gamma_c) of its argmax class at test.
+
+Head (Table 3's default "1 conv + 2 linear"): conv (channels kept, CONV_KERNEL) -> BatchNorm ->
+ReLU -> global average pooling -> Dropout(DROPOUT) -> Linear(C, HIDDEN) -> ReLU -> Linear(HIDDEN, k).
+The paper fixes the conv's output width, the hidden width, the dropout and its place; the kernel,
+normalisation, activations and pooling are ours (named constants below). For a wide_resnet50_2
+bottleneck (2048 channels) it has 4,723,458 parameters.
+
+A batch for `loss` is a dict of tensors: "features" (B, C, h, w), "mean", "max", "std" (B,) of each
+image's map, "label" (B,) its class index. Nothing here reads files or prints.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ALIGNMENTS = ("none", "cada", "cada_sigma", "class_aware", "classifier")
+TRAINED = ("cada", "cada_sigma", "classifier")  # the alignments with a head to train
+
+CONV_KERNEL = 1       # the paper does not say; 1x1 keeps the head at 4.7 M parameters on WRN50's 2048 channels (3x3: 38 M)
+HIDDEN = 256          # CADA sec. 4.1
+DROPOUT = 0.25        # CADA sec. 4.1 and Table 3: before the linear layers
+SIGMA_WIDTH = 3.0     # Table 5: gamma = u + 3 sigma
+MIN_SPREAD = 1e-6     # eq. 5 guard: gamma_hat - u_hat is clamped to at least this (maps stay ordered, finite)
+
+
+class StatsHead(nn.Module):
+    """conv-BN-ReLU, global average pooling, dropout, two linear layers: (B, C, h, w) -> (B, outputs)."""
+
+    def __init__(self, channels, outputs=2, kernel_size=CONV_KERNEL, hidden=HIDDEN, dropout=DROPOUT):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, bias=False),
+                                  nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+        self.mlp = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, outputs))
+
+    def forward(self, features):
+        return self.mlp(self.conv(features).mean(dim=(2, 3)))
+
+
+def map_statistics(maps):
+    """Per-image mean, max and standard deviation of (N, H, W) maps: the regression targets."""
+    flat = maps.flatten(1).float()
+    return {"mean": flat.mean(dim=1), "max": flat.amax(dim=1), "std": flat.std(dim=1)}
+
+
+def class_statistics(stats, labels, n_classes):
+    """(n_classes, 2) CaDA-A statistics: u_c = mean of the images' means (all maps have one size, so
+    this is the mean over the class's pixels), gamma_c = mean of the images' maxima."""
+    table = torch.zeros(n_classes, 2)
+    for c in range(n_classes):
+        rows = labels == c
+        if not rows.any():
+            raise ValueError(f"class index {c} has no training image")
+        table[c] = torch.stack([stats["mean"][rows].mean(), stats["max"][rows].mean()])
+    return table
+
+
+def calibrate(maps, u, gamma):
+    """CADA eq. 5: (M - u) / (gamma - u) per image, the denominator clamped to at least MIN_SPREAD."""
+    u, gamma = u.to(maps).view(-1, 1, 1), gamma.to(maps).view(-1, 1, 1)
+    return (maps - u) / (gamma - u).clamp_min(MIN_SPREAD)
+
+
+class Alignment(nn.Module):
+    """One alignment of ALIGNMENTS with the module face of the base models: loss(batch),
+    configure_optimizers(cfg, total_iters), and statistics(features, labels) -> (u, gamma)."""
+
+    def __init__(self, kind, channels=0, n_classes=1, smooth_l1_beta=0.1, kernel_size=CONV_KERNEL):
+        super().__init__()
+        if kind not in ALIGNMENTS:
+            raise ValueError(f"alignment must be one of {', '.join(ALIGNMENTS)}, got {kind!r}")
+        self.kind, self.beta = kind, smooth_l1_beta
+        outputs = n_classes if kind == "classifier" else 2
+        self.head = StatsHead(channels, outputs, kernel_size) if kind in TRAINED else None
+        self.register_buffer("class_stats", torch.zeros(n_classes, 2))  # CaDA-A/B: (u_c, gamma_c)
+
+    def set_class_statistics(self, stats, labels):
+        self.class_stats.copy_(class_statistics(stats, labels, len(self.class_stats)))
+
+    def loss(self, batch):
+        out = self.head(batch["features"]).float()
+        if self.kind == "classifier":
+            return F.cross_entropy(out, batch["label"].long())
+        second = batch["max"] if self.kind == "cada" else batch["std"]
+        return (F.smooth_l1_loss(out[:, 0], batch["mean"], beta=self.beta)  # CADA eq. 3
+                + F.smooth_l1_loss(out[:, 1], second, beta=self.beta))
+
+    @torch.no_grad()
+    def statistics(self, features=None, labels=None):
+        """(u, gamma) per image. `labels` (class indices) are read by class_aware only; `features` by
+        the trained heads; none gives u = 0, gamma = 1 (the identity calibration)."""
+        if self.kind == "none":
+            n = len(labels if features is None else features)
+            return torch.zeros(n), torch.ones(n)
+        if self.kind == "class_aware":
+            picked = self.class_stats.cpu()[labels.long().cpu()]
+            return picked[:, 0], picked[:, 1]
+        out = self.head(features).float().cpu()
+        if self.kind == "classifier":
+            picked = self.class_stats.cpu()[out.argmax(dim=1)]
+            return picked[:, 0], picked[:, 1]
+        if self.kind == "cada_sigma":
+            return out[:, 0], out[:, 0] + SIGMA_WIDTH * out[:, 1]
+        return out[:, 0], out[:, 1]
+
+    def configure_optimizers(self, cfg, total_iters=None):
+        """SGD (CADA sec. 4.1: lr 5e-2, momentum 0.9, weight decay 1e-4), no schedule."""
+        return torch.optim.SGD(self.head.parameters(), lr=cfg.cada_lr, momentum=cfg.cada_momentum,
+                               weight_decay=cfg.cada_weight_decay), None

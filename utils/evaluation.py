@@ -1,0 +1,54 @@
+"""The one evaluation of train_mvtec.py: a model's raw test maps per class, optionally calibrated by
+an alignment, then blurred, scored and measured per class (rows and their mean) and pooled over
+every class (the absolute-unified `mixed` row). Pure functions of tensors; no file I/O, no printing."""
+from dataclasses import dataclass
+
+import torch
+
+from models.cada import calibrate
+from utils.maps import gaussian_blur, image_scores
+from utils.metrics import compute_metrics
+
+
+@dataclass
+class ClassMaps:
+    """One class's test set as the frozen base model sees it: raw maps (N, H, W) at the output size
+    before any blur, labels (N,), masks (N, H, W) bool, and the alignment head's inputs (or None)."""
+    maps: torch.Tensor
+    labels: torch.Tensor
+    masks: torch.Tensor
+    features: torch.Tensor = None
+
+
+def scored(maps, cfg):
+    """Blur (cfg.blur_sigma, cfg.blur_kernel) and image scores (cfg.image_score, cfg.top_fraction)."""
+    maps = gaussian_blur(maps, cfg.blur_sigma, kernel_size=cfg.blur_kernel).cpu()
+    return maps, image_scores(maps, cfg.image_score, cfg.top_fraction)
+
+
+def aligned_maps(class_maps, alignment, class_index):
+    """The raw maps of one class calibrated by `alignment` (models.cada.Alignment; None = as they are).
+    class_index is read by the class-aware alignment only."""
+    if alignment is None or alignment.kind == "none":
+        return class_maps.maps
+    labels = torch.full((len(class_maps.maps),), class_index, dtype=torch.long)
+    u, gamma = alignment.statistics(class_maps.features, labels)
+    return calibrate(class_maps.maps, u, gamma)
+
+
+def evaluate(tested, cfg, alignment=None, pooled=True):
+    """Metrics per class of {class: ClassMaps} (in order; a class's index is its position) and, with
+    pooled, of every test image of every class in one pool (None otherwise). Returns
+    ({class: metrics}, pooled metrics, {class: image scores})."""
+    per_class, scores_of, pool = {}, {}, {"scores": [], "labels": [], "maps": [], "masks": []}
+    for index, (name, class_maps) in enumerate(tested.items()):
+        maps, scores = scored(aligned_maps(class_maps, alignment, index), cfg)
+        per_class[name] = compute_metrics(scores, class_maps.labels, maps, class_maps.masks)
+        scores_of[name] = scores
+        if pooled:
+            for key, value in zip(pool, (scores, class_maps.labels, maps, class_maps.masks)):
+                pool[key].append(value)
+    if not pooled:
+        return per_class, None, scores_of
+    pool = {key: torch.cat(values) for key, values in pool.items()}
+    return per_class, compute_metrics(pool["scores"], pool["labels"], pool["maps"], pool["masks"]), scores_of
