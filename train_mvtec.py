@@ -21,6 +21,7 @@ sets them. The last line printed is `results: <csv>`.
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -31,6 +32,7 @@ from datasets.download import download_dataset
 from datasets.mvtec import DATASET_SOURCES, MixedDataset, MVTecDataset, resolve_classes
 from datasets.visa import prepare_visa
 from models.backbones import build_encoder, load_backbone
+from models import cada
 from models.noco import NoCo
 from models.recontrast import ReContrast
 from models.revdist import RevDist
@@ -38,9 +40,9 @@ from utils.checks import check_config, check_out_dir
 from utils.config import (ConfigError, parse_config, resolve_device, script_constants,
                           seed_everything)
 from utils.features import CachedBatches, EncodedBatches, extract_features
-from utils.maps import gaussian_blur, image_scores, upsample
-from utils.metrics import compute_metrics
-from utils.results import RunFolder, metrics_row, new_run_path, resumed_config
+from utils.evaluation import ClassMaps, evaluate
+from utils.maps import upsample
+from utils.results import RunFolder, metrics_row, new_run_path, resumed_config, write_table
 from utils.training import ImageBatches, batch_stream, fingerprint, iterations
 
 # -----------------------------------------------------------------------------
@@ -94,6 +96,13 @@ cache_dir = ""               # where those files go ("" = the system's temporary
 amp = True                   # on CUDA: bf16 autocast in the training step (losses in float32)
 channels_last = True         # on CUDA: channels-last memory format
 save_checkpoints = True      # the last checkpoint of each model (no other is ever kept or chosen)
+align = ("none",)            # unified: none | cada | cada_sigma | class_aware | classifier; a comma list gives a row block each
+align_input = "bottleneck"   # the CADA head's input: bottleneck (the base's, CADA sec. 4.2; NoCo has none and uses encoder) | encoder (the frozen encoder's deepest tapped layer, sec. 3.3)
+cada_iters = 5000            # alignment head: training iterations (batch_size images each) on the frozen base's training maps
+cada_lr = 5e-2               # alignment head: SGD learning rate (CADA sec. 4.1) ...
+cada_momentum = 0.9          # ... momentum ...
+cada_weight_decay = 1e-4     # ... and weight decay
+cada_beta = 0.1              # SmoothL1 beta of the regression (CADA: 0.1 for RevDist and ReContrast, 10 for UniAD)
 # -----------------------------------------------------------------------------
 RD_INPUT = {"image_size": 256, "crop_size": 0, "resize": "pil", "encoder_taps": "standard"}  # 256 px full frame
 MULTI_CLASS = {"optimizer": "adamw", "lr": 2e-3, "betas": (0.9, 0.999), "weight_decay": 1e-5, "adam_eps": 1e-10,
@@ -114,14 +123,21 @@ PRESETS = [  # applied in order; an option given on the command line is never re
 ]
 cfg, given = parse_config(script_constants(globals()), presets=PRESETS, script=__file__, return_given=True)
 cfg = resumed_config(cfg, given)  # with --resume, the interrupted run's own configuration
-check_config(cfg, positive=("batch_size", "lr", "encoder_lr", "target_norm", "image_size", "top_fraction"),
+check_config(cfg, positive=("batch_size", "lr", "encoder_lr", "target_norm", "image_size", "top_fraction",
+                       "cada_lr", "cada_beta"),
              non_negative=("epochs", "iters", "crop_size", "num_workers", "weight_decay", "blur_sigma",
-                           "cache_memory_gb", "lr_drop_at", "hm_factor", "blur_kernel"),
+                           "cache_memory_gb", "lr_drop_at", "hm_factor", "blur_kernel", "cada_iters", "cada_momentum",
+                           "cada_weight_decay"),
              choices={"method": ("noco", "revdist", "recontrast"), "setting": ("separate", "unified"),
                       "resize": ("cv2", "pil"), "optimizer": ("adamw", "adam"), "image_score": ("max", "top_mean"),
                       "cache_dtype": ("float32", "float16", "bfloat16"), "loss_form": ("global", "pixel"),
-                      "decoder_activation": ("relu", "gelu")},
-             at_most={"top_fraction": 1.0, "lr_drop_at": 1.0}, non_empty=("target_norm",))
+                      "decoder_activation": ("relu", "gelu"), "align_input": ("bottleneck", "encoder")},
+             at_most={"top_fraction": 1.0, "lr_drop_at": 1.0}, non_empty=("target_norm", "align"))
+if unknown := [a for a in cfg.align if a not in cada.ALIGNMENTS]:
+    raise ConfigError(f"--align: expected a comma list of {', '.join(cada.ALIGNMENTS)}, got {', '.join(unknown)}")
+if cfg.setting == "separate" and tuple(cfg.align) != ("none",):
+    raise ConfigError("--align: alignment calibrates the classes of one unified model; "
+                      "with --setting separate (one model per class) it must be none")
 if cfg.method != "noco" and len(cfg.target_norm) > 1:
     raise ConfigError(f"--target_norm: a list of norms (the norm study) is for --method noco, not {cfg.method}")
 if cfg.method != "noco" and (cfg.crop_size or cfg.image_size) % 32:
@@ -181,121 +197,193 @@ def build_model(norm, generator):
 EVALUATION_ONLY = {"out_dir", "resume", "checkpoint", "device", "num_workers", "image_score", "top_fraction",
                    "blur_sigma", "blur_kernel", "cache_features", "cache_memory_gb", "cache_dir", "save_checkpoints",
                    "download", "data_path"}
+HEAD_ONLY = {"align", "align_input", "cada_iters", "cada_lr", "cada_momentum", "cada_weight_decay", "cada_beta"}
 
 
-def reusable_state(model_name, training_config):
-    """A saved model trained exactly so: from the run being resumed, or from --checkpoint."""
+def reusable_state(name, training_config, ignore, base=True):
+    """A saved model trained exactly so (options in `ignore` aside), from the run being resumed or from
+    --checkpoint (a run folder, or a base model's .pt file with its heads beside it). A base model
+    given by --checkpoint must match; a head that does not is trained again."""
     for source in (cfg.resume, cfg.checkpoint):
-        path = Path(source) if source else None
-        if path is None or not (path.is_file() or (path := path / "checkpoints" / f"{model_name}.pt").is_file()):
+        if not source:
+            continue
+        path = Path(source)
+        path = (path if base else path.parent / f"{name}.pt") if path.is_file() else path / "checkpoints" / f"{name}.pt"
+        if not path.is_file():
             continue
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") == fingerprint(training_config, EVALUATION_ONLY):
+        if state.get("fingerprint") == fingerprint(training_config, ignore):
             return state
-        if source == cfg.checkpoint:
-            differ = sorted(k for k in training_config if k not in EVALUATION_ONLY
+        if source == cfg.checkpoint and base:
+            differ = sorted(k for k in training_config if k not in ignore
                             and state.get("training_config", {}).get(k) != training_config[k])
             raise ConfigError(f"--checkpoint {path}: trained with another configuration (differs in {differ})")
     return None
 
 
+def trained(model, name, training_config, ignore, make_source, total_iters, base=True):
+    """The model as saved under `name` if it was trained exactly so; otherwise trained here by the one
+    loop every model shares (base models and alignment heads alike), then saved."""
+    state = reusable_state(name, training_config, ignore, base)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        return model.eval()
+    source, generator = make_source(), torch.Generator().manual_seed(cfg.seed)
+    if cfg.method == "noco" and cfg.target == "mean" and isinstance(model, NoCo):
+        with torch.no_grad():
+            model.set_target(torch.cat([model.project(f).mean(dim=(2, 3)) for f in source.epoch(generator, device)]).mean(0))
+    optimizer, scheduler = model.configure_optimizers(cfg, total_iters)
+    model.train()
+    stream = batch_stream(source, generator, device, drop_last)
+    for it in (progress := tqdm(range(total_iters), desc=f"{name} train", leave=False)):
+        batch = next(stream)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp and base):  # heads: float32
+            loss = model.loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if it % 10 == 0 or it == total_iters - 1:
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+    if cfg.save_checkpoints:
+        run.save_checkpoint({"model": model.state_dict(), "training_config": training_config,
+                             "fingerprint": fingerprint(training_config, ignore)}, name)
+    return model.eval()
+
+
+def frozen_inputs(dataset, desc):
+    """(model input, labels, masks) per batch, in order: the frozen encoder's features (NoCo, RevDist)
+    or the images (ReContrast)."""
+    for batch in tqdm(DataLoader(dataset, **loader), desc=desc, leave=False):
+        images = batch["image"].to(device, memory_format=memory_format)
+        with torch.no_grad():
+            yield (encoder(images) if uses_frozen_features else {"image": images}), batch["label"], batch["mask"][:, 0].bool()
+
+
+@torch.no_grad()
+def head_input(model, model_input):
+    """What the alignment head reads: the base's bottleneck (CADA sec. 4.2; ReContrast's frozen-encoder
+    half) or the frozen encoder's deepest tapped layer (sec. 3.3; NoCo always, having no bottleneck)."""
+    if cfg.align_input == "bottleneck" and cfg.method != "noco":
+        return model.bottleneck_features(model_input)
+    if cfg.method == "recontrast":
+        return model.frozen_encoder(model_input["image"])["layer3"]
+    return model_input[list(model_input)[-1]]
+
+
+def base_maps(model, batches, size, with_features):
+    """ClassMaps of the frozen model over (model input, labels, masks) batches: maps at the output size, before the blur."""
+    maps, labels, masks, features = [], [], [], []
+    for model_input, label, mask in batches:
+        maps.append(model.anomaly_map(model_input).float())
+        labels.append(label)
+        masks.append(mask)
+        if with_features:
+            features.append(head_input(model, model_input).float().cpu())
+    return ClassMaps(upsample(torch.cat(maps), size).cpu(), torch.cat(labels), torch.cat(masks),
+                     torch.cat(features) if with_features else None)
+
+
+def print_row(name, metrics):
+    print(f"{name}: " + " ".join(f"{k} {100 * metrics[k]:.1f}" for k in ("I-AUROC", "I-AP", "P-AUROC", "P-AP", "AUPRO")))
+
+
 groups = [(c, [c]) for c in class_names] if separate else [("unified", class_names)]
 model_names = {(g, norm): g if len(cfg.target_norm) == 1 else f"{g}_norm{norm:g}"  # checkpoint and table names
                for g, _ in groups for norm in cfg.target_norm}
-if cfg.checkpoint:  # reuse was asked for: every model must be there before anything runs
+if cfg.checkpoint:  # reuse was asked for: every base model must be there before anything runs
     wanted = list(model_names.values())
     if not Path(cfg.checkpoint).is_file() and not all((Path(cfg.checkpoint) / "checkpoints" / f"{name}.pt").is_file()
                                                       for name in wanted):
         raise ConfigError(f"--checkpoint {cfg.checkpoint}: expected a .pt file or a run folder with "
                           f"checkpoints/{{{','.join(wanted)}}}.pt")
+needs_head_input = any(kind in cada.TRAINED for kind in cfg.align)
+alignment_rows = []  # per class: the true normal statistics on held-out (test) normal images beside each estimate
 for group_name, group in groups:
     group_models = {norm: model_names[group_name, norm] for norm in cfg.target_norm}
     if all(run.finished(name) for name in group_models.values()):
         continue  # finished before the run was interrupted
     train_set = train_sets[group[0]] if separate else MixedDataset(train_sets[c] for c in group)
     total_iters = iterations(cfg.setting, cfg.epochs, cfg.iters, len(train_set), cfg.batch_size, drop_last)
-    source = None  # the training batches, made when a model of this group is trained (not when one is reused)
-    test_inputs = {}  # the norm study scores several models on one class: its frozen test features, once
+    sources = {}  # the training batches, made when a model of this group is trained (not when one is reused)
 
+    def base_source():
+        if "base" not in sources:
+            if not uses_frozen_features:
+                sources["base"] = ImageBatches(train_set, cfg.batch_size, cfg.num_workers)
+            elif cfg.cache_features:  # frozen encoder, no augmentation: its features once
+                sources["base"] = CachedBatches(extract_features(
+                    encoder, train_set, device, dtype=getattr(torch, cfg.cache_dtype), memory_budget_gb=cfg.cache_memory_gb,
+                    cache_dir=cfg.cache_dir or None, desc=f"{group_name} train features", **loader), cfg.batch_size)
+            else:
+                sources["base"] = EncodedBatches(encoder, train_set, cfg.batch_size, cfg.num_workers)
+        return sources["base"]
+
+    test_inputs = {}  # the norm study scores several models on one class: its frozen test features, once
     for norm, model_name in group_models.items():
         if run.finished(model_name):
             continue
-        # train ---------------------------------------------------------------
+        # train the base model (or reuse it) ------------------------------------------
         seed_everything(cfg.seed)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        model = build_model(norm, generator).to(device, memory_format=memory_format)
         training_config = {**vars(cfg), "classes": group, "target_norm": norm}
-        state = reusable_state(model_name, training_config)
-        if state is not None:
-            model.load_state_dict(state["model"])
-        else:
-            if source is None and not uses_frozen_features:
-                source = ImageBatches(train_set, cfg.batch_size, cfg.num_workers)
-            elif source is None and cfg.cache_features:  # frozen encoder, no augmentation: its features once
-                source = CachedBatches(extract_features(encoder, train_set, device, dtype=getattr(torch, cfg.cache_dtype),
-                                                        memory_budget_gb=cfg.cache_memory_gb,
-                                                        cache_dir=cfg.cache_dir or None,
-                                                        desc=f"{group_name} train features", **loader), cfg.batch_size)
-            elif source is None:
-                source = EncodedBatches(encoder, train_set, cfg.batch_size, cfg.num_workers)
-            if cfg.method == "noco" and cfg.target == "mean":
-                with torch.no_grad():
-                    model.set_target(torch.cat([model.project(f).mean(dim=(2, 3)) for f in source.epoch(generator, device)]).mean(0))
-            optimizer, scheduler = model.configure_optimizers(cfg, total_iters)
-            model.train()
-            stream = batch_stream(source, generator, device, drop_last)
-            for it in (progress := tqdm(range(total_iters), desc=f"{model_name} train", leave=False)):
-                batch = next(stream)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    loss = model.loss(batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-                if it % 10 == 0 or it == total_iters - 1:
-                    progress.set_postfix(loss=f"{loss.item():.4f}")
-            if cfg.save_checkpoints:
-                run.save_checkpoint({"model": model.state_dict(), "training_config": training_config,
-                                     "fingerprint": fingerprint(training_config, EVALUATION_ONLY)}, model_name)
+        model = build_model(norm, torch.Generator().manual_seed(cfg.seed)).to(device, memory_format=memory_format)
+        model = trained(model, model_name, training_config, EVALUATION_ONLY | HEAD_ONLY, base_source, total_iters)
 
-        # evaluate the last checkpoint ----------------------------------------
-        model.eval()
-        rows, pooled = [], {"scores": [], "labels": [], "maps": [], "masks": []}
+        # its raw test maps, per class (the frozen encoder's test features kept for the norm study) ----
+        tested = {}
         for class_name in group:
-            maps, labels, masks = [], [], []
-            if class_name not in test_inputs:
-                inputs = []
-                for batch in tqdm(DataLoader(test_sets[class_name], **loader), desc=f"{class_name} test", leave=False):
-                    images = batch["image"].to(device, memory_format=memory_format)
-                    model_input = encoder(images) if uses_frozen_features else {"image": images}
-                    maps.append(model.anomaly_map(model_input).float())
-                    labels.append(batch["label"])
-                    masks.append(batch["mask"][:, 0].bool())
-                    if len(cfg.target_norm) > 1:
-                        inputs.append((model_input, batch["label"], masks[-1]))
-                if inputs:
-                    test_inputs[class_name] = inputs
-            else:
-                for model_input, label, mask in test_inputs[class_name]:
-                    maps.append(model.anomaly_map(model_input).float())
-                    labels.append(label)
-                    masks.append(mask)
-            maps = upsample(torch.cat(maps), test_sets[class_name].transform.output_size)
-            maps = gaussian_blur(maps, cfg.blur_sigma, kernel_size=cfg.blur_kernel).cpu()
-            scores, labels, masks = image_scores(maps, cfg.image_score, cfg.top_fraction), torch.cat(labels), torch.cat(masks)
-            metrics = compute_metrics(scores, labels, maps, masks)
-            rows.append(metrics_row(class_name, metrics, "separate" if separate else "model-unified",
-                                    model=model_name, target_norm=norm))
-            print(f"{class_name}{'' if model_name == class_name else f' ({model_name})'}: " + " ".join(f"{k} {100 * metrics[k]:.1f}" for k in
-                                                             ("I-AUROC", "I-AP", "P-AUROC", "P-AP", "AUPRO")))
-            for key, value in zip(pooled, (scores, labels, maps, masks)):
-                pooled[key].append(value)
-        if not separate:  # absolute-unified: every test image of every class in one pool
-            pooled = {key: torch.cat(values) for key, values in pooled.items()}
-            metrics = compute_metrics(pooled["scores"], pooled["labels"], pooled["maps"], pooled["masks"])
-            rows.append(metrics_row("mixed", metrics, "absolute-unified", model=model_name, target_norm=norm))
-            print("mixed: " + " ".join(f"{k} {100 * metrics[k]:.1f}" for k in ("I-AUROC", "I-AP", "P-AUROC", "P-AP", "AUPRO")))
+            if len(cfg.target_norm) > 1 and class_name not in test_inputs:
+                test_inputs[class_name] = list(frozen_inputs(test_sets[class_name], f"{class_name} test"))
+            batches = test_inputs.get(class_name) or frozen_inputs(test_sets[class_name], f"{class_name} test")
+            tested[class_name] = base_maps(model, batches, test_sets[class_name].transform.output_size, needs_head_input)
+
+        # alignments: statistics of the frozen model's maps on every training image, once; a head each ---
+        if tuple(cfg.align) != ("none",):
+            seen = [base_maps(model, frozen_inputs(train_sets[c], f"{c} train maps"),
+                              train_sets[c].transform.output_size, needs_head_input) for c in group]
+            train_stats = {k: torch.cat([cada.map_statistics(m.maps)[k] for m in seen]) for k in ("mean", "max", "std")}
+            train_labels = torch.cat([torch.full((len(m.maps),), i) for i, m in enumerate(seen)])
+            head_table = {**train_stats, "label": train_labels.float()}
+            if needs_head_input:
+                head_table["features"] = torch.cat([m.features for m in seen])
+            del seen
+        rows = []
+        for kind in cfg.align:
+            alignment = None
+            if kind != "none":
+                seed_everything(cfg.seed)
+                channels = tested[group[0]].features.shape[1] if needs_head_input else 0
+                alignment = cada.Alignment(kind, channels, len(group), cfg.cada_beta).to(device)
+                alignment.set_class_statistics(train_stats, train_labels)
+                if kind in cada.TRAINED:  # CADA eq. 3 (cada, cada_sigma) or cross-entropy (classifier), the base frozen
+                    alignment = trained(alignment, f"{model_name}_{kind}", {**training_config, "align": kind},
+                                        EVALUATION_ONLY, lambda: CachedBatches(head_table, cfg.batch_size),
+                                        cfg.cada_iters, base=False)
+            # evaluate the last checkpoint ------------------------------------------------
+            per_class, pooled, _ = evaluate(tested, cfg, alignment, pooled=not separate)
+            block = {} if separate else {"align": kind}
+            for class_name, metrics in per_class.items():
+                rows.append(metrics_row(class_name, metrics, "separate" if separate else "model-unified",
+                                        model=model_name, target_norm=norm, **block))
+                print_row(f"{class_name}{'' if model_name == class_name else f' ({model_name})'}"
+                          f"{f' [{kind}]' if len(cfg.align) > 1 else ''}", metrics)
+            if pooled is not None:  # absolute-unified: every test image of every class in one pool
+                rows.append(metrics_row("mixed", pooled, "absolute-unified", model=model_name, target_norm=norm, **block))
+                print_row(f"mixed{f' [{kind}]' if len(cfg.align) > 1 else ''}", pooled)
+            if alignment is not None:
+                for index, (class_name, class_maps) in enumerate(tested.items()):
+                    normal = class_maps.labels == 0
+                    true = cada.map_statistics(class_maps.maps[normal])
+                    u, gamma = alignment.statistics(None if class_maps.features is None else class_maps.features[normal],
+                                                    torch.full((int(normal.sum()),), index))
+                    alignment_rows.append({"model": model_name, "align": kind, "class": class_name,
+                                           "u_test_normal": true["mean"].mean().item(),
+                                           "gamma_test_normal": true["max"].mean().item(),
+                                           "u_estimated": u.mean().item(), "gamma_estimated": gamma.mean().item(),
+                                           "u_estimated_std": u.std().item() if len(u) > 1 else 0.0})
+        if alignment_rows:
+            write_table(pd.DataFrame(alignment_rows), run.path / "alignment_stats.csv", float_format="%.6g")
         run.add_rows(rows)
 
 # write the table ----------------------------------------------------------------

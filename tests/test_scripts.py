@@ -120,6 +120,34 @@ def test_unified_run_has_per_class_rows_their_mean_and_the_pooled_mixed_row(meth
     assert "trained with another configuration (differs in ['iters'])" in refused.stderr
 
 
+def test_alignments_share_one_base_model_and_write_a_row_block_each(demo_root, tmp_path):
+    args = ["--method", "revdist", "--dataset", "demo", "--data_path", str(demo_root), "--image_size", "64",
+            "--iters", "3", "--batch_size", "8", "--cada_iters", "5", *SMALL]
+    done = run_script("train_mvtec.py", *args, "--align", "none,cada,class_aware", "--out_dir", str(tmp_path / "a"))
+    csv = results_path(done)
+    table = pd.read_csv(csv)
+    assert list(table.columns[:3]) == ["setting", "align", "class"]
+    assert table["align"].tolist() == ["none"] * 5 + ["cada"] * 5 + ["class_aware"] * 5
+    assert table["class"].tolist() == ["brick", "grass", "gravel", "mean", "mixed"] * 3
+    assert table.drop(columns=["setting", "align", "class"]).notna().all().all()
+    assert sorted(p.name for p in (csv.parent / "checkpoints").iterdir()) == ["unified.pt", "unified_cada.pt"]
+    stats = pd.read_csv(csv.parent / "alignment_stats.csv")
+    assert stats[["align", "class"]].values.tolist() == [[a, c] for a in ("cada", "class_aware")
+                                                          for c in ("brick", "grass", "gravel")]
+    # the head options are not part of the base model: without --align, the same base and the same `none` rows
+    plain = pd.read_csv(results_path(run_script("train_mvtec.py", *args, "--out_dir", str(tmp_path / "b"))))
+    none_block = table[table["align"] == "none"].drop(columns="align").reset_index(drop=True)
+    pd.testing.assert_frame_equal(plain.drop(columns="align"), none_block)
+    # reused: the base and the cada head from the first run; only the new head trains
+    again = run_script("train_mvtec.py", *args, "--align", "cada_sigma,cada", "--checkpoint", str(csv.parent),
+                       "--out_dir", str(tmp_path / "c"))
+    assert "unified train" not in again.stderr and "unified_cada train" not in again.stderr
+    assert "unified_cada_sigma train" in again.stderr
+    reused = pd.read_csv(results_path(again))
+    pd.testing.assert_frame_equal(reused[reused["align"] == "cada"].reset_index(drop=True),
+                                  table[table["align"] == "cada"].reset_index(drop=True))
+
+
 def test_interrupted_run_keeps_finished_classes_and_resume_ends_with_the_same_table(demo_root, tmp_path):
     args = ["--dataset", "demo", "--data_path", str(demo_root), "--image_size", "64", "--epochs", "3", *SMALL]
     whole = pd.read_csv(results_path(run_script("train_mvtec.py", *args, "--out_dir", str(tmp_path / "whole"))))
@@ -220,6 +248,9 @@ def test_train_cifar10_on_a_cats_vs_dogs_folder_learns(tmp_path):
     (["--dataset", "demo", "--classes", "brick,Grass,marble"], "Grass"),
     (["--weights", "/no/weights.pth", "--dataset", "demo"], "--weights /no/weights.pth: no such file"),
     (["--method", "revdist", "--target_norm", "1,8", "--dataset", "demo"], "--target_norm"),
+    (["--method", "revdist", "--align", "cada,cadaa", "--dataset", "demo"], "--align: expected a comma list of none"),
+    (["--method", "revdist", "--setting", "separate", "--align", "cada", "--dataset", "demo"], "--align"),
+    (["--method", "revdist", "--cada_beta", "0", "--dataset", "demo"], "--cada_beta"),
 ])
 def test_bad_input_ends_in_one_clear_line_before_any_folder_is_made(args, message, demo_root, tmp_path):
     if "demo" in args:

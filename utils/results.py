@@ -4,6 +4,7 @@ A table has the columns of TABLE_COLUMNS. `setting` says which rows are which:
   separate          one model per class: a row per class and their `mean`
   model-unified     one model for all classes, each class's test images alone: a row per class and `mean`
   absolute-unified  the same model, every test image of every class pooled: the `mixed` row
+Unified runs add an `align` column (none, cada, ...): one such block of rows per alignment.
 Pixel columns stay empty for semantic tasks.
 
 `RunFolder` is one run's folder. It is created only when the first result is ready; after each
@@ -67,7 +68,15 @@ def metrics_row(name, metrics, setting="separate", **extra):
 
 def results_table(rows):
     """DataFrame of the rows with a `mean` row after the per-class rows of each setting
-    (separate, model-unified); `mixed` rows (absolute-unified) are kept as they are, last."""
+    (separate, model-unified); `mixed` rows (absolute-unified) are kept as they are, last.
+    Rows with an `align` key (unified runs) make one such block per alignment and an `align` column."""
+    if any("align" in row for row in rows):
+        aligns = list(dict.fromkeys(row["align"] for row in rows))
+        blocks = [results_table([{k: v for k, v in row.items() if k != "align"} for row in rows if row["align"] == a])
+                  for a in aligns]
+        for align, block in zip(aligns, blocks):
+            block.insert(1, "align", align)
+        return pd.concat(blocks, ignore_index=True)
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     parts = []
     for setting in ("separate", "model-unified"):
@@ -195,7 +204,8 @@ class RunFolder:
         if len(tables) == 1:
             csv_path = write_table(next(iter(tables.values())), self.path / "results.csv")
         else:
-            study = next(iter(tables.values()))[["setting", "class"]].copy()
+            first = next(iter(tables.values()))
+            study = first[[c for c in ("setting", "align", "class") if c in first]].copy()
             for metric in study_metrics:
                 for norm, table in tables.items():
                     write_table(table, self.path / f"results_norm{norm:g}.csv")
