@@ -1,12 +1,14 @@
 """Structured anomaly detection (MVTec AD, MPDD, VisA, BTAD, the demo set, or any folder in MVTec
-layout): NoCo, Reverse Distillation (RevDist) and ReContrast, one model per class (separate) or one
-model for every class (unified), with image- and pixel-level metrics.
+layout): NoCo, Reverse Distillation (RevDist), ReContrast and UniAD, one model per class (separate) or
+one model for every class (unified, with optional score alignment: CADA and its variants), with
+image- and pixel-level metrics.
 
     python train_mvtec.py --dataset demo                                  # NoCo, generated data, a minute on a CPU
     python train_mvtec.py --dataset mvtec --data_path /data/mvtec         # NoCo Table III, one model per class
     python train_mvtec.py --dataset mvtec --method revdist                # CADA Table 1, RevDist base (unified)
     python train_mvtec.py --dataset mvtec --method revdist --setting separate   # RD4AD's own per-class table
     python train_mvtec.py --dataset mvtec --method recontrast             # CADA Table 1, ReContrast base
+    python train_mvtec.py --dataset mvtec --method revdist --align none,cada    # ... and +CADA
     python train_mvtec.py --data_path my_parts/ --classes screw           # your own folder in MVTec layout
     python train_mvtec.py --dataset demo --target_norm 0.5,1,2,4,8,16,32  # NoCo's norm study
     python train_mvtec.py --resume results/<run folder>                   # finish an interrupted run
@@ -36,17 +38,17 @@ from models import cada
 from models.noco import NoCo
 from models.recontrast import ReContrast
 from models.revdist import RevDist
+from models.uniad import UNIAD_LAYERS, TokenEncoder, UniAD
 from utils.checks import check_config, check_out_dir
 from utils.config import (ConfigError, parse_config, resolve_device, script_constants,
                           seed_everything)
 from utils.features import CachedBatches, EncodedBatches, extract_features
-from utils.evaluation import ClassMaps, evaluate
-from utils.maps import upsample
+from utils.evaluation import alignment_statistics, collect_maps, evaluate
 from utils.results import RunFolder, metrics_row, new_run_path, resumed_config, write_table
-from utils.training import ImageBatches, batch_stream, fingerprint, iterations
+from utils.training import ImageBatches, batch_stream, fingerprint, iterations, saved_state
 
 # -----------------------------------------------------------------------------
-method = "noco"              # noco | revdist | recontrast
+method = "noco"              # noco | revdist | recontrast | uniad
 setting = "separate"         # separate: one model per class | unified: one model for all classes
 dataset = "mvtec"            # mvtec | mpdd | visa | btad | demo (any MVTec-layout folder works as mvtec)
 data_path = ""               # the dataset folder (class folders inside); "" = data/<dataset>
@@ -58,7 +60,7 @@ checkpoint = ""              # a run folder (or one .pt file) whose trained mode
 seed = 0                     # seeds the model's init, NoCo's target and the batch order
 device = "auto"              # auto | cpu | cuda
 weights = "imagenet"         # imagenet | none (random init) | <path to a state-dict file>
-backbone = "wide_resnet50_2"  # wide_resnet50_2 (the papers') | resnet18 (CPU-sized)
+backbone = "wide_resnet50_2"  # wide_resnet50_2 (the papers') | resnet18 (CPU-sized) | efficientnet_b4 (UniAD's)
 layers = ("layer1", "layer2", "layer3") # encoder layers tapped (NoCo; RevDist and ReContrast always tap layers 1-3)
 encoder_taps = "preact"      # preact: NoCo's pre-activation + leaky-ReLU taps; standard: torchvision's
 image_size = 256             # resize to a square ...
@@ -85,7 +87,7 @@ radius_init = 1e-5           # NoCo: the initial radius r
 decoder_activation = "relu"  # RevDist, ReContrast: relu (RD4AD) | gelu (the multi-class setting)
 loss_form = "global"         # RevDist: global (RD4AD's code: flattened maps) | pixel (its paper: per-pixel cosine)
 hm_factor = 0.0              # ReContrast: gradient factor at easy points; its code uses 0 (its run names and Dinomaly say 0.1)
-image_score = "max"          # max | top_mean (mean of the top_fraction highest pixels of the blurred map)
+image_score = "max"          # max | top_mean (mean of the top_fraction highest pixels of the blurred map) | pooled_max (UniAD's: max of the 16x16 average-pooled map)
 top_fraction = 0.01          # image score top_mean: the fraction of pixels averaged
 blur_sigma = 4.0             # Gaussian blur of the upsampled map (0 = none)
 blur_kernel = 0              # 0: scipy's gaussian_filter (33 taps, reflect) | 5: ReContrast multi-class 5x5, zero padding
@@ -107,6 +109,10 @@ cada_beta = 0.1              # SmoothL1 beta of the regression (CADA: 0.1 for Re
 RD_INPUT = {"image_size": 256, "crop_size": 0, "resize": "pil", "encoder_taps": "standard"}  # 256 px full frame
 MULTI_CLASS = {"optimizer": "adamw", "lr": 2e-3, "betas": (0.9, 0.999), "weight_decay": 1e-5, "adam_eps": 1e-10,
                "amsgrad": True, "lr_drop_at": 0.8, "decoder_activation": "gelu"}  # ReContrast's multi-class code
+UNIAD = {"setting": "unified", "backbone": "efficientnet_b4", "image_size": 224, "crop_size": 0, "resize": "pil",
+         "encoder_taps": "standard", "optimizer": "adamw", "lr": 3e-4, "betas": (0.9, 0.999), "weight_decay": 1e-4,
+         "amsgrad": False, "adam_eps": 1e-8, "lr_drop_at": 0.0, "iters": 50000, "batch_size": 64, "blur_sigma": 0.0,
+         "cada_beta": 10.0, "cada_iters": 20000}  # the CADA paper's UniAD; UniAD maps are not blurred
 PRESETS = [  # applied in order; an option given on the command line is never replaced
     ({"method": "revdist"}, {"setting": "unified", **RD_INPUT}),
     ({"method": "recontrast"}, {"setting": "unified", **RD_INPUT}),
@@ -116,10 +122,13 @@ PRESETS = [  # applied in order; an option given on the command line is never re
      {"lr": 2e-3, "betas": (0.9, 0.999), "weight_decay": 1e-5, "amsgrad": False, "epochs": 135}),
     ({"method": "revdist", "setting": "unified"}, MULTI_CLASS),
     ({"method": "recontrast", "setting": "unified"}, MULTI_CLASS),
+    ({"method": "uniad"}, UNIAD),
+    ({"method": "uniad", "setting": "separate"}, {"image_score": "pooled_max"}),
     ({"method": "noco", "dataset": "mpdd"}, {"batch_size": 8}),
     ({"method": "noco", "dataset": "visa"}, {"batch_size": 8}),
     ({"setting": "unified"}, {"image_score": "top_mean", "blur_kernel": 5}),  # the CADA paper's evaluation
     ({"dataset": "demo"}, {"backbone": "resnet18", "image_size": 128, "crop_size": 0}),  # a quick first run
+    ({"dataset": "demo", "method": "uniad"}, {"backbone": "efficientnet_b4", "batch_size": 16}),
 ]
 cfg, given = parse_config(script_constants(globals()), presets=PRESETS, script=__file__, return_given=True)
 cfg = resumed_config(cfg, given)  # with --resume, the interrupted run's own configuration
@@ -128,8 +137,9 @@ check_config(cfg, positive=("batch_size", "lr", "encoder_lr", "target_norm", "im
              non_negative=("epochs", "iters", "crop_size", "num_workers", "weight_decay", "blur_sigma",
                            "cache_memory_gb", "lr_drop_at", "hm_factor", "blur_kernel", "cada_iters", "cada_momentum",
                            "cada_weight_decay"),
-             choices={"method": ("noco", "revdist", "recontrast"), "setting": ("separate", "unified"),
-                      "resize": ("cv2", "pil"), "optimizer": ("adamw", "adam"), "image_score": ("max", "top_mean"),
+             choices={"method": ("noco", "revdist", "recontrast", "uniad"), "setting": ("separate", "unified"),
+                      "resize": ("cv2", "pil"), "optimizer": ("adamw", "adam"),
+                      "image_score": ("max", "top_mean", "pooled_max"),
                       "cache_dtype": ("float32", "float16", "bfloat16"), "loss_form": ("global", "pixel"),
                       "decoder_activation": ("relu", "gelu"), "align_input": ("bottleneck", "encoder")},
              at_most={"top_fraction": 1.0, "lr_drop_at": 1.0}, non_empty=("target_norm", "align"))
@@ -140,9 +150,14 @@ if cfg.setting == "separate" and tuple(cfg.align) != ("none",):
                       "with --setting separate (one model per class) it must be none")
 if cfg.method != "noco" and len(cfg.target_norm) > 1:
     raise ConfigError(f"--target_norm: a list of norms (the norm study) is for --method noco, not {cfg.method}")
-if cfg.method != "noco" and (cfg.crop_size or cfg.image_size) % 32:
+if cfg.method in ("revdist", "recontrast") and (cfg.crop_size or cfg.image_size) % 32:
     raise ConfigError(f"--image_size/--crop_size: {cfg.method}'s decoder mirrors a stride-32 encoder, so the input "
                       f"side must be a multiple of 32, got {cfg.crop_size or cfg.image_size}")
+if cfg.method == "uniad" and (cfg.backbone != "efficientnet_b4" or (cfg.crop_size or cfg.image_size) % 16
+                              or (cfg.crop_size or cfg.image_size) < 128):
+    raise ConfigError(f"--backbone/--image_size: UniAD reads EfficientNet-B4 stages at stride 16 and its 7x7 neighbour "
+                      f"mask needs a token grid over 7, so --backbone efficientnet_b4 and a side that is a multiple of "
+                      f"16 and at least 128; got {cfg.backbone}, {cfg.crop_size or cfg.image_size}")
 if not cfg.resume:
     check_out_dir(cfg.out_dir)
 started = time.time()
@@ -166,7 +181,7 @@ class_names = resolve_classes(root, cfg.classes, Dataset, source_hint)
 train_sets, test_sets = ({c: Dataset(root, c, split, cfg.image_size, cfg.crop_size, resize=cfg.resize,
                                      source_hint=source_hint) for c in class_names} for split in ("train", "test"))
 cfg.data_path, cfg.classes = str(root), tuple(class_names)  # config.json records what ran
-uses_frozen_features = cfg.method in ("noco", "revdist")    # ReContrast trains an encoder copy on images
+uses_frozen_features = cfg.method != "recontrast"           # ReContrast trains an encoder copy on images
 separate = cfg.setting == "separate"
 drop_last = not separate  # the multi-class reference drops the last short batch; NoCo and RD4AD keep it
 loader = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers)
@@ -179,6 +194,8 @@ if cfg.method == "noco":
     feature_channels = sum(f.shape[1] for f in encoder(test_sets[class_names[0]][0]["image"][None].to(device)).values())
 elif cfg.method == "revdist":  # torchvision's own taps of layers 1-3, whatever --layers says
     encoder = build_encoder(cfg.backbone, cfg.weights).to(device, memory_format=memory_format)
+elif cfg.method == "uniad":  # four EfficientNet-B4 stages resized to stride 16 and concatenated: 272 channels
+    encoder = TokenEncoder(build_encoder(cfg.backbone, cfg.weights, UNIAD_LAYERS)).to(device, memory_format=memory_format)
 else:
     frozen_backbone = load_backbone(cfg.backbone, cfg.weights)
 
@@ -189,6 +206,9 @@ def build_model(norm, generator):
                     radius_init=cfg.radius_init, generator=generator)
     if cfg.method == "revdist":
         return RevDist(cfg.backbone, activation=cfg.decoder_activation, loss_form=cfg.loss_form)
+    if cfg.method == "uniad":
+        side = (cfg.crop_size or cfg.image_size) // 16
+        return UniAD(grid=(side, side), layers=("tokens",))
     return ReContrast(frozen_backbone, cfg.backbone, activation=cfg.decoder_activation, hm_factor=cfg.hm_factor)
 
 
@@ -200,31 +220,10 @@ EVALUATION_ONLY = {"out_dir", "resume", "checkpoint", "device", "num_workers", "
 HEAD_ONLY = {"align", "align_input", "cada_iters", "cada_lr", "cada_momentum", "cada_weight_decay", "cada_beta"}
 
 
-def reusable_state(name, training_config, ignore, base=True):
-    """A saved model trained exactly so (options in `ignore` aside), from the run being resumed or from
-    --checkpoint (a run folder, or a base model's .pt file with its heads beside it). A base model
-    given by --checkpoint must match; a head that does not is trained again."""
-    for source in (cfg.resume, cfg.checkpoint):
-        if not source:
-            continue
-        path = Path(source)
-        path = (path if base else path.parent / f"{name}.pt") if path.is_file() else path / "checkpoints" / f"{name}.pt"
-        if not path.is_file():
-            continue
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") == fingerprint(training_config, ignore):
-            return state
-        if source == cfg.checkpoint and base:
-            differ = sorted(k for k in training_config if k not in ignore
-                            and state.get("training_config", {}).get(k) != training_config[k])
-            raise ConfigError(f"--checkpoint {path}: trained with another configuration (differs in {differ})")
-    return None
-
-
 def trained(model, name, training_config, ignore, make_source, total_iters, base=True):
     """The model as saved under `name` if it was trained exactly so; otherwise trained here by the one
     loop every model shares (base models and alignment heads alike), then saved."""
-    state = reusable_state(name, training_config, ignore, base)
+    state = saved_state((cfg.resume, cfg.checkpoint), name, training_config, ignore, must_match=base)
     if state is not None:
         model.load_state_dict(state["model"])
         return model.eval()
@@ -241,6 +240,8 @@ def trained(model, name, training_config, ignore, make_source, total_iters, base
             loss = model.loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if getattr(model, "grad_clip", None):  # UniAD clips the gradient norm
+            torch.nn.utils.clip_grad_norm_(model.parameters(), model.grad_clip)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
@@ -270,19 +271,6 @@ def head_input(model, model_input):
     if cfg.method == "recontrast":
         return model.frozen_encoder(model_input["image"])["layer3"]
     return model_input[list(model_input)[-1]]
-
-
-def base_maps(model, batches, size, with_features):
-    """ClassMaps of the frozen model over (model input, labels, masks) batches: maps at the output size, before the blur."""
-    maps, labels, masks, features = [], [], [], []
-    for model_input, label, mask in batches:
-        maps.append(model.anomaly_map(model_input).float())
-        labels.append(label)
-        masks.append(mask)
-        if with_features:
-            features.append(head_input(model, model_input).float().cpu())
-    return ClassMaps(upsample(torch.cat(maps), size).cpu(), torch.cat(labels), torch.cat(masks),
-                     torch.cat(features) if with_features else None)
 
 
 def print_row(name, metrics):
@@ -336,12 +324,13 @@ for group_name, group in groups:
             if len(cfg.target_norm) > 1 and class_name not in test_inputs:
                 test_inputs[class_name] = list(frozen_inputs(test_sets[class_name], f"{class_name} test"))
             batches = test_inputs.get(class_name) or frozen_inputs(test_sets[class_name], f"{class_name} test")
-            tested[class_name] = base_maps(model, batches, test_sets[class_name].transform.output_size, needs_head_input)
+            tested[class_name] = collect_maps(model, batches, test_sets[class_name].transform.output_size,
+                                               head_input if needs_head_input else None)
 
         # alignments: statistics of the frozen model's maps on every training image, once; a head each ---
         if tuple(cfg.align) != ("none",):
-            seen = [base_maps(model, frozen_inputs(train_sets[c], f"{c} train maps"),
-                              train_sets[c].transform.output_size, needs_head_input) for c in group]
+            seen = [collect_maps(model, frozen_inputs(train_sets[c], f"{c} train maps"), train_sets[c].transform.output_size,
+                                 head_input if needs_head_input else None) for c in group]
             train_stats = {k: torch.cat([cada.map_statistics(m.maps)[k] for m in seen]) for k in ("mean", "max", "std")}
             train_labels = torch.cat([torch.full((len(m.maps),), i) for i, m in enumerate(seen)])
             head_table = {**train_stats, "label": train_labels.float()}
@@ -372,16 +361,7 @@ for group_name, group in groups:
                 rows.append(metrics_row("mixed", pooled, "absolute-unified", model=model_name, target_norm=norm, **block))
                 print_row(f"mixed{f' [{kind}]' if len(cfg.align) > 1 else ''}", pooled)
             if alignment is not None:
-                for index, (class_name, class_maps) in enumerate(tested.items()):
-                    normal = class_maps.labels == 0
-                    true = cada.map_statistics(class_maps.maps[normal])
-                    u, gamma = alignment.statistics(None if class_maps.features is None else class_maps.features[normal],
-                                                    torch.full((int(normal.sum()),), index))
-                    alignment_rows.append({"model": model_name, "align": kind, "class": class_name,
-                                           "u_test_normal": true["mean"].mean().item(),
-                                           "gamma_test_normal": true["max"].mean().item(),
-                                           "u_estimated": u.mean().item(), "gamma_estimated": gamma.mean().item(),
-                                           "u_estimated_std": u.std().item() if len(u) > 1 else 0.0})
+                alignment_rows += [{"model": model_name, "align": kind, **row} for row in alignment_statistics(tested, alignment)]
         if alignment_rows:
             write_table(pd.DataFrame(alignment_rows), run.path / "alignment_stats.csv", float_format="%.6g")
         run.add_rows(rows)

@@ -25,6 +25,16 @@ def test_upsample_and_image_scores():
         image_scores(maps, "median")
 
 
+def test_pooled_max_is_the_max_of_a_16_by_16_stride_1_average_pool():
+    maps = torch.zeros(2, 32, 32)
+    maps[0, 3, 5] = 256.0               # one hot pixel: every window holding it averages 1
+    maps[1, 10:26, 4:20] = 2.0          # a 16 x 16 block: exactly one window averages 2
+    maps[1, 0, 0] = 100.0
+    assert image_scores(maps, "pooled_max").tolist() == [1.0, 2.0]
+    windows = maps.unfold(1, 16, 1).unfold(2, 16, 1).mean(dim=(-1, -2))  # the same by brute force
+    assert torch.allclose(image_scores(maps, "pooled_max"), windows.flatten(1).amax(1))
+
+
 def test_five_by_five_zero_padded_blur_equals_a_2d_convolution_with_the_normalised_kernel():
     maps = torch.rand(2, 12, 9, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     offsets = torch.arange(5, dtype=torch.float64) - 2

@@ -148,6 +148,27 @@ def test_alignments_share_one_base_model_and_write_a_row_block_each(demo_root, t
                                   table[table["align"] == "cada"].reset_index(drop=True))
 
 
+def test_uniad_trains_on_cached_tokens_in_both_settings_and_with_cada(demo_root, tmp_path):
+    args = ["--method", "uniad", "--dataset", "demo", "--data_path", str(demo_root), "--classes", "brick,grass",
+            "--batch_size", "8", *SMALL[:2], *SMALL[4:]]  # the demo preset picks efficientnet_b4 at 128 px
+    done = run_script("train_mvtec.py", *args, "--iters", "2", "--align", "none,cada", "--cada_iters", "3",
+                      "--out_dir", str(tmp_path / "u"))
+    csv = results_path(done)
+    table = pd.read_csv(csv)
+    assert table["class"].tolist() == ["brick", "grass", "mean", "mixed"] * 2
+    assert table.drop(columns=["setting", "align", "class"]).notna().all().all()
+    config = json.loads((csv.parent / "config.json").read_text())["config"]
+    assert (config["backbone"], config["lr"], config["weight_decay"], config["blur_sigma"]) == ("efficientnet_b4", 3e-4, 1e-4, 0.0)
+    assert (config["cada_beta"], config["cada_iters"]) == (10.0, 3)
+    separate = run_script("train_mvtec.py", *args, "--setting", "separate", "--epochs", "1", "--out_dir", str(tmp_path / "s"))
+    table = pd.read_csv(results_path(separate))
+    assert table["class"].tolist() == ["brick", "grass", "mean"]
+    assert json.loads((results_path(separate).parent / "config.json").read_text())["config"]["image_score"] == "pooled_max"
+    refused = run_script("train_mvtec.py", *args, "--backbone", "resnet18", "--out_dir", str(tmp_path / "r"),
+                         expect_ok=False)
+    assert "--backbone/--image_size: UniAD reads EfficientNet-B4" in refused.stderr
+
+
 def test_interrupted_run_keeps_finished_classes_and_resume_ends_with_the_same_table(demo_root, tmp_path):
     args = ["--dataset", "demo", "--data_path", str(demo_root), "--image_size", "64", "--epochs", "3", *SMALL]
     whole = pd.read_csv(results_path(run_script("train_mvtec.py", *args, "--out_dir", str(tmp_path / "whole"))))

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
-from models.cada import calibrate
-from utils.maps import gaussian_blur, image_scores
+from models.cada import calibrate, map_statistics
+from utils.maps import gaussian_blur, image_scores, upsample
 from utils.metrics import compute_metrics
 
 
@@ -18,6 +18,37 @@ class ClassMaps:
     labels: torch.Tensor
     masks: torch.Tensor
     features: torch.Tensor = None
+
+
+def collect_maps(model, batches, size, head_input=None):
+    """ClassMaps of a frozen model over (model input, labels, masks) batches: its maps upsampled to
+    size x size, before the blur, on the CPU; with head_input(model, model_input), the alignment
+    head's inputs too."""
+    maps, labels, masks, features = [], [], [], []
+    for model_input, label, mask in batches:
+        maps.append(model.anomaly_map(model_input).float())
+        labels.append(label)
+        masks.append(mask)
+        if head_input is not None:
+            features.append(head_input(model, model_input).float().cpu())
+    return ClassMaps(upsample(torch.cat(maps), size).cpu(), torch.cat(labels), torch.cat(masks),
+                     torch.cat(features) if head_input is not None else None)
+
+
+def alignment_statistics(tested, alignment):
+    """Per class of {class: ClassMaps}: the true u (mean of the images' map means) and gamma (mean
+    of their maxima) of its normal test images beside the alignment's estimates for those images
+    (their mean, and the spread of u over the images)."""
+    rows = []
+    for index, (name, class_maps) in enumerate(tested.items()):
+        normal = class_maps.labels == 0
+        true = map_statistics(class_maps.maps[normal])
+        features = None if class_maps.features is None else class_maps.features[normal]
+        u, gamma = alignment.statistics(features, torch.full((int(normal.sum()),), index))
+        rows.append({"class": name, "u_test_normal": true["mean"].mean().item(),
+                     "gamma_test_normal": true["max"].mean().item(), "u_estimated": u.mean().item(),
+                     "gamma_estimated": gamma.mean().item(), "u_estimated_std": u.std().item() if len(u) > 1 else 0.0})
+    return rows
 
 
 def scored(maps, cfg):

@@ -54,12 +54,19 @@ def gaussian_blur(maps, sigma=4.0, truncate=4.0, chunk=256, kernel_size=0):
     return out
 
 
+UNIAD_POOL = 16  # UniAD's image score: the max of the map average-pooled over 16 x 16 windows (stride 1)
+
+
 def image_scores(maps, reduction="max", top_fraction=0.01):
-    """Image-level score of each (N, H, W) map: its max, or the mean of its top `top_fraction` pixels."""
+    """Image-level score of each (N, H, W) map: its max ("max"), the mean of its top `top_fraction`
+    pixels ("top_mean"), or the max of its UNIAD_POOL x UNIAD_POOL stride-1 average pool ("pooled_max")."""
     flat = maps.flatten(1)
     if reduction == "max":
         return flat.amax(dim=1)
     if reduction == "top_mean":
         k = max(1, int(round(top_fraction * flat.shape[1])))
         return flat.topk(k, dim=1).values.mean(dim=1)
-    raise ValueError(f"image score reduction must be 'max' or 'top_mean', got {reduction!r}")
+    if reduction == "pooled_max":
+        size = min(UNIAD_POOL, *maps.shape[-2:])
+        return F.avg_pool2d(maps[:, None], size, stride=1).flatten(1).amax(dim=1)
+    raise ValueError(f"image score reduction must be 'max', 'top_mean' or 'pooled_max', got {reduction!r}")

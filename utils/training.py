@@ -3,6 +3,7 @@ frozen features, from the encoder, or plain images), the number of iterations a 
 the fingerprint that decides whether a saved model can be reused."""
 import hashlib
 import json
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
@@ -54,3 +55,30 @@ def fingerprint(config, ignore):
     """A short hash of the configuration that determines a trained model (options in `ignore` left out)."""
     kept = {k: v for k, v in sorted(config.items()) if k not in ignore}
     return hashlib.sha256(json.dumps(kept, default=str, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def saved_state(sources, name, training_config, ignore, must_match=True):
+    """The state saved as `name` by a model trained exactly so (options in `ignore` aside), from the
+    first of `sources` (the run being resumed, then --checkpoint: a run folder holding
+    checkpoints/<name>.pt, or one .pt file, which is the base model itself and has its heads beside
+    it) that has one; None if none has. A base model (must_match) found in --checkpoint but trained
+    otherwise is an error naming the options that differ; a head that differs is trained again."""
+    resume, checkpoint = sources
+    for source in sources:
+        if not source:
+            continue
+        path = Path(source)
+        if path.is_file():
+            path = path if must_match else path.parent / f"{name}.pt"
+        else:
+            path = path / "checkpoints" / f"{name}.pt"
+        if not path.is_file():
+            continue
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") == fingerprint(training_config, ignore):
+            return state
+        if source == checkpoint and must_match:
+            differ = sorted(k for k in training_config if k not in ignore
+                            and state.get("training_config", {}).get(k) != training_config[k])
+            raise ValueError(f"--checkpoint {path}: trained with another configuration (differs in {differ})")
+    return None
