@@ -46,6 +46,7 @@ cache_dtype = "float32"      # float32 | float16 | bfloat16
 cache_memory_gb = 8.0        # above this, cached features go to a memory-mapped file
 cache_dir = ""               # where those files go ("" = the system's temporary folder)
 save_checkpoints = True      # the last checkpoint of each model (no other is ever kept or chosen)
+plots = False                # also draw the figures (PNG) and report.md beside the CSV
 # -----------------------------------------------------------------------------
 PRESETS = [({"dataset": "cats_vs_dogs"}, {"resize": "cv2"})]  # NoCo's Cats-vs-Dogs loader resizes with OpenCV
 cfg, given = parse_config(script_constants(globals()), presets=PRESETS, script=__file__, return_given=True)

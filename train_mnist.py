@@ -45,6 +45,7 @@ cache_dtype = "float32"      # float32 | float16 | bfloat16
 cache_memory_gb = 8.0        # above this, cached features go to a memory-mapped file
 cache_dir = ""               # where those files go ("" = the system's temporary folder)
 save_checkpoints = True      # the last checkpoint of each model (no other is ever kept or chosen)
+plots = False                # also draw the figures (PNG) and report.md beside the CSV
 # -----------------------------------------------------------------------------
 cfg, given = parse_config(script_constants(globals()), script=__file__, return_given=True)
 cfg = checked_config(cfg, given, "train_mnist", datasets=("mnist", "fmnist"))

@@ -43,6 +43,7 @@ from utils.checks import check_config, check_out_dir
 from utils.config import (ConfigError, parse_config, resolve_device, script_constants,
                           seed_everything)
 from utils.features import CachedBatches, EncodedBatches, extract_features
+from utils import report
 from utils.evaluation import alignment_statistics, collect_maps, evaluate
 from utils.results import RunFolder, metrics_row, new_run_path, resumed_config, write_table
 from utils.training import ImageBatches, batch_stream, fingerprint, iterations, saved_state
@@ -98,6 +99,7 @@ cache_dir = ""               # where those files go ("" = the system's temporary
 amp = True                   # on CUDA: bf16 autocast in the training step (losses in float32)
 channels_last = True         # on CUDA: channels-last memory format
 save_checkpoints = True      # the last checkpoint of each model (no other is ever kept or chosen)
+plots = False                # also draw the figures (PNG) and report.md beside the CSV
 align = ("none",)            # unified: none | cada | cada_sigma | class_aware | classifier; a comma list gives a row block each
 align_input = "bottleneck"   # the CADA head's input: bottleneck (the base's, CADA sec. 4.2; NoCo has none and uses encoder) | encoder (the frozen encoder's deepest tapped layer, sec. 3.3)
 cada_iters = 5000            # alignment head: training iterations (batch_size images each) on the frozen base's training maps
@@ -216,7 +218,7 @@ def build_model(norm, generator):
 # (a model's own classes and target norm replace --classes and --target_norm in its training configuration)
 EVALUATION_ONLY = {"out_dir", "resume", "checkpoint", "device", "num_workers", "image_score", "top_fraction",
                    "blur_sigma", "blur_kernel", "cache_features", "cache_memory_gb", "cache_dir", "save_checkpoints",
-                   "download", "data_path"}
+                   "download", "data_path", "plots"}
 HEAD_ONLY = {"align", "align_input", "cada_iters", "cada_lr", "cada_momentum", "cada_weight_decay", "cada_beta"}
 
 
@@ -325,7 +327,14 @@ for group_name, group in groups:
                 test_inputs[class_name] = list(frozen_inputs(test_sets[class_name], f"{class_name} test"))
             batches = test_inputs.get(class_name) or frozen_inputs(test_sets[class_name], f"{class_name} test")
             tested[class_name] = collect_maps(model, batches, test_sets[class_name].transform.output_size,
-                                               head_input if needs_head_input else None)
+                                               head_input if needs_head_input else None,
+                                               report.noco_polar if cfg.plots and cfg.method == "noco" else None)
+        shown = {c: report.example_indices(tested[c].labels) for c in group} if cfg.plots else None
+        record = {"target_norm": norm, "unified": not separate, "scores": {}, "polar": {
+            c: (tested[c].probe, tested[c].labels) for c in group if tested[c].probe is not None}, "examples": {
+            "classes": [c for c in group for _ in shown[c]], "maps": {},
+            "images": report.displayable(torch.stack([test_sets[c][int(i)]["image"] for c in group for i in shown[c]])),
+            "masks": torch.cat([tested[c].masks[shown[c]] for c in group])}} if cfg.plots else None
 
         # alignments: statistics of the frozen model's maps on every training image, once; a head each ---
         if tuple(cfg.align) != ("none",):
@@ -350,7 +359,10 @@ for group_name, group in groups:
                                         EVALUATION_ONLY, lambda: CachedBatches(head_table, cfg.batch_size),
                                         cfg.cada_iters, base=False)
             # evaluate the last checkpoint ------------------------------------------------
-            per_class, pooled, _ = evaluate(tested, cfg, alignment, pooled=not separate)
+            per_class, pooled, kept = evaluate(tested, cfg, alignment, pooled=not separate, keep=shown)
+            if record is not None:  # what the figures need, kept from this evaluation
+                record["scores"][kind] = {c: (kept[c]["scores"], tested[c].labels) for c in group}
+                record["examples"]["maps"][kind] = torch.cat([kept[c]["maps"] for c in group]).half()
             block = {} if separate else {"align": kind}
             for class_name, metrics in per_class.items():
                 rows.append(metrics_row(class_name, metrics, "separate" if separate else "model-unified",
@@ -364,8 +376,13 @@ for group_name, group in groups:
                 alignment_rows += [{"model": model_name, "align": kind, **row} for row in alignment_statistics(tested, alignment)]
         if alignment_rows:
             write_table(pd.DataFrame(alignment_rows), run.path / "alignment_stats.csv", float_format="%.6g")
+        if record is not None:
+            report.save_record(run.path, model_name, record)
         run.add_rows(rows)
 
-# write the table ----------------------------------------------------------------
+# write the table (and with --plots the figures and report.md) ---------------------------
 csv_path = run.finish(norms=cfg.target_norm)
+if cfg.plots:
+    report.write_report(run.path, csv_path, f"train_mvtec.py: {run_name}, {cfg.method}, {cfg.setting}",
+                        norm_study_path=csv_path if len(cfg.target_norm) > 1 else None)
 print(f"results: {csv_path}")

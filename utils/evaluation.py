@@ -18,21 +18,25 @@ class ClassMaps:
     labels: torch.Tensor
     masks: torch.Tensor
     features: torch.Tensor = None
+    probe: torch.Tensor = None  # per image, whatever collect_maps' probe returned (the figures' NoCo polar data)
 
 
-def collect_maps(model, batches, size, head_input=None):
+def collect_maps(model, batches, size, head_input=None, probe=None):
     """ClassMaps of a frozen model over (model input, labels, masks) batches: its maps upsampled to
     size x size, before the blur, on the CPU; with head_input(model, model_input), the alignment
-    head's inputs too."""
-    maps, labels, masks, features = [], [], [], []
+    head's inputs too; with probe(model, model_input, raw maps), whatever it returns per image."""
+    maps, labels, masks, features, probed = [], [], [], [], []
     for model_input, label, mask in batches:
         maps.append(model.anomaly_map(model_input).float())
         labels.append(label)
         masks.append(mask)
         if head_input is not None:
             features.append(head_input(model, model_input).float().cpu())
+        if probe is not None:
+            with torch.no_grad():
+                probed.append(probe(model, model_input, maps[-1]).cpu())
     return ClassMaps(upsample(torch.cat(maps), size).cpu(), torch.cat(labels), torch.cat(masks),
-                     torch.cat(features) if head_input is not None else None)
+                     torch.cat(features) if features else None, torch.cat(probed) if probed else None)
 
 
 def alignment_statistics(tested, alignment):
@@ -67,15 +71,16 @@ def aligned_maps(class_maps, alignment, class_index):
     return calibrate(class_maps.maps, u, gamma)
 
 
-def evaluate(tested, cfg, alignment=None, pooled=True):
+def evaluate(tested, cfg, alignment=None, pooled=True, keep=None):
     """Metrics per class of {class: ClassMaps} (in order; a class's index is its position) and, with
     pooled, of every test image of every class in one pool (None otherwise). Returns
-    ({class: metrics}, pooled metrics, {class: image scores})."""
+    ({class: metrics}, pooled metrics, {class: {"scores": image scores, "maps": final maps of the
+    images keep[class] names (for the figures; None without keep)}})."""
     per_class, scores_of, pool = {}, {}, {"scores": [], "labels": [], "maps": [], "masks": []}
     for index, (name, class_maps) in enumerate(tested.items()):
         maps, scores = scored(aligned_maps(class_maps, alignment, index), cfg)
         per_class[name] = compute_metrics(scores, class_maps.labels, maps, class_maps.masks)
-        scores_of[name] = scores
+        scores_of[name] = {"scores": scores, "maps": None if keep is None else maps[keep[name]].clone()}
         if pooled:
             for key, value in zip(pool, (scores, class_maps.labels, maps, class_maps.masks)):
                 pool[key].append(value)

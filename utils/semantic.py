@@ -14,6 +14,7 @@ from models.noco import NoCo
 from utils.checks import check_config, check_out_dir
 from utils.config import resolve_device, seed_everything
 from utils.features import CachedBatches, EncodedBatches, extract_features
+from utils import report
 from utils.metrics import compute_metrics
 from utils.results import RunFolder, metrics_row, new_run_path, resumed_config
 from utils.training import batch_stream, iterations
@@ -105,8 +106,19 @@ def run_semantic_noco(cfg, script, default_root="data"):
             scores = torch.cat([model.anomaly_map(f).flatten()
                                 for f in CachedBatches(test_features, 1024).ordered(device)])
             metrics = compute_metrics(scores, test_labels)
+            if cfg.plots:  # what the figures need: the scores, and each test image's projected feature
+                with torch.no_grad():
+                    polar = torch.cat([report.polar_coordinates(model.project(f).flatten(1), model.target)
+                                       for f in CachedBatches(test_features, 1024).ordered(device)])
+                report.save_record(run.path, name, {"target_norm": norm, "unified": False,
+                                                    "scores": {"none": {class_name: (scores.cpu(), test_labels)}},
+                                                    "polar": {class_name: (polar, test_labels)}})
             run.add_rows([metrics_row(class_name, metrics, model=name, target_norm=norm)])
             print(f"{class_name} target_norm={norm:g}: I-AUROC {100 * metrics['I-AUROC']:.1f} "
                   f"I-AP {100 * metrics['I-AP']:.1f}")
 
-    return run.finish(norms=cfg.target_norm, study_metrics=("I-AUROC",))
+    csv_path = run.finish(norms=cfg.target_norm, study_metrics=("I-AUROC",))
+    if cfg.plots:
+        report.write_report(run.path, csv_path, f"{script}.py: {cfg.dataset}, {cfg.method}",
+                            norm_study_path=csv_path if len(cfg.target_norm) > 1 else None)
+    return csv_path

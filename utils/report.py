@@ -1,0 +1,112 @@
+"""--plots: what a run keeps for its figures, and the figures and report.md drawn from it.
+
+As soon as a model is evaluated, its record goes to <run>/plot_data/<model>.pt: the image scores
+and labels of every class under every alignment, a few test images per class with their final
+(aligned, blurred) maps, and for NoCo each test image's projected feature as (norm, angle to the
+target). An interrupted and resumed run therefore draws every class. `write_report` draws the
+figures (utils/plots.py, matplotlib's Agg backend, imported only here and only then) once the
+table is final, beside the CSV, and writes report.md. Nothing here runs without --plots.
+"""
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from datasets.common import IMAGENET_MEAN, IMAGENET_STD
+from utils.results import atomic_write
+
+EXAMPLES_PER_CLASS = 2  # map grid rows per class: the first anomalous test image(s), then the first normal one
+
+
+def example_indices(labels, n=EXAMPLES_PER_CLASS):
+    """Indices of the test images shown in the map grid: the first n - 1 anomalous and the first normal."""
+    anomalous = (labels == 1).nonzero().flatten()[:max(1, n - 1)]
+    normal = (labels == 0).nonzero().flatten()[:n - len(anomalous)]
+    return torch.cat([anomalous, normal])
+
+
+def displayable(images):
+    """ImageNet-normalised (N, 3, H, W) images -> uint8 for the figures."""
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return ((images.float().cpu() * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def polar_coordinates(projected, target):
+    """(N, 2): the norm of each (N, C) projected feature and its angle (radians) to the target (C,)."""
+    projected, target = projected.float(), target.float().flatten().to(projected.device)
+    cosine = F.cosine_similarity(projected, target[None], dim=1).clamp(-1, 1)
+    return torch.stack([projected.norm(dim=1), cosine.acos()], dim=1).cpu()
+
+
+def noco_polar(model, features, maps):
+    """(B, 2) polar coordinates of each image's projected NoCo feature at its highest-scoring patch."""
+    projected = model.project(features).flatten(2)                      # (B, C, h * w)
+    at_max = maps.flatten(1).argmax(dim=1)
+    return polar_coordinates(projected[torch.arange(len(projected)), :, at_max], model.target)
+
+
+def save_record(run_path, model_name, record):
+    path = Path(run_path) / "plot_data" / f"{model_name}.pt"
+    return atomic_write(path, lambda tmp: torch.save(record, tmp))
+
+
+def _caption_suffix(norm, several):
+    return f" (target norm {norm:g})" if several else ""
+
+
+def write_report(run_path, table_path, title, norm_study_path=None):
+    """Draw every figure from <run>/plot_data and write <run>/report.md; return its path."""
+    from utils import plots  # matplotlib only when asked for
+
+    run_path = Path(run_path)
+    records = [torch.load(p, weights_only=False) for p in sorted((run_path / "plot_data").glob("*.pt"))]
+    norms = list(dict.fromkeys(r["target_norm"] for r in records))
+    figures = []
+    for norm in norms:
+        group = [r for r in records if r["target_norm"] == norm]
+        tag, note = (f"_norm{norm:g}" if len(norms) > 1 else ""), _caption_suffix(norm, len(norms) > 1)
+        scores = {}
+        for record in group:
+            for align, per_class in record["scores"].items():
+                scores.setdefault(align, {}).update(per_class)
+        figures.append((plots.score_distributions(run_path / f"scores{tag}.png", scores, title="image scores" + note),
+                        "Image scores of normal (dots) and anomalous (crosses) test images, one row per class on one "
+                        "axis per alignment: one threshold serves every class only where the classes line up" + note))
+        curves = {f"per class, align {align}": per_class for align, per_class in scores.items()}
+        if any(r["unified"] for r in group):
+            curves["all classes pooled (mixed)"] = {
+                align: tuple(torch.cat([torch.as_tensor(v[i]) for v in per_class.values()]) for i in (0, 1))
+                for align, per_class in scores.items()}
+        figures.append((plots.roc_curves(run_path / f"roc{tag}.png", curves, title="ROC" + note),
+                        "ROC curves per class and, for a unified model, of the pooled test set per alignment" + note))
+        examples = [r["examples"] for r in group if r.get("examples")]
+        if examples:
+            aligns = list(examples[0]["maps"])
+            images = torch.cat([e["images"] for e in examples])
+            maps = {a: torch.cat([e["maps"][a].float() for e in examples]) for a in aligns}
+            masks = torch.cat([e["masks"] for e in examples])
+            names = [name for e in examples for name in e["classes"]]
+            figures.append((plots.map_grid(run_path / f"maps{tag}.png", images.float() / 255, maps, masks, names,
+                                           title="anomaly maps" + note),
+                            "Test images with their final maps and the ground-truth outline; every map of a column "
+                            "on that column's one colour scale" + note))
+        for record in group:
+            for class_name, (coordinates, labels) in (record.get("polar") or {}).items():
+                path = run_path / f"polar_{class_name}{tag}.png"
+                figures.append((plots.polar_plot(path, coordinates[:, 0], coordinates[:, 1], labels,
+                                                 title=f"{class_name}: projected test features" + note,
+                                                 target_norm=record["target_norm"]),
+                                f"{class_name}: each test image's projected feature, radius its norm and angle its "
+                                f"angle to the target (the star)" + note))
+    if norm_study_path is not None:
+        study = pd.read_csv(norm_study_path, dtype={"class": str})
+        study = study[study["class"] != "mixed"]
+        for metric in ("I-AUROC", "P-AUROC"):
+            columns = [c for c in study.columns if c.startswith(f"{metric} norm=")]
+            if columns and study[columns].notna().any().any():
+                values = {row["class"]: [row[c] for c in columns] for _, row in study.iterrows()}
+                figures.append((plots.norm_study(run_path / f"norm_study_{metric}.png", norms, values, metric,
+                                                 title=f"{metric} against the target norm"),
+                                f"{metric} against NoCo's target norm, one line per class"))
+    return plots.write_report(run_path, pd.read_csv(table_path, dtype={"class": str}), figures, title=title)
