@@ -46,7 +46,8 @@ from utils.features import CachedBatches, EncodedBatches, extract_features
 from utils import report
 from utils.evaluation import alignment_statistics, collect_maps, evaluate
 from utils.results import RunFolder, metrics_row, new_run_path, resumed_config, write_table
-from utils.training import ImageBatches, batch_stream, fingerprint, iterations, saved_state
+from utils.training import (ImageBatches, batch_stream, fingerprint, iterations, restore_snapshot, saved_state,
+                            training_snapshot)
 
 # -----------------------------------------------------------------------------
 method = "noco"              # noco | revdist | recontrast | uniad
@@ -99,6 +100,7 @@ cache_dir = ""               # where those files go ("" = the system's temporary
 amp = True                   # on CUDA: bf16 autocast in the training step (losses in float32)
 channels_last = True         # on CUDA: channels-last memory format
 save_checkpoints = True      # the last checkpoint of each model (no other is ever kept or chosen)
+checkpoint_every = 1000      # iterations between training snapshots that --resume restarts from (0 = none); removed when training ends
 plots = False                # also draw the figures (PNG) and report.md beside the CSV
 align = ("none",)            # unified: none | cada | cada_sigma | class_aware | classifier; a comma list gives a row block each
 align_input = "bottleneck"   # the CADA head's input: bottleneck (the base's, CADA sec. 4.2; NoCo has none and uses encoder) | encoder (the frozen encoder's deepest tapped layer, sec. 3.3)
@@ -138,7 +140,7 @@ check_config(cfg, positive=("batch_size", "lr", "encoder_lr", "target_norm", "im
                        "cada_lr", "cada_beta"),
              non_negative=("epochs", "iters", "crop_size", "num_workers", "weight_decay", "blur_sigma",
                            "cache_memory_gb", "lr_drop_at", "hm_factor", "blur_kernel", "cada_iters", "cada_momentum",
-                           "cada_weight_decay"),
+                           "cada_weight_decay", "checkpoint_every"),
              choices={"method": ("noco", "revdist", "recontrast", "uniad"), "setting": ("separate", "unified"),
                       "resize": ("cv2", "pil"), "optimizer": ("adamw", "adam"),
                       "image_score": ("max", "top_mean", "pooled_max"),
@@ -218,7 +220,7 @@ def build_model(norm, generator):
 # (a model's own classes and target norm replace --classes and --target_norm in its training configuration)
 EVALUATION_ONLY = {"out_dir", "resume", "checkpoint", "device", "num_workers", "image_score", "top_fraction",
                    "blur_sigma", "blur_kernel", "cache_features", "cache_memory_gb", "cache_dir", "save_checkpoints",
-                   "download", "data_path", "plots"}
+                   "download", "data_path", "plots", "checkpoint_every"}
 HEAD_ONLY = {"align", "align_input", "cada_iters", "cada_lr", "cada_momentum", "cada_weight_decay", "cada_beta"}
 
 
@@ -234,9 +236,14 @@ def trained(model, name, training_config, ignore, make_source, total_iters, base
         with torch.no_grad():
             model.set_target(torch.cat([model.project(f).mean(dim=(2, 3)) for f in source.epoch(generator, device)]).mean(0))
     optimizer, scheduler = model.configure_optimizers(cfg, total_iters)
+    snapshot_name, start = f"{name}.train", 0  # a training snapshot: resume mid-training from it
+    snapshot = run.path / "checkpoints" / f"{snapshot_name}.pt"
+    if cfg.resume and (start := restore_snapshot(snapshot, fingerprint(training_config, ignore),
+                                                 model, optimizer, scheduler)):
+        print(f"{name}: resuming training at iteration {start} of {total_iters}")
     model.train()
-    stream = batch_stream(source, generator, device, drop_last)
-    for it in (progress := tqdm(range(total_iters), desc=f"{name} train", leave=False)):
+    stream = batch_stream(source, generator, device, drop_last, start=start)
+    for it in (progress := tqdm(range(start, total_iters), desc=f"{name} train", leave=False)):
         batch = next(stream)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp and base):  # heads: float32
             loss = model.loss(batch)
@@ -249,9 +256,13 @@ def trained(model, name, training_config, ignore, make_source, total_iters, base
             scheduler.step()
         if it % 10 == 0 or it == total_iters - 1:
             progress.set_postfix(loss=f"{loss.item():.4f}")
+        if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < total_iters:
+            run.save_checkpoint(training_snapshot(model, optimizer, scheduler, it + 1,
+                                                  fingerprint(training_config, ignore)), snapshot_name)
     if cfg.save_checkpoints:
         run.save_checkpoint({"model": model.state_dict(), "training_config": training_config,
                              "fingerprint": fingerprint(training_config, ignore)}, name)
+    snapshot.unlink(missing_ok=True)
     return model.eval()
 
 

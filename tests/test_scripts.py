@@ -169,6 +169,29 @@ def test_uniad_trains_on_cached_tokens_in_both_settings_and_with_cada(demo_root,
     assert "--backbone/--image_size: UniAD reads EfficientNet-B4" in refused.stderr
 
 
+def test_a_run_killed_mid_training_resumes_from_its_snapshot_and_ends_with_the_same_table(demo_root, tmp_path):
+    args = ["--method", "revdist", "--dataset", "demo", "--data_path", str(demo_root), "--image_size", "64",
+            "--iters", "60", "--batch_size", "8", "--checkpoint_every", "5", *SMALL]
+    whole = pd.read_csv(results_path(run_script("train_mvtec.py", *args, "--out_dir", str(tmp_path / "whole"))))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, str(REPO / "train_mvtec.py"), *args, "--out_dir", str(tmp_path / "cut")],
+                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not list((tmp_path / "cut").glob("*/checkpoints/unified.train.pt")) and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)  # Ctrl-C in the middle of training
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and stderr.rstrip().endswith("interrupted"), stderr[-2000:]
+    (run_dir,) = (tmp_path / "cut").iterdir()
+    assert not (run_dir / "results.csv").exists() and not (run_dir / "checkpoints" / "unified.pt").exists()
+    assert not [p for p in run_dir.rglob("*") if ".tmp" in p.name]
+    resumed = run_script("train_mvtec.py", "--resume", str(run_dir), "--num_workers", "0")
+    start = int(resumed.stdout.split("resuming training at iteration ")[1].split()[0])
+    assert 5 <= start < 60 and start % 5 == 0
+    pd.testing.assert_frame_equal(pd.read_csv(results_path(resumed)), whole)  # the same table, to the last digit
+    assert not (run_dir / "checkpoints" / "unified.train.pt").exists()  # the snapshot goes once training ends
+
+
 def test_interrupted_run_keeps_finished_classes_and_resume_ends_with_the_same_table(demo_root, tmp_path):
     args = ["--dataset", "demo", "--data_path", str(demo_root), "--image_size", "64", "--epochs", "3", *SMALL]
     whole = pd.read_csv(results_path(run_script("train_mvtec.py", *args, "--out_dir", str(tmp_path / "whole"))))

@@ -119,8 +119,8 @@ class CachedBatches(_Rows):
     def _take(self, rows, device):
         return {k: v[rows].to(device, torch.float32, non_blocking=True) for k, v in self.features.items()}
 
-    def epoch(self, generator, device):
-        for rows in self.shuffled(generator):
+    def epoch(self, generator, device, skip=0):
+        for rows in self.shuffled(generator)[skip:]:
             yield self._take(rows, device)
 
     def ordered(self, device):
@@ -138,7 +138,7 @@ class EncodedBatches(_Rows):
         self.dataset = dataset
         self.num_workers = num_workers
 
-    def epoch(self, generator, device):
-        batches = [rows.tolist() for rows in self.shuffled(generator)]
+    def epoch(self, generator, device, skip=0):
+        batches = [rows.tolist() for rows in self.shuffled(generator)][skip:]
         for batch in DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers):
             yield {k: v.float() for k, v in self.encoder(batch["image"].to(device)).items()}

@@ -185,10 +185,9 @@ class RunFolder:
         atomic_write(self.path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
 
     def save_checkpoint(self, state, name):
-        path = save_checkpoint(state, self.path / "checkpoints" / f"{name}.pt")
-        if not (self.path / "config.json").exists():
+        if not (self.path / "config.json").exists():  # first: a run killed after its first checkpoint is resumable
             self._write_config("partial")
-        return path
+        return save_checkpoint(state, self.path / "checkpoints" / f"{name}.pt")
 
     def add_rows(self, rows):
         """Keep the rows of one finished model and write the table so far (results.partial.csv)."""

@@ -11,19 +11,22 @@ from torch.utils.data import DataLoader
 from utils.features import shuffled_batches
 
 
-def batch_stream(source, generator, device, drop_last=False):
+def batch_stream(source, generator, device, drop_last=False, start=0):
     """Batches from `source` (CachedBatches, EncodedBatches or ImageBatches), epoch after epoch,
-    each epoch in a new random order drawn from `generator`. With drop_last, short batches are skipped."""
+    each epoch in a new random order drawn from `generator`. With drop_last, short batches are skipped.
+    The first `start` batches are passed over without being loaded: the stream a run resumed at
+    iteration `start` continues with is the one it would have drawn."""
+    per_epoch = len(source) // source.batch_size if drop_last else -(-len(source) // source.batch_size)
+    if per_epoch == 0:
+        raise ValueError(f"no full batch of {source.batch_size} in {len(source)} training images: "
+                         "lower --batch_size")
     while True:
-        yielded = False
-        for batch in source.epoch(generator, device):
+        skip = min(start, per_epoch)
+        start -= skip
+        for batch in source.epoch(generator, device, skip=skip):
             if drop_last and len(next(iter(batch.values()))) < source.batch_size:
                 continue
-            yielded = True
             yield batch
-        if not yielded:
-            raise ValueError(f"no full batch of {source.batch_size} in {len(source)} training images: "
-                             "lower --batch_size")
 
 
 def iterations(setting, epochs, iters, n_images, batch_size, drop_last):
@@ -43,8 +46,8 @@ class ImageBatches:
     def __len__(self):
         return len(self.dataset)
 
-    def epoch(self, generator, device):
-        batches = [rows.tolist() for rows in shuffled_batches(len(self.dataset), self.batch_size, generator)]
+    def epoch(self, generator, device, skip=0):
+        batches = [rows.tolist() for rows in shuffled_batches(len(self.dataset), self.batch_size, generator)][skip:]
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
                             persistent_workers=False, pin_memory=torch.device(device).type == "cuda")
         for batch in loader:
@@ -82,3 +85,31 @@ def saved_state(sources, name, training_config, ignore, must_match=True):
                             and state.get("training_config", {}).get(k) != training_config[k])
             raise ValueError(f"--checkpoint {path}: trained with another configuration (differs in {differ})")
     return None
+
+
+def training_snapshot(model, optimizer, scheduler, iteration, model_fingerprint):
+    """Everything an interrupted training needs to go on exactly: model, optimiser and schedule
+    states, the iteration reached and the random number generators' states."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": None if scheduler is None else scheduler.state_dict(), "iteration": iteration,
+            "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "fingerprint": model_fingerprint}
+
+
+def restore_snapshot(path, model_fingerprint, model, optimizer, scheduler):
+    """Load a training_snapshot saved at `path` into the model, optimiser and schedule and restore
+    the RNG states; return its iteration (0 when there is none, or it was trained otherwise)."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    saved = torch.load(path, map_location="cpu", weights_only=False)  # our own file: RNG states, a Counter
+    if saved.get("fingerprint") != model_fingerprint:
+        return 0
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["rng"])
+    if saved["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+    return saved["iteration"]
