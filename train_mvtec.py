@@ -39,11 +39,11 @@ from models.noco import NoCo
 from models.recontrast import ReContrast
 from models.revdist import RevDist
 from models.uniad import UNIAD_LAYERS, TokenEncoder, UniAD
-from utils.checks import check_config, check_out_dir
+from utils.checks import check_config, check_out_dir, check_structured
 from utils.config import (ConfigError, parse_config, resolve_device, script_constants,
                           seed_everything)
 from utils.features import CachedBatches, EncodedBatches, extract_features
-from utils import report
+from utils import distributed, report
 from utils.evaluation import alignment_statistics, collect_maps, evaluate
 from utils.results import RunFolder, metrics_row, new_run_path, resumed_config, write_table
 from utils.training import (ImageBatches, batch_stream, fingerprint, iterations, restore_snapshot, saved_state,
@@ -147,25 +147,14 @@ check_config(cfg, positive=("batch_size", "lr", "encoder_lr", "target_norm", "im
                       "cache_dtype": ("float32", "float16", "bfloat16"), "loss_form": ("global", "pixel"),
                       "decoder_activation": ("relu", "gelu"), "align_input": ("bottleneck", "encoder")},
              at_most={"top_fraction": 1.0, "lr_drop_at": 1.0}, non_empty=("target_norm", "align"))
-if unknown := [a for a in cfg.align if a not in cada.ALIGNMENTS]:
-    raise ConfigError(f"--align: expected a comma list of {', '.join(cada.ALIGNMENTS)}, got {', '.join(unknown)}")
-if cfg.setting == "separate" and tuple(cfg.align) != ("none",):
-    raise ConfigError("--align: alignment calibrates the classes of one unified model; "
-                      "with --setting separate (one model per class) it must be none")
-if cfg.method != "noco" and len(cfg.target_norm) > 1:
-    raise ConfigError(f"--target_norm: a list of norms (the norm study) is for --method noco, not {cfg.method}")
-if cfg.method in ("revdist", "recontrast") and (cfg.crop_size or cfg.image_size) % 32:
-    raise ConfigError(f"--image_size/--crop_size: {cfg.method}'s decoder mirrors a stride-32 encoder, so the input "
-                      f"side must be a multiple of 32, got {cfg.crop_size or cfg.image_size}")
-if cfg.method == "uniad" and (cfg.backbone != "efficientnet_b4" or (cfg.crop_size or cfg.image_size) % 16
-                              or (cfg.crop_size or cfg.image_size) < 128):
-    raise ConfigError(f"--backbone/--image_size: UniAD reads EfficientNet-B4 stages at stride 16 and its 7x7 neighbour "
-                      f"mask needs a token grid over 7, so --backbone efficientnet_b4 and a side that is a multiple of "
-                      f"16 and at least 128; got {cfg.backbone}, {cfg.crop_size or cfg.image_size}")
+check_structured(cfg, cada.ALIGNMENTS)  # the options that must agree with each other
 if not cfg.resume:
     check_out_dir(cfg.out_dir)
 started = time.time()
-device = resolve_device(cfg.device)
+rank, world, device = distributed.setup(cfg.device)  # torchrun: one of `world` processes
+device = device or resolve_device(cfg.device)
+if cfg.batch_size % world:
+    raise ConfigError(f"--batch_size {cfg.batch_size}: it must split evenly over the {world} processes")
 use_amp, memory_format = (cfg.amp and device.type == "cuda"), (
     torch.channels_last if cfg.channels_last and device.type == "cuda" else torch.contiguous_format)
 seed_everything(cfg.seed)  # also fixes a random-init (--weights none) encoder
@@ -189,8 +178,9 @@ uses_frozen_features = cfg.method != "recontrast"           # ReContrast trains 
 separate = cfg.setting == "separate"
 drop_last = not separate  # the multi-class reference drops the last short batch; NoCo and RD4AD keep it
 loader = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers)
-run = RunFolder(cfg.resume or new_run_path(cfg.out_dir, "train_mvtec", run_name, cfg.method, cfg.setting),
-                vars(cfg), device, started, resume=bool(cfg.resume))
+run = RunFolder(distributed.agreed(cfg.resume or new_run_path(cfg.out_dir, "train_mvtec", run_name, cfg.method,
+                                                              cfg.setting), world),
+                vars(cfg), device, started, resume=bool(cfg.resume), writer=rank == 0)
 
 # model ------------------------------------------------------------------------
 if cfg.method == "noco":
@@ -242,11 +232,13 @@ def trained(model, name, training_config, ignore, make_source, total_iters, base
                                                  model, optimizer, scheduler)):
         print(f"{name}: resuming training at iteration {start} of {total_iters}")
     model.train()
+    torch.manual_seed(cfg.seed + rank)  # dropout and jitter differ between processes; the batch order does not
+    loss_of = distributed.parallel_loss(model, device) if world > 1 else model.loss
     stream = batch_stream(source, generator, device, drop_last, start=start)
-    for it in (progress := tqdm(range(start, total_iters), desc=f"{name} train", leave=False)):
-        batch = next(stream)
+    for it in (progress := tqdm(range(start, total_iters), desc=f"{name} train", leave=False, disable=rank > 0)):
+        batch = distributed.local_slice(next(stream), rank, world) if world > 1 else next(stream)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp and base):  # heads: float32
-            loss = model.loss(batch)
+            loss = loss_of(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if getattr(model, "grad_clip", None):  # UniAD clips the gradient norm
@@ -269,7 +261,7 @@ def trained(model, name, training_config, ignore, make_source, total_iters, base
 def frozen_inputs(dataset, desc):
     """(model input, labels, masks) per batch, in order: the frozen encoder's features (NoCo, RevDist)
     or the images (ReContrast)."""
-    for batch in tqdm(DataLoader(dataset, **loader), desc=desc, leave=False):
+    for batch in tqdm(DataLoader(dataset, **loader), desc=desc, leave=False, disable=rank > 0):
         images = batch["image"].to(device, memory_format=memory_format)
         with torch.no_grad():
             yield (encoder(images) if uses_frozen_features else {"image": images}), batch["label"], batch["mask"][:, 0].bool()
@@ -284,6 +276,15 @@ def head_input(model, model_input):
     if cfg.method == "recontrast":
         return model.frozen_encoder(model_input["image"])["layer3"]
     return model_input[list(model_input)[-1]]
+
+
+def maps_of(model, dataset, desc, inputs=None, probe=False):
+    """ClassMaps of the frozen model over a dataset (each process computes its shard; all get the whole)."""
+    inputs = inputs or frozen_inputs(distributed.shard(dataset, rank, world), desc)
+    return distributed.gathered(collect_maps(model, inputs, dataset.transform.output_size,
+                                             head_input if needs_head_input else None,
+                                             report.noco_polar if probe and cfg.plots and cfg.method == "noco" else None),
+                                len(dataset), world)
 
 
 def print_row(name, metrics):
@@ -333,13 +334,10 @@ for group_name, group in groups:
 
         # its raw test maps, per class (the frozen encoder's test features kept for the norm study) ----
         tested = {}
-        for class_name in group:
-            if len(cfg.target_norm) > 1 and class_name not in test_inputs:
-                test_inputs[class_name] = list(frozen_inputs(test_sets[class_name], f"{class_name} test"))
-            batches = test_inputs.get(class_name) or frozen_inputs(test_sets[class_name], f"{class_name} test")
-            tested[class_name] = collect_maps(model, batches, test_sets[class_name].transform.output_size,
-                                               head_input if needs_head_input else None,
-                                               report.noco_polar if cfg.plots and cfg.method == "noco" else None)
+        for c in group:
+            if len(cfg.target_norm) > 1 and c not in test_inputs:
+                test_inputs[c] = list(frozen_inputs(distributed.shard(test_sets[c], rank, world), f"{c} test"))
+            tested[c] = maps_of(model, test_sets[c], f"{c} test", test_inputs.get(c), probe=True)
         shown = {c: report.example_indices(tested[c].labels) for c in group} if cfg.plots else None
         record = {"target_norm": norm, "unified": not separate, "scores": {}, "polar": {
             c: (tested[c].probe, tested[c].labels) for c in group if tested[c].probe is not None}, "examples": {
@@ -349,8 +347,7 @@ for group_name, group in groups:
 
         # alignments: statistics of the frozen model's maps on every training image, once; a head each ---
         if tuple(cfg.align) != ("none",):
-            seen = [collect_maps(model, frozen_inputs(train_sets[c], f"{c} train maps"), train_sets[c].transform.output_size,
-                                 head_input if needs_head_input else None) for c in group]
+            seen = [maps_of(model, train_sets[c], f"{c} train maps") for c in group]
             train_stats = {k: torch.cat([cada.map_statistics(m.maps)[k] for m in seen]) for k in ("mean", "max", "std")}
             train_labels = torch.cat([torch.full((len(m.maps),), i) for i, m in enumerate(seen)])
             head_table = {**train_stats, "label": train_labels.float()}
@@ -385,15 +382,15 @@ for group_name, group in groups:
                 print_row(f"mixed{f' [{kind}]' if len(cfg.align) > 1 else ''}", pooled)
             if alignment is not None:
                 alignment_rows += [{"model": model_name, "align": kind, **row} for row in alignment_statistics(tested, alignment)]
-        if alignment_rows:
+        if alignment_rows and rank == 0:
             write_table(pd.DataFrame(alignment_rows), run.path / "alignment_stats.csv", float_format="%.6g")
-        if record is not None:
+        if record is not None and rank == 0:
             report.save_record(run.path, model_name, record)
         run.add_rows(rows)
 
 # write the table (and with --plots the figures and report.md) ---------------------------
 csv_path = run.finish(norms=cfg.target_norm)
-if cfg.plots:
+if cfg.plots and rank == 0:
     report.write_report(run.path, csv_path, f"train_mvtec.py: {run_name}, {cfg.method}, {cfg.setting}",
                         norm_study_path=csv_path if len(cfg.target_norm) > 1 else None)
 print(f"results: {csv_path}")

@@ -1,5 +1,6 @@
 """Checks of a script's configuration before any work starts: value ranges and choices
-(`check_config`) and a writable output folder (`check_out_dir`); each failure is one ConfigError line."""
+(`check_config`), the structured script's options that must agree (`check_structured`) and a
+writable output folder (`check_out_dir`); each failure is one ConfigError line."""
 import math
 import os
 from pathlib import Path
@@ -83,3 +84,20 @@ def _check_out_dir(path, option):
         raise ConfigError(f"--{option} {path}: cannot create it: {ancestor} is not writable")
 
 
+def check_structured(cfg, alignments):
+    """train_mvtec.py: --align, --target_norm, --image_size and --backbone against --method and --setting."""
+    if unknown := [a for a in cfg.align if a not in alignments]:
+        raise ConfigError(f"--align: expected a comma list of {', '.join(alignments)}, got {', '.join(unknown)}")
+    if cfg.setting == "separate" and tuple(cfg.align) != ("none",):
+        raise ConfigError("--align: alignment calibrates the classes of one unified model; "
+                          "with --setting separate (one model per class) it must be none")
+    if cfg.method != "noco" and len(cfg.target_norm) > 1:
+        raise ConfigError(f"--target_norm: a list of norms (the norm study) is for --method noco, not {cfg.method}")
+    if cfg.method in ("revdist", "recontrast") and (cfg.crop_size or cfg.image_size) % 32:
+        raise ConfigError(f"--image_size/--crop_size: {cfg.method}'s decoder mirrors a stride-32 encoder, so the input "
+                          f"side must be a multiple of 32, got {cfg.crop_size or cfg.image_size}")
+    if cfg.method == "uniad" and (cfg.backbone != "efficientnet_b4" or (cfg.crop_size or cfg.image_size) % 16
+                                  or (cfg.crop_size or cfg.image_size) < 128):
+        raise ConfigError(f"--backbone/--image_size: UniAD reads EfficientNet-B4 stages at stride 16 and its 7x7 neighbour "
+                          f"mask needs a token grid over 7, so --backbone efficientnet_b4 and a side that is a multiple of "
+                          f"16 and at least 128; got {cfg.backbone}, {cfg.crop_size or cfg.image_size}")

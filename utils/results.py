@@ -166,8 +166,8 @@ def read_run_config(run_dir, like=None):
 class RunFolder:
     """One run's folder: checkpoints, partial and final tables, config.json (see the module docstring)."""
 
-    def __init__(self, path, config, device, started, resume=False):
-        self.path = Path(path)
+    def __init__(self, path, config, device, started, resume=False, writer=True):
+        self.path, self.writer = Path(path), writer  # writer False: another process writes (torchrun)
         self.config, self.device, self.started = config, device, started
         self.rows = []
         if resume and (self.path / PARTIAL_NAME).is_file():
@@ -180,11 +180,15 @@ class RunFolder:
         return any(row.get("model") == name and all(row.get(k) == v for k, v in extra.items()) for row in self.rows)
 
     def _write_config(self, status, results=None):
+        if not self.writer:
+            return
         meta = {"status": status, "results": results, "config": self.config,
                 **run_metadata(self.device, self.started)}
         atomic_write(self.path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
 
     def save_checkpoint(self, state, name):
+        if not self.writer:
+            return None
         if not (self.path / "config.json").exists():  # first: a run killed after its first checkpoint is resumable
             self._write_config("partial")
         return save_checkpoint(state, self.path / "checkpoints" / f"{name}.pt")
@@ -192,12 +196,16 @@ class RunFolder:
     def add_rows(self, rows):
         """Keep the rows of one finished model and write the table so far (results.partial.csv)."""
         self.rows += rows
+        if not self.writer:
+            return
         write_table(pd.DataFrame(self.rows), self.path / PARTIAL_NAME, float_format=None)
         self._write_config("partial")
 
     def finish(self, norms=(None,), study_metrics=("I-AUROC", "P-AUROC")):
         """Write the final table(s) and config.json; return the CSV to report. One target norm:
         results.csv. The norm study: results_norm<n>.csv per norm and norm_study.csv."""
+        if not self.writer:
+            return self.path / ("results.csv" if len(norms) == 1 else "norm_study.csv")
         tables = {norm: results_table([r for r in self.rows if r.get("target_norm") in (norm, None)
                                        or len(norms) == 1]) for norm in norms}
         if len(tables) == 1:

@@ -1,0 +1,68 @@
+"""torchrun: two CPU processes (gloo) train the model one process trains on the same total batch,
+and write one table."""
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.test_scripts import REPO, SMALL, results_path, run_script
+from utils import distributed
+from utils.evaluation import ClassMaps
+
+ARGS = ["--dataset", "demo", "--setting", "unified", "--classes", "brick,grass", "--image_size", "64", "--iters", "4",
+        "--batch_size", "8", *SMALL]  # NoCo: no BatchNorm, so two processes must equal one exactly (to rounding)
+
+
+def trained_state(run_dir):
+    return torch.load(run_dir / "checkpoints" / "unified.pt", weights_only=True)["model"]
+
+
+def test_two_processes_equal_one_process_on_the_same_total_batch_and_write_one_table(tmp_path):
+    data = ["--data_path", str(tmp_path / "demo")]
+    one = results_path(run_script("train_mvtec.py", *ARGS, *data, "--out_dir", str(tmp_path / "one"))).parent
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(REPO / "train_mvtec.py"), *ARGS, *data, "--out_dir", str(tmp_path / "two")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("results: ") == 1  # one voice
+    (two,) = (tmp_path / "two").iterdir()  # one run folder, one table, one checkpoint
+    assert sorted(p.name for p in two.iterdir()) == ["checkpoints", "config.json", "results.csv"]
+    assert results_path(done).parent == two
+    reference, parallel = trained_state(one), trained_state(two)
+    for name in reference:
+        torch.testing.assert_close(parallel[name], reference[name], rtol=1e-5, atol=1e-7)
+    pd.testing.assert_frame_equal(pd.read_csv(two / "results.csv"), pd.read_csv(one / "results.csv"))
+    # the comparison can fail: a single process on one process's share of the batch trains another model
+    half = results_path(run_script("train_mvtec.py", *ARGS[:-len(SMALL) - 2], "--batch_size", "4", *SMALL, *data,
+                                   "--out_dir", str(tmp_path / "half"))).parent
+    assert not torch.allclose(trained_state(half)["projector.weight"], reference["projector.weight"], atol=1e-6)
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    args = [a if a != "8" else "7" for a in ARGS]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(REPO / "train_mvtec.py"), *args, "--data_path", str(tmp_path / "demo"),
+                           "--out_dir", str(tmp_path / "out")], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0
+    assert "--batch_size 7: it must split evenly over the 2 processes" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_gathered_maps_come_back_in_the_dataset_order(world, monkeypatch):
+    """utils.distributed.gathered reassembles the interleaved shards (all_gather_object stubbed)."""
+    n = 7
+    whole = ClassMaps(torch.arange(n * 4.0).view(n, 2, 2), torch.arange(n) % 2, torch.zeros(n, 2, 2, dtype=torch.bool),
+                      torch.arange(n * 3.0).view(n, 3), None)
+    shards = [ClassMaps(whole.maps[r::world], whole.labels[r::world], whole.masks[r::world], whole.features[r::world])
+              for r in range(world)]
+    monkeypatch.setattr(distributed.dist, "all_gather_object", lambda parts, mine: parts.__setitem__(slice(None), shards))
+    joined = distributed.gathered(shards[0], n, world)
+    assert torch.equal(joined.maps, whole.maps) and torch.equal(joined.labels, whole.labels)
+    assert torch.equal(joined.features, whole.features) and joined.probe is None
