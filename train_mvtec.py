@@ -38,7 +38,7 @@ from models import cada
 from models.noco import NoCo
 from models.recontrast import ReContrast
 from models.revdist import RevDist
-from models.uniad import UNIAD_LAYERS, TokenEncoder, UniAD
+from models import uniad
 from utils.checks import check_config, check_out_dir, check_structured
 from utils.config import (ConfigError, parse_config, resolve_device, script_constants,
                           seed_everything)
@@ -189,7 +189,7 @@ if cfg.method == "noco":
 elif cfg.method == "revdist":  # torchvision's own taps of layers 1-3, whatever --layers says
     encoder = build_encoder(cfg.backbone, cfg.weights).to(device, memory_format=memory_format)
 elif cfg.method == "uniad":  # four EfficientNet-B4 stages resized to stride 16 and concatenated: 272 channels
-    encoder = TokenEncoder(build_encoder(cfg.backbone, cfg.weights, UNIAD_LAYERS)).to(device, memory_format=memory_format)
+    encoder = uniad.TokenEncoder(build_encoder(cfg.backbone, cfg.weights, uniad.UNIAD_LAYERS)).to(device, memory_format=memory_format)
 else:
     frozen_backbone = load_backbone(cfg.backbone, cfg.weights)
 
@@ -202,7 +202,7 @@ def build_model(norm, generator):
         return RevDist(cfg.backbone, activation=cfg.decoder_activation, loss_form=cfg.loss_form)
     if cfg.method == "uniad":
         side = (cfg.crop_size or cfg.image_size) // 16
-        return UniAD(grid=(side, side), layers=("tokens",))
+        return uniad.UniAD(grid=(side, side), layers=("tokens",))
     return ReContrast(frozen_backbone, cfg.backbone, activation=cfg.decoder_activation, hm_factor=cfg.hm_factor)
 
 

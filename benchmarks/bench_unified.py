@@ -1,4 +1,4 @@
-"""Training-step speed and peak memory of the unified base models (RevDist, ReContrast).
+"""Training-step speed and peak memory of the unified base models (RevDist, ReContrast, UniAD).
 
     python benchmarks/bench_unified.py                     # paper size and CPU size, every base
     python benchmarks/bench_unified.py --sizes paper --steps 3
@@ -10,7 +10,8 @@ backward, optimiser step) on a fixed random batch, and reports seconds per step,
 and peak memory: the process's peak RSS on a CPU, torch.cuda.max_memory_allocated on CUDA. The
 frozen encoder's own forward time is measured separately, so that the gain of the feature cache
 (RevDist trains on cached layer 1-3 features and never runs the encoder while training) is visible:
-`revdist` is the step with the cache, `revdist-nocache` the step that runs the encoder too.
+`revdist` is the step with the cache, `revdist-nocache` the step that runs the encoder too; the
+same for `uniad` (cached 272-channel tokens) and `uniad-nocache` (EfficientNet-B4 in every step).
 The training step uses the script's own settings: bf16 autocast and channels-last on CUDA only.
 """
 import argparse
@@ -26,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SIZES = {"paper": ("wide_resnet50_2", 256, 16), "cpu": ("resnet18", 128, 16)}
-BASES = ("revdist", "revdist-nocache", "recontrast")
+UNIAD_SIZES = {"paper": ("efficientnet_b4", 224, 64), "cpu": ("efficientnet_b4", 128, 16)}  # UniAD's own encoder
+BASES = ("revdist", "revdist-nocache", "recontrast", "uniad", "uniad-nocache")
 # the official code's training step measured on the 2-core development CPU (wide_resnet50_2, 256 px, batch 16)
 OFFICIAL = {"revdist": "23.7 s, 8.2 GiB (RD4AD main.py)", "recontrast": "53.6 s, 14.7 GiB (ReContrast multi-class)"}
 
@@ -36,8 +38,9 @@ def measure(base, size, steps, device_name):
     from models.backbones import build_encoder, load_backbone
     from models.recontrast import ReContrast
     from models.revdist import RevDist
+    from models.uniad import UNIAD_LAYERS, TokenEncoder, UniAD
 
-    backbone, image_size, batch_size = SIZES[size]
+    backbone, image_size, batch_size = (UNIAD_SIZES if base.startswith("uniad") else SIZES)[size]
     device = torch.device(device_name)
     cuda = device.type == "cuda"
     memory_format = torch.channels_last if cuda else torch.contiguous_format
@@ -45,7 +48,11 @@ def measure(base, size, steps, device_name):
     images = torch.randn(batch_size, 3, image_size, image_size, device=device).contiguous(memory_format=memory_format)
     cfg = SimpleNamespace(optimizer="adamw", lr=2e-3, encoder_lr=1e-5, betas=(0.9, 0.999), weight_decay=1e-5,
                           adam_eps=1e-10, amsgrad=True, lr_drop_at=0.8, lr_drop_gamma=0.2)
-    encoder = build_encoder(backbone, "none", ("layer1", "layer2", "layer3")).to(device, memory_format=memory_format)
+    if base.startswith("uniad"):
+        encoder = TokenEncoder(build_encoder(backbone, "none", UNIAD_LAYERS)).to(device, memory_format=memory_format)
+        cfg.lr, cfg.weight_decay = 3e-4, 1e-4
+    else:
+        encoder = build_encoder(backbone, "none", ("layer1", "layer2", "layer3")).to(device, memory_format=memory_format)
 
     def sync():
         if cuda:
@@ -61,10 +68,11 @@ def measure(base, size, steps, device_name):
         return (time.perf_counter() - start) / repeats
 
     encoder_s = timed(lambda: encoder(images), steps)
-    if base.startswith("revdist"):
-        model = RevDist(backbone, activation="gelu")
+    if base.startswith(("revdist", "uniad")):
+        model = (RevDist(backbone, activation="gelu") if base.startswith("revdist") else
+                 UniAD(grid=(image_size // 16, image_size // 16), layers=("tokens",)))
         features = encoder(images)
-        batch = (lambda: encoder(images)) if base == "revdist-nocache" else (lambda: features)
+        batch = (lambda: encoder(images)) if base.endswith("-nocache") else (lambda: features)
     else:
         model = ReContrast(load_backbone(backbone, "none"), backbone, activation="gelu")
         batch = lambda: {"image": images}  # noqa: E731
@@ -76,8 +84,11 @@ def measure(base, size, steps, device_name):
             loss = model.loss(batch())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if getattr(model, "grad_clip", None):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), model.grad_clip)
         optimizer.step()
-        scheduler.step()
+        if scheduler is not None:
+            scheduler.step()
 
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)

@@ -55,7 +55,7 @@ def test_unknown_option_lists_the_valid_ones():
 
 def test_script_constants_keeps_only_plain_public_values():
     namespace = {"lr": 0.1, "name": "x", "flag": True, "sizes": (1, 2), "_private": 1, "torch": torch,
-                 "parse_config": parse_config, "__name__": "__main__"}
+                 "parse_config": parse_config, "__name__": "__main__", "UNIAD_LAYERS": ("features.1",), "EPS": 1e-6}
     assert script_constants(namespace) == {"lr": 0.1, "name": "x", "flag": True, "sizes": (1, 2)}
 
 

@@ -303,9 +303,10 @@ def config_help(defaults, presets=None, script=None):
 
 
 def script_constants(namespace):
-    """The hyperparameter constants of a script: its public module-level bool/int/float/str/tuple names."""
+    """The hyperparameter constants of a script: its public lower-case module-level bool/int/float/
+    str/tuple names (an imported UPPER_CASE constant such as a layer list is not an option)."""
     return {k: v for k, v in namespace.items()
-            if not k.startswith("_") and type(v) in (bool, int, float, str, tuple)}
+            if not k.startswith("_") and not k.isupper() and type(v) in (bool, int, float, str, tuple)}
 
 
 def resolve_device(name):

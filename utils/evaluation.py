@@ -39,19 +39,29 @@ def collect_maps(model, batches, size, head_input=None, probe=None):
                      torch.cat(features) if features else None, torch.cat(probed) if probed else None)
 
 
+def correlation(a, b):
+    """Pearson correlation of two (N,) tensors; NaN when either is constant (class-wide estimates)."""
+    a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
+    denominator = (a.norm() * b.norm()).item()
+    return (a @ b).item() / denominator if denominator > 0 else float("nan")
+
+
 def alignment_statistics(tested, alignment):
     """Per class of {class: ClassMaps}: the true u (mean of the images' map means) and gamma (mean
     of their maxima) of its normal test images beside the alignment's estimates for those images
-    (their mean, and the spread of u over the images)."""
+    (their mean), the spread over those images of the true per-image u and of its estimate, and
+    how well the estimate follows the true per-image u (their correlation)."""
     rows = []
     for index, (name, class_maps) in enumerate(tested.items()):
         normal = class_maps.labels == 0
         true = map_statistics(class_maps.maps[normal])
         features = None if class_maps.features is None else class_maps.features[normal]
         u, gamma = alignment.statistics(features, torch.full((int(normal.sum()),), index))
+        spread = (lambda x: x.std().item() if len(x) > 1 else 0.0)
         rows.append({"class": name, "u_test_normal": true["mean"].mean().item(),
                      "gamma_test_normal": true["max"].mean().item(), "u_estimated": u.mean().item(),
-                     "gamma_estimated": gamma.mean().item(), "u_estimated_std": u.std().item() if len(u) > 1 else 0.0})
+                     "gamma_estimated": gamma.mean().item(), "u_test_normal_std": spread(true["mean"]),
+                     "u_estimated_std": spread(u), "u_correlation": correlation(true["mean"], u)})
     return rows
 
 
