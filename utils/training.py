@@ -81,8 +81,9 @@ def saved_state(sources, name, training_config, ignore, must_match=True):
         if state.get("fingerprint") == fingerprint(training_config, ignore):
             return state
         if source == checkpoint and must_match:
-            differ = sorted(k for k in training_config if k not in ignore
-                            and state.get("training_config", {}).get(k) != training_config[k])
+            saved = state.get("training_config", {})
+            differ = sorted(k for k in set(training_config) | set(saved) if k not in ignore
+                            and saved.get(k, "<absent>") != training_config.get(k, "<absent>"))
             raise ValueError(f"--checkpoint {path}: trained with another configuration (differs in {differ})")
     return None
 
