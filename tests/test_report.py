@@ -4,7 +4,6 @@ import re
 import subprocess
 import sys
 
-import pandas as pd
 import pytest
 
 from tests.test_scripts import REPO, SMALL, results_path, run_script, write_pattern_mnist
@@ -73,14 +72,8 @@ def test_semantic_run_draws_scores_rocs_and_polar_plots(tmp_path):
                            "polar_0.png": plots.polar_size(), "polar_1.png": plots.polar_size()})
 
 
-def test_without_plots_nothing_is_drawn_or_imported(demo_root, tmp_path):
-    done = run_script("train_mvtec.py", "--dataset", "demo", "--data_path", str(demo_root), "--classes", "brick",
-                      "--image_size", "64", "--crop_size", "0", "--epochs", "1", "--out_dir", str(tmp_path), *SMALL)
-    run_dir = results_path(done).parent
-    assert not list(run_dir.glob("*.png")) and not (run_dir / "report.md").exists()
-    assert not (run_dir / "plot_data").exists()
+def test_the_report_modules_do_not_import_matplotlib():
+    """Without --plots a run never imports it (the test_scripts runs check that no figure appears)."""
     imported = subprocess.run([sys.executable, "-c", "import utils.report, utils.evaluation, sys; "
                                "print('matplotlib' in sys.modules)"], cwd=REPO, capture_output=True, text=True)
     assert imported.stdout.strip() == "False", imported.stderr
-    table = pd.read_csv(results_path(done))
-    assert table["class"].tolist() == ["brick", "mean"]

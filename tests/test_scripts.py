@@ -54,6 +54,7 @@ def test_train_mvtec_on_the_demo_set_writes_the_table_config_and_checkpoints(dem
     csv = results_path(done)
     assert csv.parent.name.startswith(f"train_mvtec_{demo_root.name}_noco_separate_")  # named after the folder
     table = pd.read_csv(csv)
+    assert not list(csv.parent.glob("*.png")) and not (csv.parent / "plot_data").exists()  # no --plots, no figures
     assert list(table.columns) == ["setting", "class", "I-AUROC", "I-AP", "P-AUROC", "P-AP", "AUPRO"]
     assert table["class"].tolist() == ["brick", "grass", "mean"] and set(table["setting"]) == {"separate"}
     values = table.drop(columns=["setting", "class"]).to_numpy()
@@ -160,18 +161,16 @@ def test_uniad_trains_on_cached_tokens_in_both_settings_and_with_cada(demo_root,
     config = json.loads((csv.parent / "config.json").read_text())["config"]
     assert (config["backbone"], config["lr"], config["weight_decay"], config["blur_sigma"]) == ("efficientnet_b4", 3e-4, 1e-4, 0.0)
     assert (config["cada_beta"], config["cada_iters"]) == (10.0, 3)
-    separate = run_script("train_mvtec.py", *args, "--setting", "separate", "--epochs", "1", "--out_dir", str(tmp_path / "s"))
+    separate = run_script("train_mvtec.py", *args, "--setting", "separate", "--epochs", "0", "--classes", "brick",
+                          "--out_dir", str(tmp_path / "s"))
     table = pd.read_csv(results_path(separate))
-    assert table["class"].tolist() == ["brick", "grass", "mean"]
+    assert table["class"].tolist() == ["brick", "mean"]
     assert json.loads((results_path(separate).parent / "config.json").read_text())["config"]["image_score"] == "pooled_max"
-    refused = run_script("train_mvtec.py", *args, "--backbone", "resnet18", "--out_dir", str(tmp_path / "r"),
-                         expect_ok=False)
-    assert "--backbone/--image_size: UniAD reads EfficientNet-B4" in refused.stderr
 
 
 def test_a_run_killed_mid_training_resumes_from_its_snapshot_and_ends_with_the_same_table(demo_root, tmp_path):
     args = ["--method", "revdist", "--dataset", "demo", "--data_path", str(demo_root), "--image_size", "64",
-            "--iters", "60", "--batch_size", "8", "--checkpoint_every", "5", *SMALL]
+            "--iters", "30", "--batch_size", "8", "--checkpoint_every", "5", *SMALL]
     whole = pd.read_csv(results_path(run_script("train_mvtec.py", *args, "--out_dir", str(tmp_path / "whole"))))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([sys.executable, str(REPO / "train_mvtec.py"), *args, "--out_dir", str(tmp_path / "cut")],
@@ -187,7 +186,7 @@ def test_a_run_killed_mid_training_resumes_from_its_snapshot_and_ends_with_the_s
     assert not [p for p in run_dir.rglob("*") if ".tmp" in p.name]
     resumed = run_script("train_mvtec.py", "--resume", str(run_dir), "--num_workers", "0")
     start = int(resumed.stdout.split("resuming training at iteration ")[1].split()[0])
-    assert 5 <= start < 60 and start % 5 == 0
+    assert 5 <= start < 30 and start % 5 == 0
     pd.testing.assert_frame_equal(pd.read_csv(results_path(resumed)), whole)  # the same table, to the last digit
     assert not (run_dir / "checkpoints" / "unified.train.pt").exists()  # the snapshot goes once training ends
 
@@ -295,6 +294,7 @@ def test_train_cifar10_on_a_cats_vs_dogs_folder_learns(tmp_path):
     (["--method", "revdist", "--align", "cada,cadaa", "--dataset", "demo"], "--align: expected a comma list of none"),
     (["--method", "revdist", "--setting", "separate", "--align", "cada", "--dataset", "demo"], "--align"),
     (["--method", "revdist", "--cada_beta", "0", "--dataset", "demo"], "--cada_beta"),
+    (["--method", "uniad", "--dataset", "demo", "--image_size", "96"], "--backbone/--image_size: UniAD reads EfficientNet-B4"),
 ])
 def test_bad_input_ends_in_one_clear_line_before_any_folder_is_made(args, message, demo_root, tmp_path):
     if "demo" in args:
