@@ -22,7 +22,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 DPI = 100
 MAX_COLS = 5        # small multiples per row (map grids excepted: one column per alignment)
 SMALL = 7           # legend / tick font size
-NORMAL_STYLE = dict(marker="o", s=6, color="tab:blue", alpha=0.5, linewidths=0)
+NORMAL_STYLE = dict(marker="o", s=8, color="tab:blue", alpha=0.7, linewidths=0)
 ANOMALOUS_STYLE = dict(marker="x", s=14, color="tab:red", alpha=0.8, linewidths=0.8)
 
 
@@ -136,7 +136,9 @@ def score_distributions(path, scores, title=""):
                 continue
             s, y = scores[align][cls]
             s, y = _np(s).ravel(), _np(y).ravel() > 0.5
-            jitter = i + rng.uniform(-0.3, 0.3, size=s.size)
+            # normal images in the upper half of the class's strip, anomalous in the lower: with
+            # hundreds of test images neither kind hides the other
+            jitter = i + np.where(y, 1.0, -1.0) * rng.uniform(0.05, 0.38, size=s.size)
             ax.scatter(s[~y], jitter[~y], **NORMAL_STYLE)
             ax.scatter(s[y], jitter[y], **ANOMALOUS_STYLE)
         for i in range(len(classes) - 1):
