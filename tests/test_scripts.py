@@ -168,19 +168,26 @@ def test_uniad_trains_on_cached_tokens_in_both_settings_and_with_cada(demo_root,
     assert json.loads((results_path(separate).parent / "config.json").read_text())["config"]["image_score"] == "pooled_max"
 
 
+def interrupt_when(args, out_dir, pattern):
+    """Start train_mvtec.py, press Ctrl-C once a file matching `pattern` appears in out_dir, and check
+    that it stops with exit status 130 and the one line "interrupted"; return its stderr."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, str(REPO / "train_mvtec.py"), *args, "--out_dir", str(out_dir)],
+                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not list(out_dir.glob(pattern)) and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and stderr.rstrip().endswith("interrupted"), stderr[-2000:]
+    return stderr
+
+
 def test_a_run_killed_mid_training_resumes_from_its_snapshot_and_ends_with_the_same_table(demo_root, tmp_path):
     args = ["--method", "revdist", "--dataset", "demo", "--data_path", str(demo_root), "--image_size", "64",
             "--iters", "30", "--batch_size", "8", "--checkpoint_every", "5", *SMALL]
     whole = pd.read_csv(results_path(run_script("train_mvtec.py", *args, "--out_dir", str(tmp_path / "whole"))))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, str(REPO / "train_mvtec.py"), *args, "--out_dir", str(tmp_path / "cut")],
-                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while not list((tmp_path / "cut").glob("*/checkpoints/unified.train.pt")) and time.time() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGINT)  # Ctrl-C in the middle of training
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130 and stderr.rstrip().endswith("interrupted"), stderr[-2000:]
+    interrupt_when(args, tmp_path / "cut", "*/checkpoints/unified.train.pt")  # in the middle of training
     (run_dir,) = (tmp_path / "cut").iterdir()
     assert not (run_dir / "results.csv").exists() and not (run_dir / "checkpoints" / "unified.pt").exists()
     assert not [p for p in run_dir.rglob("*") if ".tmp" in p.name]
@@ -194,15 +201,7 @@ def test_a_run_killed_mid_training_resumes_from_its_snapshot_and_ends_with_the_s
 def test_interrupted_run_keeps_finished_classes_and_resume_ends_with_the_same_table(demo_root, tmp_path):
     args = ["--dataset", "demo", "--data_path", str(demo_root), "--image_size", "64", "--epochs", "3", *SMALL]
     whole = pd.read_csv(results_path(run_script("train_mvtec.py", *args, "--out_dir", str(tmp_path / "whole"))))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, str(REPO / "train_mvtec.py"), *args, "--out_dir", str(tmp_path / "cut")],
-                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while not list((tmp_path / "cut").glob("*/results.partial.csv")) and time.time() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGINT)  # Ctrl-C after the first class
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130 and stderr.rstrip().endswith("interrupted"), stderr[-2000:]
+    stderr = interrupt_when(args, tmp_path / "cut", "*/results.partial.csv")  # after the first class
     assert "Traceback" not in stderr
     (run_dir,) = (tmp_path / "cut").iterdir()
     assert not (run_dir / "results.csv").exists()

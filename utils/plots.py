@@ -8,7 +8,6 @@ The scripts import this module only when --plots is on: it imports no torch, skl
 """
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -18,6 +17,8 @@ import numpy as np  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+
+from utils.files import atomic_write  # noqa: E402
 
 DPI = 100
 MAX_COLS = 5        # small multiples per row (map grids excepted: one column per alignment)
@@ -76,27 +77,6 @@ def _np(x, dtype=float):
     return np.asarray(x, dtype=dtype)
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic(path, write, suffix):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
 def _new_figure(size, title=""):
     fig = Figure(figsize=size, dpi=DPI, layout="constrained")
     if title:
@@ -106,7 +86,7 @@ def _new_figure(size, title=""):
 
 def _save(fig, path):
     try:
-        return _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI), ".png")
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
     finally:
         fig.clear()  # a pyplot-free Figure: nothing registered globally, dropped when it goes
 
@@ -367,4 +347,4 @@ def write_report(run_dir, table, figures, title="Run report"):
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
 
-    return _atomic(run_dir / "report.md", write, ".tmp")
+    return atomic_write(run_dir / "report.md", write)

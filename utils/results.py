@@ -14,43 +14,20 @@ writes the final tables and removes the partial file.
 """
 import datetime
 import json
-import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from utils.files import atomic_write
+
 TABLE_COLUMNS = ["setting", "class", "I-AUROC", "I-AP", "P-AUROC", "P-AP", "AUPRO"]
 METRIC_COLUMNS = TABLE_COLUMNS[2:]
 PARTIAL_NAME = "results.partial.csv"
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path, write):
-    """Call write(tmp_path), then rename tmp_path to path: a crash never leaves a half-written file.
-    The file gets the permissions of an ordinary new file (0666 less the user's umask)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 def save_checkpoint(state, path):
