@@ -13,8 +13,10 @@ frozen encoder's own forward time is measured separately, so that the gain of th
 `revdist` is the step with the cache, `revdist-nocache` the step that runs the encoder too; the
 same for `uniad` (cached 272-channel tokens) and `uniad-nocache` (EfficientNet-B4 in every step).
 RevDist's decoder is the multi-class GELU one; `revdist-relu` is RD4AD's ReLU decoder (cached), the
-one the official RD4AD figure below was measured with.
-The training step uses the script's own settings: bf16 autocast and channels-last on CUDA only.
+one the official RD4AD figure below was measured with. `revdist-recompute` and `recontrast-recompute`
+keep only convolution outputs for the backward pass (train_mvtec.py --recompute).
+The training step uses the script's own settings: bf16 autocast and channels-last on CUDA only; on
+a CPU, malloc keeps freed memory for reuse (utils/cpu.py; `--plain_malloc` measures without it).
 """
 import argparse
 import json
@@ -30,12 +32,16 @@ sys.path.insert(0, str(ROOT))
 
 SIZES = {"paper": ("wide_resnet50_2", 256, 16), "cpu": ("resnet18", 128, 16)}
 UNIAD_SIZES = {"paper": ("efficientnet_b4", 224, 64), "cpu": ("efficientnet_b4", 128, 16)}  # UniAD's own encoder
-BASES = ("revdist", "revdist-relu", "revdist-nocache", "recontrast", "uniad", "uniad-nocache")
+BASES = ("revdist", "revdist-relu", "revdist-nocache", "revdist-recompute", "recontrast", "recontrast-recompute",
+         "uniad", "uniad-nocache")
 # the official code's training step measured on the 2-core development CPU (wide_resnet50_2, 256 px, batch 16)
 OFFICIAL = {"revdist": "23.7 s, 8.2 GiB (RD4AD main.py)", "recontrast": "53.6 s, 14.7 GiB (ReContrast multi-class)"}
 
 
-def measure(base, size, steps, device_name):
+def measure(base, size, steps, device_name, plain_malloc=False):
+    if device_name == "cpu" and not plain_malloc:
+        from utils.cpu import keep_freed_memory
+        keep_freed_memory()
     import torch
     from models.backbones import build_encoder, load_backbone
     from models.recontrast import ReContrast
@@ -71,12 +77,14 @@ def measure(base, size, steps, device_name):
 
     encoder_s = timed(lambda: encoder(images), steps)
     if base.startswith(("revdist", "uniad")):
-        model = (RevDist(backbone, activation="relu" if base == "revdist-relu" else "gelu") if base.startswith("revdist") else
+        model = (RevDist(backbone, activation="relu" if base == "revdist-relu" else "gelu",
+                         recompute=base == "revdist-recompute") if base.startswith("revdist") else
                  UniAD(grid=(image_size // 16, image_size // 16), layers=("tokens",)))
         features = encoder(images)
         batch = (lambda: encoder(images)) if base.endswith("-nocache") else (lambda: features)
     else:
-        model = ReContrast(load_backbone(backbone, "none"), backbone, activation="gelu")
+        model = ReContrast(load_backbone(backbone, "none"), backbone, activation="gelu",
+                           recompute=base == "recontrast-recompute")
         batch = lambda: {"image": images}  # noqa: E731
     model = model.to(device, memory_format=memory_format).train()
     optimizer, scheduler = model.configure_optimizers(cfg, 1000)
@@ -107,18 +115,20 @@ def main():
     parser.add_argument("--sizes", default="paper,cpu")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--plain_malloc", action="store_true", help="on a CPU, let malloc return freed memory")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # base:size, run in this process
     args = parser.parse_args()
     if args.one:
         base, size = args.one.split(":")
-        print(json.dumps(measure(base, size, args.steps, args.device)))
+        print(json.dumps(measure(base, size, args.steps, args.device, args.plain_malloc)))
         return
     print(f"{'base':<16} {'size':<6} {'backbone':<16} {'px':>4} {'batch':>5} {'s/step':>8} {'img/s':>7} "
           f"{'encoder s':>9} {'peak GiB':>8}  official")
     for size in args.sizes.split(","):
         for base in args.bases.split(","):
             done = subprocess.run([sys.executable, __file__, "--one", f"{base}:{size}", "--steps", str(args.steps),
-                                   "--device", args.device], capture_output=True, text=True, cwd=ROOT)
+                                   "--device", args.device] + ["--plain_malloc"] * args.plain_malloc,
+                                  capture_output=True, text=True, cwd=ROOT)
             if done.returncode:
                 print(f"{base} {size}: failed\n{done.stderr[-2000:]}")
                 continue

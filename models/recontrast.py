@@ -1,9 +1,9 @@
 """ReContrast (Guo et al., "ReContrast: Domain-Specific Anomaly Detection via Contrastive
 Reconstruction", NeurIPS 2023; https://github.com/guojiajeremy/ReContrast), multi-class setting.
 
-Two copies of the ImageNet encoder up to layer 3 (nothing computes layer 4: the feature extractor
-prunes it), built from one torchvision classifier (models.backbones.load_backbone), which is used
-in place as the frozen copy (its requires_grad is switched off):
+Two copies of the ImageNet encoder up to layer 3 (nothing computes layer 4), built from one
+torchvision classifier (models.backbones.load_backbone), which is used in place as the frozen copy
+(its requires_grad is switched off):
   frozen     run under no_grad, always in eval mode;
   trainable  a deep copy with requires_grad on, its own small learning rate (cfg.encoder_lr); its
              BatchNorm layers stay in eval mode even in model.train() (the multi-class code; the
@@ -37,6 +37,10 @@ Map (the multi-class `evaluation_batch`): the 6 maps of 1 - channel cosine, each
 upsampled (align_corners=True) to the input size, MEAN of the 6; float32; the caller blurs.
 bottleneck_features: the OCBE output of the frozen encoder's half only (for a CADA head).
 
+`recompute=True` keeps only convolution outputs of the trainable encoder, bottleneck and decoder for
+the backward pass, block by block (models.recompute): less memory, a little more time, the same
+trained model.
+
 The frozen encoder is left OUT of the state dict (it is rebuilt from the same weights): state_dict()
 drops its keys, and load_state_dict() keeps the current frozen weights when a checkpoint lacks them
 (a checkpoint that has them still loads them).
@@ -45,9 +49,9 @@ import copy
 
 import torch
 import torch.nn as nn
-from torchvision.models.feature_extraction import create_feature_extractor
 
 from models.backbones import Encoder
+from models.recompute import run_blocks
 from models.revdist import (ACTIVATIONS, LAYERS, OCBE, Decoder, architecture, build_optimizer, cosine_distance,
                             cosine_map)
 
@@ -71,6 +75,24 @@ def global_cosine_hm(pairs, alpha, factor):
     return loss
 
 
+class TrainableEncoder(nn.Module):
+    """A torchvision ResNet's stem and layers 1-3 (the same parameter names as the classifier's),
+    returning {"layer1", "layer2", "layer3"}; with recompute, each block of the layers is one
+    recomputation region (models.recompute)."""
+
+    def __init__(self, backbone, recompute=False):
+        super().__init__()
+        self.conv1, self.bn1, self.relu, self.maxpool = backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool
+        self.layer1, self.layer2, self.layer3 = backbone.layer1, backbone.layer2, backbone.layer3
+        self.recompute = recompute
+
+    def forward(self, images):
+        x, taps = self.maxpool(self.relu(self.bn1(self.conv1(images)))), {}
+        for name in LAYERS:
+            x = taps[name] = run_blocks(getattr(self, name), x, self.recompute)
+        return taps
+
+
 def _last_channels(layer):
     return [m for m in layer[-1].modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features
 
@@ -78,7 +100,7 @@ def _last_channels(layer):
 class ReContrast(nn.Module):
     def __init__(self, frozen_backbone, backbone="wide_resnet50_2", activation="gelu",
                  hm_factor=0.0,  # the reference code's value; its run names ("hm1d01") and Dinomaly use 0.1
-                 hm_alpha_start=-3.0, hm_alpha_end=1.0, hm_ramp=0.1):
+                 hm_alpha_start=-3.0, hm_alpha_end=1.0, hm_ramp=0.1, recompute=False):
         super().__init__()
         arch = architecture(backbone)
         if activation not in ACTIVATIONS:
@@ -92,9 +114,9 @@ class ReContrast(nn.Module):
         for parameter in trainable.parameters():
             parameter.requires_grad_(True)
         self.frozen_encoder = Encoder(frozen_backbone, LAYERS, "standard")
-        self.trainable_encoder = create_feature_extractor(trainable, return_nodes={k: k for k in LAYERS})
-        self.bottleneck = OCBE(arch)
-        self.decoder = Decoder(arch, activation)
+        self.trainable_encoder = TrainableEncoder(trainable, recompute)
+        self.bottleneck = OCBE(arch, recompute)
+        self.decoder = Decoder(arch, activation, recompute)
         self.heads_to_frozen = nn.ModuleList(nn.Conv2d(c, c, 1) for c in channels)     # set 1
         self.heads_to_trainable = nn.ModuleList(nn.Conv2d(c, c, 1) for c in channels)  # set 2
         self.hm_factor, self.hm_alpha_start, self.hm_alpha_end, self.hm_ramp = (

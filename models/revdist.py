@@ -39,6 +39,8 @@ paper's formula: per layer the mean over pixels of 1 - channel-wise cosine, summ
 (RD4AD issue 22 reports it worse). Targets are detached; cosines are computed in float32.
 Map: per layer 1 - channel-wise cosine, bilinearly upsampled (align_corners=True) to the input size,
 MEAN over the layers (the multi-class reference; RD4AD sums, which only scales the map); no blur.
+`recompute=True` keeps only convolution outputs for the backward pass, block by block
+(models.recompute): less memory, a little more time, the same trained model.
 """
 from collections import namedtuple
 
@@ -46,6 +48,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from models.recompute import run_blocks
 
 LAYERS = ("layer1", "layer2", "layer3")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
@@ -73,8 +77,9 @@ def _downsampling_conv(in_channels, out_channels):
 class OCBE(nn.Module):
     """One-class bottleneck embedding: {layer1, layer2, layer3} -> (B, 512 * expansion, H3/2, W3/2)."""
 
-    def __init__(self, arch):
+    def __init__(self, arch, recompute=False):
         super().__init__()
+        self.recompute = recompute  # models.recompute: one region per conv block
         c1, c2, c3 = (c * arch.expansion for c in (64, 128, 256))
         self.from_layer1 = nn.Sequential(_downsampling_conv(c1, c2), _downsampling_conv(c2, c3))
         self.from_layer2 = _downsampling_conv(c2, c3)
@@ -88,7 +93,9 @@ class OCBE(nn.Module):
 
     def forward(self, features):
         f1, f2, f3 = (features[name] for name in LAYERS)
-        return self.blocks(torch.cat([self.from_layer1(f1), self.from_layer2(f2), f3], dim=1))
+        fused = torch.cat([run_blocks(self.from_layer1, f1, self.recompute),
+                           run_blocks([self.from_layer2], f2, self.recompute), f3], dim=1)
+        return run_blocks(self.blocks, fused, self.recompute)
 
 
 class DeBlock(nn.Module):
@@ -131,8 +138,9 @@ class DeBlock(nn.Module):
 class Decoder(nn.Module):
     """(B, 512 * expansion, h, w) -> [layer1-, layer2-, layer3-shaped maps] (encoder order)."""
 
-    def __init__(self, arch, activation):
+    def __init__(self, arch, activation, recompute=False):
         super().__init__()
+        self.recompute = recompute  # models.recompute: one region per block
         bottleneck = arch.block is Bottleneck
         in_channels, stages = 512 * arch.expansion, []
         for planes, n_blocks in zip((256, 128, 64), arch.decoder_blocks):
@@ -146,7 +154,7 @@ class Decoder(nn.Module):
     def forward(self, x):
         outputs = []
         for stage in self.stages:
-            x = stage(x)
+            x = run_blocks(stage, x, self.recompute)
             outputs.append(x)
         return outputs[::-1]
 
@@ -192,7 +200,7 @@ def build_optimizer(param_groups, cfg, total_iters):
 
 
 class RevDist(nn.Module):
-    def __init__(self, backbone="wide_resnet50_2", activation="relu", loss_form="global"):
+    def __init__(self, backbone="wide_resnet50_2", activation="relu", loss_form="global", recompute=False):
         super().__init__()
         arch = architecture(backbone)
         if activation not in ACTIVATIONS:
@@ -200,8 +208,8 @@ class RevDist(nn.Module):
         if loss_form not in LOSS_FORMS:
             raise ValueError(f"loss_form must be 'global' or 'pixel', got {loss_form!r}")
         self.loss_form = loss_form
-        self.bottleneck = OCBE(arch)
-        self.decoder = Decoder(arch, activation)
+        self.bottleneck = OCBE(arch, recompute)
+        self.decoder = Decoder(arch, activation, recompute)
 
     def bottleneck_features(self, batch):
         """The OCBE output (B, 512 * expansion, H3/2, W3/2): 2048 x 8^2 for WRN50-2 at 256 px."""

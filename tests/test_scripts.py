@@ -135,8 +135,9 @@ def test_alignments_share_one_base_model_and_write_a_row_block_each(demo_root, t
     stats = pd.read_csv(csv.parent / "alignment_stats.csv")
     assert stats[["align", "class"]].values.tolist() == [[a, c] for a in ("cada", "class_aware")
                                                           for c in ("brick", "grass", "gravel")]
-    # the head options are not part of the base model: without --align, the same base and the same `none` rows
-    plain = pd.read_csv(results_path(run_script("train_mvtec.py", *args, "--out_dir", str(tmp_path / "b"))))
+    # the head options are not part of the base model: without --align, the same base and the same `none` rows,
+    # also when the base trains with --recompute (the same model, trained with less memory)
+    plain = pd.read_csv(results_path(run_script("train_mvtec.py", *args, "--recompute", "--out_dir", str(tmp_path / "b"))))
     none_block = table[table["align"] == "none"].drop(columns="align").reset_index(drop=True)
     pd.testing.assert_frame_equal(plain.drop(columns="align"), none_block)
     # reused: the base and the cada head from the first run; only the new head trains
@@ -294,6 +295,7 @@ def test_train_cifar10_on_a_cats_vs_dogs_folder_learns(tmp_path):
     (["--method", "revdist", "--setting", "separate", "--align", "cada", "--dataset", "demo"], "--align"),
     (["--method", "revdist", "--cada_beta", "0", "--dataset", "demo"], "--cada_beta"),
     (["--method", "uniad", "--dataset", "demo", "--image_size", "96"], "--backbone/--image_size: UniAD reads EfficientNet-B4"),
+    (["--recompute", "--dataset", "demo"], "--recompute: it saves the convolutional decoders' memory"),
 ])
 def test_bad_input_ends_in_one_clear_line_before_any_folder_is_made(args, message, demo_root, tmp_path):
     if "demo" in args:

@@ -85,7 +85,8 @@ def _check_out_dir(path, option):
 
 
 def check_structured(cfg, alignments):
-    """train_mvtec.py: --align, --target_norm, --image_size and --backbone against --method and --setting."""
+    """train_mvtec.py: --align, --target_norm, --image_size, --backbone and --recompute against --method and
+    --setting."""
     if unknown := [a for a in cfg.align if a not in alignments]:
         raise ConfigError(f"--align: expected a comma list of {', '.join(alignments)}, got {', '.join(unknown)}")
     if cfg.setting == "separate" and tuple(cfg.align) != ("none",):
@@ -93,6 +94,9 @@ def check_structured(cfg, alignments):
                           "with --setting separate (one model per class) it must be none")
     if cfg.method != "noco" and len(cfg.target_norm) > 1:
         raise ConfigError(f"--target_norm: a list of norms (the norm study) is for --method noco, not {cfg.method}")
+    if cfg.recompute and cfg.method not in ("revdist", "recontrast"):
+        raise ConfigError(f"--recompute: it saves the convolutional decoders' memory (revdist, recontrast); "
+                          f"{cfg.method} has none to recompute")
     if cfg.method in ("revdist", "recontrast") and (cfg.crop_size or cfg.image_size) % 32:
         raise ConfigError(f"--image_size/--crop_size: {cfg.method}'s decoder mirrors a stride-32 encoder, so the input "
                           f"side must be a multiple of 32, got {cfg.crop_size or cfg.image_size}")
