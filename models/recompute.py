@@ -28,6 +28,10 @@ def _keep_convolutions(ctx, op, *args, **kwargs):
     return CheckpointPolicy.MUST_SAVE if op in SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
+def _keep_nothing(ctx, op, *args, **kwargs):
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
 @contextlib.contextmanager
 def running_statistics_kept(module):
     """Restores, on exit, the buffers (running mean, var, batch count) of every BatchNorm in module."""
@@ -50,18 +54,20 @@ def _entered(*contexts):
         yield
 
 
-def _contexts(block):
-    forward, recompute = create_selective_checkpoint_contexts(_keep_convolutions)
+def _contexts(block, policy):
+    forward, recompute = create_selective_checkpoint_contexts(policy)
     return forward, _entered(running_statistics_kept(block), recompute)  # buffers copied outside SAC's mode
 
 
-def run_blocks(blocks, x, recompute):
+def run_blocks(blocks, x, recompute, keep_convolutions=True):
     """x through each block in turn; with recompute and grad mode on, each block is recomputed in the
-    backward pass from its saved convolution outputs."""
+    backward pass from its saved convolution outputs (keep_convolutions=False: from its input alone,
+    convolutions included)."""
+    policy = _keep_convolutions if keep_convolutions else _keep_nothing
     for block in blocks:
         if recompute and torch.is_grad_enabled():
             x = checkpoint(block, x, use_reentrant=False, preserve_rng_state=False,
-                           context_fn=functools.partial(_contexts, block))
+                           context_fn=functools.partial(_contexts, block, policy))
         else:
             x = block(x)
     return x

@@ -78,7 +78,8 @@ def global_cosine_hm(pairs, alpha, factor):
 class TrainableEncoder(nn.Module):
     """A torchvision ResNet's stem and layers 1-3 (the same parameter names as the classifier's),
     returning {"layer1", "layer2", "layer3"}; with recompute, each block of the layers is one
-    recomputation region (models.recompute)."""
+    recomputation region that keeps nothing but its input (models.recompute): one more forward pass of
+    the encoder (its BatchNorms are frozen) for about 1 GB less at 256 px, batch 16."""
 
     def __init__(self, backbone, recompute=False):
         super().__init__()
@@ -89,7 +90,7 @@ class TrainableEncoder(nn.Module):
     def forward(self, images):
         x, taps = self.maxpool(self.relu(self.bn1(self.conv1(images)))), {}
         for name in LAYERS:
-            x = taps[name] = run_blocks(getattr(self, name), x, self.recompute)
+            x = taps[name] = run_blocks(getattr(self, name), x, self.recompute, keep_convolutions=False)
         return taps
 
 

@@ -103,7 +103,7 @@ def test_recomputation_lowers_the_peak_memory_of_a_training_step(build, kind):
     batch = batches(kind, steps=1, size=128, batch_size=8)[0]
     plain, recomputed = peak_activation_bytes(build(False), batch), peak_activation_bytes(build(True), batch)
     assert plain > 5e7
-    assert recomputed < 0.8 * plain, (recomputed, plain)  # measured: 0.65 (RevDist), 0.72 (ReContrast)
+    assert recomputed < 0.8 * plain, (recomputed, plain)  # measured: 0.65 (RevDist), 0.64 (ReContrast)
 
 
 def test_evaluation_is_not_recomputed_and_gives_the_same_map():
