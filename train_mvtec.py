@@ -97,8 +97,8 @@ cache_memory_gb = 8.0        # above this, cached features go to a memory-mapped
 cache_dir = ""               # where those files go ("" = the system's temporary folder)
 amp = True                   # on CUDA: bf16 autocast in the training step (losses in float32)
 channels_last = True         # on CUDA: channels-last memory format
-recompute = False            # RevDist, ReContrast: keep only convolution outputs for backward (less memory, ~10 % slower, same model)
-keep_freed_memory = True     # on CPU: malloc reuses freed memory instead of returning it (steps up to 1.5x faster, higher peak RSS)
+recompute = False            # RevDist, ReContrast: keep only convolution outputs for backward (less memory, 0-25 % slower, same model)
+keep_freed_memory = True     # on CPU: malloc reuses freed memory instead of returning it (1.2-1.6x faster at 256 px, higher peak RSS)
 save_checkpoints = True      # the last checkpoint of each model (no other is ever kept or chosen)
 checkpoint_every = 1000      # iterations between training snapshots that --resume restarts from (0 = none); removed when training ends
 plots = False                # also draw the figures (PNG) and report.md beside the CSV

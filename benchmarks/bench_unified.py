@@ -34,8 +34,10 @@ SIZES = {"paper": ("wide_resnet50_2", 256, 16), "cpu": ("resnet18", 128, 16)}
 UNIAD_SIZES = {"paper": ("efficientnet_b4", 224, 64), "cpu": ("efficientnet_b4", 128, 16)}  # UniAD's own encoder
 BASES = ("revdist", "revdist-relu", "revdist-nocache", "revdist-recompute", "recontrast", "recontrast-recompute",
          "uniad", "uniad-nocache")
-# the official code's training step measured on the 2-core development CPU (wide_resnet50_2, 256 px, batch 16)
-OFFICIAL = {"revdist": "23.7 s, 8.2 GiB (RD4AD main.py)", "recontrast": "53.6 s, 14.7 GiB (ReContrast multi-class)"}
+# the official code's training step on the latest and the first 2-core development CPU, plain malloc
+# (wide_resnet50_2, 256 px, batch 16; benchmarks/README.md)
+OFFICIAL = {"revdist": "RD4AD main.py: 46.5 s, 8.3 GiB (first CPU: 23.7 s, 8.2 GiB)",
+            "recontrast": "ReContrast multi-class: 96.4 s, 14.4 GiB (first CPU: 53.6 s, 14.7 GiB)"}
 
 
 def measure(base, size, steps, device_name, plain_malloc=False):
