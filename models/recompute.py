@@ -4,7 +4,8 @@
 recomputation region: the autograd graph keeps only the outputs of the block's convolutions, and
 its BatchNorms, activations and sums are computed again from them when the backward pass reaches
 the block (torch.utils.checkpoint's selective activation checkpointing). Convolutions, most of the
-arithmetic, never run twice. One region per block matters: a region's recomputed tensors all come
+arithmetic, never run twice, unless `keep_convolutions=False`: then a block keeps only its input
+and runs whole again (ReContrast's trainable encoder, whose BatchNorms are frozen). One region per block matters: a region's recomputed tensors all come
 back at once, so a single region around a whole decoder would need as much memory at the start of
 the backward pass as no recomputation at all.
 
