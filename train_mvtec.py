@@ -231,11 +231,11 @@ def trained(model, name, training_config, ignore, make_source, total_iters, base
     optimizer, scheduler = model.configure_optimizers(cfg, total_iters)
     snapshot_name, start = f"{name}.train", 0  # a training snapshot: resume mid-training from it
     snapshot = run.path / "checkpoints" / f"{snapshot_name}.pt"
+    torch.manual_seed(cfg.seed + rank)  # dropout and jitter differ between processes; the batch order does not
     if cfg.resume and (start := restore_snapshot(snapshot, fingerprint(training_config, ignore),
-                                                 model, optimizer, scheduler)):
+                                                 model, optimizer, scheduler)):  # the RNG state too
         print(f"{name}: resuming training at iteration {start} of {total_iters}")
     model.train()
-    torch.manual_seed(cfg.seed + rank)  # dropout and jitter differ between processes; the batch order does not
     loss_of = distributed.parallel_loss(model, device) if world > 1 else model.loss
     stream = batch_stream(source, generator, device, drop_last, start=start)
     for it in (progress := tqdm(range(start, total_iters), desc=f"{name} train", leave=False, disable=rank > 0)):

@@ -46,6 +46,10 @@ def correlation(a, b):
     return (a @ b).item() / denominator if denominator > 0 else float("nan")
 
 
+def _spread(x):
+    return x.std().item() if len(x) > 1 else 0.0
+
+
 def alignment_statistics(tested, alignment):
     """Per class of {class: ClassMaps}: the true u (mean of the images' map means) and gamma (mean
     of their maxima) of its normal test images beside the alignment's estimates for those images
@@ -57,11 +61,10 @@ def alignment_statistics(tested, alignment):
         true = map_statistics(class_maps.maps[normal])
         features = None if class_maps.features is None else class_maps.features[normal]
         u, gamma = alignment.statistics(features, torch.full((int(normal.sum()),), index))
-        spread = (lambda x: x.std().item() if len(x) > 1 else 0.0)
         rows.append({"class": name, "u_test_normal": true["mean"].mean().item(),
                      "gamma_test_normal": true["max"].mean().item(), "u_estimated": u.mean().item(),
-                     "gamma_estimated": gamma.mean().item(), "u_test_normal_std": spread(true["mean"]),
-                     "u_estimated_std": spread(u), "u_correlation": correlation(true["mean"], u)})
+                     "gamma_estimated": gamma.mean().item(), "u_test_normal_std": _spread(true["mean"]),
+                     "u_estimated_std": _spread(u), "u_correlation": correlation(true["mean"], u)})
     return rows
 
 
