@@ -8,6 +8,7 @@ A sample is a dict:
     class_name  str, the image's own class (metadata only: no model reads it)
     path        str, the file it came from (or "<dataset>/<split>/<index>" for array datasets)
 """
+import re
 import struct
 import warnings
 import zlib
@@ -36,6 +37,14 @@ RESIZE_MODES = ("pil", "cv2")
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error,
                   Image.DecompressionBombError)
 
+# The modes the loaders read, by how. PIL decodes 8-bit files exactly and convert("RGB") is the reference step
+# for them. 16-bit grey opens as "I;16*" (or "I" in older Pillows) with its values intact. 16-bit colour opens
+# as an 8-bit mode whose decoder keeps only each value's high byte, so OpenCV decodes those (PNG "RGB;16B",
+# TIFF "RGB;16N"; a 16-bit grey+alpha PNG opens as "RGBA" from "LA;16B").
+_8BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
+_16BIT_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_16BIT_COLOUR_RAWMODE = re.compile(r"(RGB|RGBA|RGBX|LA);16[BLN]?")
+
 
 def _one_line(err):
     return " ".join(str(err).split()) or type(err).__name__
@@ -46,34 +55,83 @@ def list_images(folder):
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def load_rgb(path):
-    """Open an image as 3-channel RGB (grayscale is replicated); a truncated or corrupt file raises
-    `ValueError: cannot read image <path>: <why>` (one line).
+def _bit_depth(img):
+    """8 or 16, for an image opened but not yet loaded (its tiles name the raw layout); raises ValueError for a
+    mode the loaders do not read."""
+    if img.mode in _16BIT_GREY_MODES:
+        return 16
+    if img.mode not in _8BIT_MODES:
+        raise ValueError(f"{img.mode} images are not supported (expected 8- or 16-bit grey or RGB)")
+    rawmodes = (args if isinstance(args, str) else str((args or ("",))[0]) for _, _, _, args in img.tile)
+    return 16 if any(_16BIT_COLOUR_RAWMODE.fullmatch(rawmode) for rawmode in rawmodes) else 8
 
-    Decoding is PIL's: OpenCV's imread was not clearly faster on PNG (benchmarks/bench_decode.py)
-    and differs on 16-bit images and on truncated JPEGs (which it decodes partially).
+
+def _16bit_values(img, path):
+    """The values of an opened 16-bit image: HxW for grey, HxWx3 in RGB order for colour (alpha dropped)."""
+    img.load()  # PIL decodes the whole file, so that a truncated or corrupt one fails as an 8-bit one does
+    if img.mode in _16BIT_GREY_MODES:
+        return np.asarray(img)
+    bgr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if bgr is None or bgr.dtype != np.uint16 or bgr.ndim != 3:
+        raise ValueError("OpenCV cannot decode it as a 16-bit colour image")
+    return bgr[:, :, 2::-1]
+
+
+def check_image_header(path, kind="image"):
+    """Read only the header of `path` (no pixel is decoded) and check that load_rgb or load_mask can read its
+    mode; raises `ValueError: cannot read <kind> <path>: <why>` (one line) otherwise. A truncated file whose
+    header is intact passes, and fails when it is loaded."""
+    try:
+        with Image.open(path) as img:
+            _bit_depth(img)
+    except _DECODE_ERRORS as err:
+        raise ValueError(f"cannot read {kind} {path}: {_one_line(err)}") from None
+
+
+def load_rgb(path):
+    """Open an image as 3-channel 8-bit RGB (grayscale is replicated, alpha dropped); a truncated, corrupt or
+    unsupported file raises `ValueError: cannot read image <path>: <why>` (one line).
+
+    A 16-bit image (grey or colour, PNG or TIFF) becomes round(v * 255 / 65535) per channel, so that it keeps its
+    contrast (PIL's convert("RGB") clips 16-bit grey to white) and a file made as v8 * 257 loads as v8. A 32-bit
+    integer ("I") image is read as 16-bit and refused if a value lies outside 0-65535.
+
+    Decoding is PIL's (OpenCV's imread was not clearly faster on PNG, benchmarks/bench_decode.py, and
+    decodes truncated JPEGs partially), except for 16-bit colour, which PIL truncates to each value's high byte.
     """
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            if _bit_depth(img) == 8:
+                return img.convert("RGB")
+            values = _16bit_values(img, path)
+            if img.mode == "I" and (values.min() < 0 or values.max() > 65535):
+                raise ValueError("I values outside 0-65535 are not supported (expected 8- or 16-bit grey or RGB)")
     except _DECODE_ERRORS as err:
         raise ValueError(f"cannot read image {path}: {_one_line(err)}") from None
+    # round(v * 255 / 65535) = round(v / 257), exact in integers (no ties: 257 is odd)
+    return Image.fromarray(((values.astype(np.int64) + 128) // 257).astype(np.uint8)).convert("RGB")
 
 
 def load_mask(path, size=None):
-    """Open a mask as a binary 0/255 PIL image (any value > 0 is anomalous); a truncated or corrupt
-    file raises `ValueError: cannot read mask <path>: <why>` (one line).
+    """Open a mask as a binary 0/255 PIL image (any value > 0 in any colour channel is anomalous, at 8 or 16
+    bits); a truncated, corrupt or unsupported file raises `ValueError: cannot read mask <path>: <why>` (one
+    line).
 
     `size` is the (width, height) of its image: a mask of another size is resized with nearest
     neighbour and a warning names it.
     """
     try:
         with Image.open(path) as img:
-            # palette and integer masks hold class indices: binarise those, not their display colour
-            values = (np.asarray(img) if img.mode in ("1", "L", "P", "I", "I;16")
-                      else np.asarray(img.convert("RGB")).max(axis=2))
+            if _bit_depth(img) == 16:
+                values = _16bit_values(img, path)
+            elif img.mode in ("1", "L", "P"):  # palette masks hold class indices: binarise those, not their colour
+                values = np.asarray(img)
+            else:
+                values = np.asarray(img.convert("RGB"))
     except _DECODE_ERRORS as err:
         raise ValueError(f"cannot read mask {path}: {_one_line(err)}") from None
+    if values.ndim == 3:
+        values = values.max(axis=2)
     mask = Image.fromarray((values > 0).astype(np.uint8) * 255)
     if size is not None and mask.size != tuple(size):
         warnings.warn(f"mask {path} is {mask.size[0]}x{mask.size[1]} but its image is {size[0]}x{size[1]}; "

@@ -5,8 +5,9 @@
     <root>/<class>/ground_truth/<defect>/<stem>_mask.png
 
 The file list is built and checked in `__init__`, so a run fails at start-up (missing folder,
-missing mask) rather than half-way through; only an unreadable image fails later, naming its file.
-`resolve_classes` does that for every class of a run before any of them is trained.
+missing mask, a test split without normal or without anomalous images) rather than half-way through.
+`resolve_classes` does that for every class of a run before any of them is trained, and reads every
+image's and mask's header; only a file that is damaged after its header fails later, naming itself.
 """
 import difflib
 import warnings
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from torch.utils.data import ConcatDataset, Dataset
 
-from datasets.common import ImageTransform, list_images, load_mask, load_rgb, make_sample
+from datasets.common import ImageTransform, check_image_header, list_images, load_mask, load_rgb, make_sample
 
 MVTEC_CLASSES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill",
                  "screw", "tile", "toothbrush", "transistor", "wood", "zipper")
@@ -101,9 +102,14 @@ class MVTecDataset(Dataset):
         if not samples:
             looked_in = ", ".join(str(d) for d in defect_dirs) or "no subfolders"
             raise ValueError(f"no images in {split_dir} (looked in: {looked_in})")
-        if self.split == "test" and len({label for _, label, _ in samples}) < 2:
-            kind = "anomalous" if samples[0][1] == 0 else "normal"
-            warnings.warn(f"test split of {class_dir} has no {kind} images; AUROC is undefined for it", stacklevel=3)
+        if self.split == "test":
+            labels = {label for _, label, _ in samples}
+            if 0 not in labels:
+                raise ValueError(f"{split_dir} has no normal images (expected {split_dir / self.good_folder}); "
+                                 "AUROC needs both kinds")
+            if 1 not in labels:
+                raise ValueError(f"{split_dir} has no anomalous images (expected {split_dir}/<defect> besides "
+                                 f"{self.good_folder}); AUROC needs both kinds")
         return samples
 
     def _find_mask(self, class_dir, defect, image_path):
@@ -144,8 +150,10 @@ def resolve_classes(root, requested=(), dataset_cls=MVTecDataset, source_hint=DA
     Raises FileNotFoundError if `root` does not exist (naming the layout and `source_hint`);
     ValueError if `root` holds no class folder of `dataset_cls`'s layout, or if any requested class
     is missing (naming all the missing ones and the available ones). Then builds every class's
-    train and test file lists, so a missing folder or mask fails here rather than after training
-    the classes before it (warnings are left to the datasets the caller builds).
+    train and test file lists and reads the header of every image and mask in them (check_image_header:
+    no pixel is decoded), so a missing folder or mask, a test split without normal or anomalous images,
+    or a file that is not an image of a mode the loaders read fails here rather than after training
+    the classes before it (warnings PIL gives on a header are left to the loading of that image).
     """
     root = Path(root)
     if not root.is_dir():
@@ -163,11 +171,14 @@ def resolve_classes(root, requested=(), dataset_cls=MVTecDataset, source_hint=DA
             described.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
         raise ValueError(f"unknown class{'es' if len(missing) > 1 else ''} {', '.join(described)} in {root}; "
                          f"available: {', '.join(available)}")
+    datasets = [dataset_cls(root, name, split, source_hint=source_hint) for name in names for split in SPLITS]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name in names:
-            for split in SPLITS:
-                dataset_cls(root, name, split, source_hint=source_hint)
+        for dataset in datasets:
+            for image_path, _, mask_path in dataset.samples:
+                check_image_header(image_path)
+                if mask_path is not None:
+                    check_image_header(mask_path, "mask")
     return names
 
 

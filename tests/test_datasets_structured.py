@@ -128,10 +128,12 @@ def test_empty_split_folder_is_named(tmp_path):
     assert str(tmp_path / "widget" / "train") in str(error.value)
 
 
-def test_test_split_without_anomalies_warns(tmp_path):
+def test_test_split_without_anomalies_is_refused(tmp_path):
     make_mvtec_class(tmp_path, n_crack=0)
-    with pytest.warns(UserWarning, match="no anomalous images"):
-        assert MVTecDataset(tmp_path, "widget", "test").labels == [0, 0]
+    with pytest.raises(ValueError, match="has no anomalous images") as error:
+        MVTecDataset(tmp_path, "widget", "test")
+    assert str(tmp_path / "widget" / "test") in str(error.value)
+    assert MVTecDataset(tmp_path, "widget", "train").labels == [0, 0, 0]
 
 
 def test_unknown_class_lists_available(tmp_path):
@@ -396,9 +398,13 @@ def test_resolve_classes_builds_every_file_list_up_front(tmp_path):
 
 
 def test_resolve_classes_leaves_warnings_to_the_datasets(tmp_path, recwarn):
-    make_mvtec_class(tmp_path, n_crack=0)  # a test split without anomalies warns when its dataset is built
+    class_dir = make_mvtec_class(tmp_path)
+    huge = class_dir / "train" / "good" / "001.png"  # a header of 90 million pixels: PIL warns when opening it
+    huge.write_bytes(encoded(np.zeros((9000, 10000), np.uint8), "PNG")[:100])
     assert resolve_classes(tmp_path) == ["widget"]
     assert len(recwarn) == 0
+    with pytest.warns(Image.DecompressionBombWarning), pytest.raises(ValueError, match="cannot read image"):
+        MVTecDataset(tmp_path, "widget", "train")[1]
 
 
 # ---------------------------------------------------------------- BTAD
