@@ -23,6 +23,7 @@ status 130 after `finally:` blocks have run.
 import ast
 import builtins
 import io
+import json
 import os
 import random
 import re
@@ -30,6 +31,7 @@ import signal
 import sys
 import textwrap
 import threading
+import time
 import tokenize
 from pathlib import Path
 from types import SimpleNamespace
@@ -94,12 +96,35 @@ def _one_line_message(kind, error):
     return " ".join(line.strip() for line in text.splitlines() if line.strip()) or kind.__name__
 
 
+def _say(text):
+    """Print a message on a line of its own on stderr (after a progress bar's line, not on it); under
+    torchrun only rank 0 speaks."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    from tqdm import tqdm
+    bars = list(getattr(tqdm, "_instances", ()))
+    for bar in bars:  # on a terminal a closed bar clears its line; in a log the message needs a new one
+        bar.close()
+    start = "\n" if bars and not sys.stderr.isatty() else ""
+    print(f"{start}{text}", file=sys.stderr, flush=True)
+
+
+def _record_for_torchrun(message):
+    """torchrun ends a failed run with its own report; given this file, that report's root cause is our
+    line instead of a pointer to its documentation."""
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file and os.environ.get("RANK", "0") == "0":
+        entry = {"message": message, "extraInfo": {"py_callstack": message, "timestamp": str(int(time.time()))}}
+        Path(error_file).write_text(json.dumps({"message": entry}))
+
+
 def _one_line_errors(kind, error, traceback):
     message = None if os.environ.get("TRACEBACK") else _one_line_message(kind, error)
     if message is None:
         sys.__excepthook__(kind, error, traceback)
     else:
-        print(f"error: {message}\n(set TRACEBACK=1 for the traceback)", file=sys.stderr)
+        _say(f"error: {message}\n(set TRACEBACK=1 for the traceback)")
+        _record_for_torchrun(f"error: {message}")
 
 
 # Ctrl-C: one word, exit status 130, `finally:` blocks run ---------------------------------------
@@ -111,7 +136,7 @@ def _interrupted(signum, frame):
         # a DataLoader worker (forked with this handler): the default, a KeyboardInterrupt, which the
         # worker loop swallows quietly; the main process reports the interruption once
         return signal.default_int_handler(signum, frame)
-    print("interrupted", file=sys.stderr, flush=True)
+    _say("interrupted")
     raise SystemExit(130)
 
 
@@ -195,6 +220,8 @@ def parse_config(defaults, argv=None, presets=None, script=None, return_given=Fa
                 value = argv[i]
             else:
                 raise ConfigError(f"--{name} needs a value")
+        if name in given:
+            raise ConfigError(f"--{name} is given twice ({_format_value(config[name])} and {value}): give it once")
         config[name] = _convert(name, value, defaults[name])
         given.add(name)
         i += 1
