@@ -52,7 +52,7 @@ def test_run_folder_appears_with_the_first_result_keeps_partial_rows_and_finishe
 
 
 def test_norm_study_tables(tmp_path):
-    run = RunFolder(tmp_path, {}, "cpu", 0.0)
+    run = RunFolder(tmp_path / "run", {}, "cpu", 0.0)  # an existing folder is never taken over without resume
     run.add_rows([metrics_row("grid", metrics(0.9, 0.8), target_norm=1.0),
                   metrics_row("grid", metrics(0.95, 0.85), target_norm=8.0)])
     path = run.finish(norms=(1.0, 8.0))
@@ -61,7 +61,7 @@ def test_norm_study_tables(tmp_path):
     assert list(study.columns) == ["setting", "class", "I-AUROC norm=1", "I-AUROC norm=8", "P-AUROC norm=1",
                                    "P-AUROC norm=8"]
     assert study["class"].tolist() == ["grid", "mean"] and study.loc[0, "I-AUROC norm=8"] == 95.0
-    assert pd.read_csv(tmp_path / "results_norm8.csv").loc[0, "I-AUROC"] == 95.0
+    assert pd.read_csv(tmp_path / "run" / "results_norm8.csv").loc[0, "I-AUROC"] == 95.0
 
 
 def test_a_failed_write_leaves_nothing_behind_and_files_follow_the_umask(tmp_path):

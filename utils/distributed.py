@@ -62,6 +62,16 @@ def local_slice(batch, rank, world):
     return {k: v[rank * size:(rank + 1) * size] for k, v in batch.items()}
 
 
+def from_rank0(model, world):
+    """Rank 0's parameters and buffers on every process. Under DistributedDataParallel the parameters
+    agree, but each process's BatchNorm running statistics end training updated by its own slice of
+    the last batch; evaluating on shards with those would score each shard with another model."""
+    if world > 1:
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, src=0)
+    return model
+
+
 def agreed(value, world):
     """Rank 0's value on every process (a run folder named after the time, say)."""
     if world == 1:

@@ -7,14 +7,17 @@ A table has the columns of TABLE_COLUMNS. `setting` says which rows are which:
 Unified runs add an `align` column (none, cada, ...): one such block of rows per alignment.
 Pixel columns stay empty for semantic tasks.
 
-`RunFolder` is one run's folder. It is created only when the first result is ready; after each
-model the rows so far go to `results.partial.csv` (atomically, full precision), so a killed run
-keeps every finished class and `--resume <run folder>` continues with the missing ones; `finish`
-writes the final tables and removes the partial file.
+`RunFolder` is one run's folder. It is created only when the first result is ready, by exclusive
+creation under a name no concurrent run holds (see RunFolder.path); after each model the rows so far
+go to `results.partial.csv` (atomically, full precision), so a killed run keeps every finished class
+and `--resume <run folder>` continues with the missing ones; `finish` writes the final tables and
+removes the partial file. A damaged config.json or partial table is refused in one line (ValueError).
 """
 import datetime
+import io
 import json
 import platform
+import secrets
 import subprocess
 import sys
 import time
@@ -81,11 +84,12 @@ def _git_commit():
     return (commit + ("+uncommitted" if dirty else "")) or None
 
 
-def run_metadata(device, started):
+def run_metadata(device, started, processes=1):
     import numpy, scipy, sklearn, torchvision
     device = torch.device(device)
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+        "processes": processes,  # torchrun: how many trained and evaluated together
         "git_commit": _git_commit(),
         "wall_time_s": round(time.time() - started, 1),
         "finished": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -96,15 +100,29 @@ def run_metadata(device, started):
     }
 
 
+def _stamp():
+    now = datetime.datetime.now()
+    return f"{now:%Y%m%d-%H%M%S}-{now.microsecond // 1000:03d}_{secrets.token_hex(2)}"
+
+
 def new_run_path(out_dir, *parts):
-    """results/<parts>_<time>[_n]: a name no folder has yet (the folder itself is not created)."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(out_dir) / "_".join([*map(str, parts), stamp])
-    suffix = 1
-    while run_dir.exists():
-        run_dir = Path(out_dir) / "_".join([*map(str, parts), stamp, str(suffix)])
-        suffix += 1
-    return run_dir
+    """results/<parts>_<YYYYmmdd-HHMMSS-mmm>_<4 random hex digits>: the name a new run's folder is wanted
+    under (RunFolder creates it). Runs started in the same millisecond still differ in the suffix."""
+    return Path(out_dir) / "_".join([*map(str, parts), _stamp()])
+
+
+def _create_new_folder(wanted):
+    """Create the folder `wanted`, or <wanted>_2, _3, ... when another run has taken the name: mkdir
+    without exist_ok is atomic, so two runs never end in one folder."""
+    wanted.parent.mkdir(parents=True, exist_ok=True)
+    path, number = wanted, 1
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            number += 1
+            path = wanted.with_name(f"{wanted.name}_{number}")
 
 
 RESUME_MAY_CHANGE = {"resume", "device", "num_workers"}
@@ -128,7 +146,13 @@ def read_run_config(run_dir, like=None):
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"--resume {run_dir}: not a run folder (it has no config.json)")
-    meta = json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as error:  # ValueError: JSONDecodeError, and bytes that are not UTF-8
+        raise ValueError(f"--resume {run_dir}: config.json is damaged (not JSON: {error})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise ValueError(f"--resume {run_dir}: config.json is not a run configuration of this suite "
+                         "(no \"config\" section)")
     if meta.get("status") == "complete":
         raise ValueError(f"--resume {run_dir}: that run is complete ({meta.get('results')}); nothing to resume")
     config = meta["config"]
@@ -140,17 +164,50 @@ def read_run_config(run_dir, like=None):
     return config
 
 
-class RunFolder:
-    """One run's folder: checkpoints, partial and final tables, config.json (see the module docstring)."""
+def read_partial_rows(run_dir):
+    """The rows of <run_dir>/results.partial.csv, none if there is no such file; a damaged one is refused."""
+    path = Path(run_dir) / PARTIAL_NAME
+    if not path.is_file():
+        return []
 
-    def __init__(self, path, config, device, started, resume=False, writer=True):
-        self.path, self.writer = Path(path), writer  # writer False: another process writes (torchrun)
-        self.config, self.device, self.started = config, device, started
-        self.rows = []
-        if resume and (self.path / PARTIAL_NAME).is_file():
-            table = pd.read_csv(self.path / PARTIAL_NAME, dtype={"class": str})
-            self.rows = [{k: (None if pd.isna(v) else v) for k, v in row.items()}
-                         for row in table.to_dict("records")]
+    def refused(problem):
+        return ValueError(f"--resume {run_dir}: {PARTIAL_NAME} is damaged ({problem}); "
+                          "delete it and --resume redoes the table from the start")
+
+    try:
+        text = path.read_text()
+        table = pd.read_csv(io.StringIO(text), dtype={"class": str})
+    except (OSError, ValueError) as error:  # ValueError: the CSV parser's errors, and bytes that are not UTF-8
+        raise refused(f"not a CSV table: {type(error).__name__}") from None
+    if not text.endswith("\n"):  # atomic_write puts it whole, and a CSV ends with a line break
+        raise refused("truncated: its last line is cut")
+    if missing := [column for column in ("setting", "class", "model", *METRIC_COLUMNS) if column not in table]:
+        raise refused(f"no column {', '.join(missing)}")
+    if not all(pd.api.types.is_numeric_dtype(table[column]) for column in METRIC_COLUMNS):
+        raise refused("text in a metric column")
+    if table[["setting", "I-AUROC"]].isna().any(axis=None):
+        raise refused("rows without a setting or an I-AUROC")
+    return [{k: (None if pd.isna(v) else v) for k, v in row.items()} for row in table.to_dict("records")]
+
+
+class RunFolder:
+    """One run's folder: checkpoints, partial and final tables, config.json (see the module docstring).
+    `path` is the wanted folder (new_run_path) or, with resume, the existing one; writer False: another
+    process writes (torchrun), this one never creates or writes anything."""
+
+    def __init__(self, path, config, device, started, resume=False, writer=True, processes=1):
+        self._path, self._final = Path(path), resume or not writer
+        self.writer, self.config, self.device, self.started = writer, config, device, started
+        self.processes = processes
+        self.rows = read_partial_rows(self._path) if resume else []
+
+    @property
+    def path(self):
+        """The run's folder. A new run's writer creates it here, on first use: if another run has just
+        taken the wanted name, it is <name>_2 (and so on), so read the path only when about to use it."""
+        if not self._final:
+            self._path, self._final = _create_new_folder(self._path), True
+        return self._path
 
     def finished(self, name, **extra):
         """Whether rows for the model `name` (with these extra keys, e.g. target_norm) are already there."""
@@ -160,8 +217,13 @@ class RunFolder:
         if not self.writer:
             return
         meta = {"status": status, "results": results, "config": self.config,
-                **run_metadata(self.device, self.started)}
+                **run_metadata(self.device, self.started, self.processes)}
         atomic_write(self.path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
+
+    def remove_checkpoint(self, name):
+        """Delete checkpoints/<name>.pt (a training snapshot, once training ends) if there is one."""
+        if self.writer and self._final:
+            (self._path / "checkpoints" / f"{name}.pt").unlink(missing_ok=True)
 
     def save_checkpoint(self, state, name):
         if not self.writer:

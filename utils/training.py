@@ -1,14 +1,17 @@
 """What the scripts' training loop draws on: an endless stream of shuffled batches (from cached
-frozen features, from the encoder, or plain images), the number of iterations a run makes, and
-the fingerprint that decides whether a saved model can be reused."""
+frozen features, from the encoder, or plain images), the number of iterations a run makes, the
+fingerprint that decides whether a saved model can be reused, and the reading back of saved models
+and training snapshots: a damaged file, or one not of this kind, is refused in one line (ValueError)."""
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
 from utils.features import shuffled_batches
+from utils.results import read_partial_rows
 
 
 def batch_stream(source, generator, device, drop_last=False, start=0):
@@ -60,32 +63,104 @@ def fingerprint(config, ignore):
     return hashlib.sha256(json.dumps(kept, default=str, sort_keys=True).encode()).hexdigest()[:12]
 
 
+CHECKPOINT_KEYS = ("model", "training_config", "fingerprint")  # what train_mvtec.py's trained() saves
+SNAPSHOT_KEYS = ("model", "optimizer", "scheduler", "iteration", "rng", "cuda_rng", "fingerprint")  # training_snapshot
+KINDS = {"checkpoint": ("a model checkpoint", CHECKPOINT_KEYS), "snapshot": ("a training snapshot", SNAPSHOT_KEYS)}
+
+
+def _unreadable(error):
+    if isinstance(error, (PermissionError, IsADirectoryError)):  # a truncated zip can raise another OSError
+        return f"cannot be opened: {error.strerror}"
+    if "Unsupported global" in str(error):  # torch's message goes on to advise weights_only=False: never quoted
+        return "it holds Python objects other than tensors and plain containers, which this suite never saves"
+    return f"cannot be read as a PyTorch file: truncated or not a .pt; {type(error).__name__}"
+
+
+def load_our_file(path, label, kind, config=None):
+    """The dict this suite saved at `path` as a model checkpoint (kind "checkpoint") or a training
+    snapshot ("snapshot"), loaded with weights_only=True (which also takes MultiStepLR's Counter of
+    milestones). Given the run's `config`, a checkpoint saved with other options (another script or
+    version) or for another --method is refused too. Every refusal is a ValueError of one line that
+    starts with `label` (the file as the user named it)."""
+    description, keys = KINDS[kind]
+    try:
+        with warnings.catch_warnings():  # damaged bytes can make the unpickler warn besides raising
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # damaged bytes raise a dozen types: RuntimeError, UnpicklingError, KeyError, ...
+        raise ValueError(f"{label}: not {description} of this suite ({_unreadable(error)})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{label}: not {description} of this suite (it holds a {type(state).__name__})")
+    saved = state.get("training_config")
+    if kind == "checkpoint" and config is not None and isinstance(saved, dict):
+        if set(saved) != set(config):
+            raise ValueError(f"{label}: a checkpoint of another script or version "
+                             f"(options differ: {sorted(set(saved) ^ set(config))})")
+        if saved.get("method") != config.get("method"):
+            raise ValueError(f"{label}: a checkpoint of --method {saved.get('method')}, "
+                             f"this run is --method {config.get('method')}")
+    if missing := [key for key in keys if key not in state]:
+        other, other_keys = KINDS["snapshot" if kind == "checkpoint" else "checkpoint"]
+        found = f": it is {other}" if all(key in state for key in other_keys) else ""
+        raise ValueError(f"{label}: not {description} of this suite (no {', '.join(missing)}{found})")
+    return state
+
+
+def _label(option, source, path):
+    """A file as messages name it: the option's value, then the file's place in that folder if it is inside."""
+    source = Path(source)
+    if path == source:
+        return f"--{option} {source}"
+    return f"--{option} {source}: {path.relative_to(source) if path.is_relative_to(source) else path}"
+
+
+def _checkpoint_file(source, name, must_match):
+    """checkpoints/<name>.pt of a run folder; given one .pt file, that file (the base model) or <name>.pt beside it."""
+    path = Path(source)
+    if path.is_file():
+        return path if must_match else path.parent / f"{name}.pt"
+    return path / "checkpoints" / f"{name}.pt"
+
+
 def saved_state(sources, name, training_config, ignore, must_match=True):
     """The state saved as `name` by a model trained exactly so (options in `ignore` aside), from the
     first of `sources` (the run being resumed, then --checkpoint: a run folder holding
     checkpoints/<name>.pt, or one .pt file, which is the base model itself and has its heads beside
-    it) that has one; None if none has. A base model (must_match) found in --checkpoint but trained
-    otherwise is an error naming the options that differ; a head that differs is trained again."""
-    resume, checkpoint = sources
-    for source in sources:
+    it) that has one; None if none has. A file that is damaged or not such a checkpoint is an error
+    (see load_our_file); so is a base model (must_match) found in --checkpoint but trained otherwise,
+    naming the options that differ; a head that differs is trained again."""
+    for option, source in zip(("resume", "checkpoint"), sources):
         if not source:
             continue
-        path = Path(source)
-        if path.is_file():
-            path = path if must_match else path.parent / f"{name}.pt"
-        else:
-            path = path / "checkpoints" / f"{name}.pt"
+        path = _checkpoint_file(source, name, must_match)
         if not path.is_file():
             continue
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") == fingerprint(training_config, ignore):
+        state = load_our_file(path, _label(option, source, path), "checkpoint", training_config)
+        if state["fingerprint"] == fingerprint(training_config, ignore):
             return state
-        if source == checkpoint and must_match:
-            saved = state.get("training_config", {})
+        if option == "checkpoint" and must_match:
+            saved = state["training_config"]
             differ = sorted(k for k in set(training_config) | set(saved) if k not in ignore
                             and saved.get(k, "<absent>") != training_config.get(k, "<absent>"))
             raise ValueError(f"--checkpoint {path}: trained with another configuration (differs in {differ})")
     return None
+
+
+def check_saved_files(resume, checkpoint, config):
+    """Read every file a run reads back, once, right after the command line is parsed: --resume's
+    checkpoints, training snapshots and partial table, and --checkpoint's model checkpoint(s) (one .pt
+    file, or a run folder's checkpoints/). A damaged file, or one of another script or method, is
+    refused (load_our_file, read_partial_rows) before any work rather than when its model comes up."""
+    for option, source in (("resume", resume), ("checkpoint", checkpoint)):
+        if not source:
+            continue
+        source = Path(source)
+        for path in [source] if source.is_file() else sorted((source / "checkpoints").glob("*.pt")):
+            kind = "snapshot" if path.name.endswith(".train.pt") else "checkpoint"
+            if option == "resume" or kind == "checkpoint":  # --checkpoint's snapshots are never read
+                load_our_file(path, _label(option, source, path), kind, config)
+    if resume:
+        read_partial_rows(resume)
 
 
 def training_snapshot(model, optimizer, scheduler, iteration, model_fingerprint):
@@ -98,13 +173,14 @@ def training_snapshot(model, optimizer, scheduler, iteration, model_fingerprint)
 
 
 def restore_snapshot(path, model_fingerprint, model, optimizer, scheduler):
-    """Load a training_snapshot saved at `path` into the model, optimiser and schedule and restore
-    the RNG states; return its iteration (0 when there is none, or it was trained otherwise)."""
+    """Load a training_snapshot saved at `path` (<run folder>/checkpoints/<name>.train.pt, the run being
+    resumed) into the model, optimiser and schedule and restore the RNG states; return its iteration
+    (0 when there is none, or it was trained otherwise). A damaged snapshot is refused (load_our_file)."""
     path = Path(path)
     if not path.is_file():
         return 0
-    saved = torch.load(path, map_location="cpu", weights_only=False)  # our own file: RNG states, a Counter
-    if saved.get("fingerprint") != model_fingerprint:
+    saved = load_our_file(path, _label("resume", path.parents[1], path), "snapshot")
+    if saved["fingerprint"] != model_fingerprint:
         return 0
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
