@@ -1,4 +1,4 @@
-"""benchmarks/compare_paper.py and the published numbers it reads (benchmarks/paper_numbers.csv)."""
+"""benchmarks/compare_paper.py and the published numbers and settings it reads (benchmarks/paper_*.csv)."""
 import json
 import subprocess
 import sys
@@ -9,9 +9,21 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from compare_paper import PAPER_NUMBERS, compare  # noqa: E402
+from compare_paper import PAPER_CLASSES, PAPER_NUMBERS, PAPER_SETTINGS, compare  # noqa: E402
 
 HEADER = "setting,align,class,I-AUROC,I-AP,P-AUROC,P-AP,AUPRO\n"
+MVTEC = ["bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill", "screw", "tile",
+         "toothbrush", "transistor", "wood", "zipper"]
+# config.json of a CADA Table 1 run as train_mvtec.py writes it, before the head options existed
+PAPER_RUN = {"dataset": "mvtec", "method": "revdist", "setting": "unified", "classes": MVTEC,
+             "backbone": "wide_resnet50_2", "weights": "imagenet", "image_size": 256, "crop_size": 0,
+             "image_score": "top_mean", "top_fraction": 0.01, "align": ["none", "cada"]}
+UNIFIED_ROWS = HEADER + (
+    "model-unified,none,bottle,99.00,99.50,,,\n"
+    "model-unified,none,mean,97.80,,96.40,60.00,\n"
+    "absolute-unified,none,mixed,90.00,94.40,,,\n"
+    "model-unified,cada,mean,98.20,99.20,96.10,57.00,\n"
+    "absolute-unified,cada,mixed,95.00,99.30,97.00,50.00,\n")
 
 
 def write_run(folder, csv_text, config):
@@ -26,15 +38,13 @@ def run_script(*args):
                           capture_output=True, text=True, timeout=120)
 
 
+def read_numbers():
+    return pd.read_csv(PAPER_NUMBERS, dtype={"table": str, "align": str, "class": str, "options": str})
+
+
 @pytest.fixture
 def unified_run(tmp_path):
-    return write_run(tmp_path / "run", HEADER + (
-        "model-unified,none,bottle,99.00,99.50,,,\n"
-        "model-unified,none,mean,97.80,,96.40,60.00,\n"
-        "absolute-unified,none,mixed,90.00,94.40,,,\n"
-        "model-unified,cada,mean,98.20,99.20,96.10,57.00,\n"
-        "absolute-unified,cada,mixed,95.00,99.30,97.00,50.00,\n"),
-        {"dataset": "mvtec", "method": "revdist", "setting": "unified"})
+    return write_run(tmp_path / "run", UNIFIED_ROWS, PAPER_RUN)
 
 
 def lookup(frame, **keys):
@@ -44,16 +54,20 @@ def lookup(frame, **keys):
     return rows
 
 
-def test_unified_values_and_differences(unified_run):
-    table = compare(unified_run, "mvtec", "revdist")
+@pytest.mark.parametrize("run", [None, PAPER_RUN], ids=["no_run", "paper_run"])
+def test_unified_values_and_differences(unified_run, run):
+    table = compare(unified_run, "mvtec", "revdist", run=run)
+    assert set(table["reason"]) == {""}
     row = lookup(table, table="1", setting="absolute-unified", align="none", metric="I-AUROC")
     assert len(row) == 1 and row["ours"].item() == 90.0 and row["paper"].item() == 85.0 and row["diff"].item() == 5.0
-    # the same number in Tables 1, 4 and 5: one row each
-    assert sorted(lookup(table, setting="absolute-unified", align="none", metric="I-AUROC")["table"]) == ["1", "4", "5"]
-    # Tables 1 and 4/5 disagree on RevDist+CADA MVTec P-AUROC: 95.6 vs 96.0
+    # the same number in Tables 1, 3, 4 and 5: one row each
+    rows = lookup(table, setting="absolute-unified", align="none", metric="I-AUROC")
+    assert sorted(rows["table"]) == ["1", "3", "4", "5"]
+    # Tables 1 and 3 disagree with 4 and 5 on RevDist+CADA MVTec P-AUROC: 95.6 vs 96.0
     p = lookup(table, setting="absolute-unified", align="cada", metric="P-AUROC").set_index("table")
-    assert p["paper"].to_dict() == {"1": 95.6, "4": 96.0, "5": 96.0}
-    assert p["diff"].to_dict() == {"1": 1.4, "4": 1.0, "5": 1.0}
+    assert p["paper"].to_dict() == {"1": 95.6, "3": 95.6, "4": 96.0, "5": 96.0}
+    assert p["diff"].to_dict() == {"1": 1.4, "3": 1.4, "4": 1.0, "5": 1.0}
+    assert set(lookup(table, table="3")["options"]) == {""}  # only the default row of Table 3
     p_ap = lookup(table, table="1", setting="absolute-unified", align="cada", metric="P-AP")
     assert p_ap["paper"].item() == 53.1 and p_ap["diff"].item() == -3.1
     mean = lookup(table, setting="model-unified", align="none")
@@ -78,26 +92,156 @@ def test_noco_separate_matches_table_three(tmp_path):
     assert means["paper"].to_dict() == {"II": 99.2, "III": 99.2} and set(means["diff"]) == {-2.9}
     assert compare(ours, "mvtec", "revdist").empty  # no separate RevDist numbers in either paper
 
+    # the run's config: three of the 15 classes ran, so their rows compare and the means do not
+    run = {"dataset": "mvtec", "method": "noco", "classes": list(classes), "backbone": "wide_resnet50_2",
+           "weights": "imagenet", "image_size": 256, "crop_size": 224, "image_score": "max"}
+    assert compare(ours, "mvtec", "noco", run=run).equals(table[table["class"] != "mean"].reset_index(drop=True))
+    forced = compare(ours, "mvtec", "noco", run=run, force=True)
+    reasons = set(forced.loc[forced["class"] == "mean", "reason"])
+    assert reasons == {"classes bottle,screw,wood of 15 (missing cable, capsule, carpet, ...)"}
+    assert compare(ours, "mvtec", "noco", run={**run, "image_score": "top_mean"}).empty  # not NoCo's image score
 
-def test_semantic_run_uses_table_two(tmp_path):
-    csv = write_run(tmp_path / "run", "setting,class,I-AUROC,I-AP,P-AUROC,P-AP,AUPRO\nseparate,0,95.0,,,,\n"
-                    "separate,mean,94.0,,,,\n", {"dataset": "cifar10", "method": "noco"})
+
+def test_script_partial_run_prints_comparable_rows_and_says_which_are_not(tmp_path):
+    csv = write_run(tmp_path / "run", HEADER + "separate,none,screw,90.0,,,,\nseparate,none,mean,90.0,,,,\n",
+                    {"dataset": "mvtec", "method": "noco", "classes": ["screw"], "backbone": "wide_resnet50_2",
+                     "weights": "imagenet", "image_size": 256, "crop_size": 224, "image_score": "max"})
     result = run_script(csv)
     assert result.returncode == 0, result.stderr
-    assert "93.9" in result.stdout and "+0.1" in result.stdout and "II" in result.stdout
+    assert "-5.2" in result.stdout and "-9.2" not in result.stdout  # screw compared, mean not
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("not compared: NoCo Tables II, III (MVTec AD, noco), rows mean: classes screw of 15")
+
+
+def test_semantic_run_uses_table_two(tmp_path):
+    cifar10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    rows = "".join(f"separate,{c},95.0,,,,\n" for c in cifar10)
+    config = {"dataset": "cifar10", "method": "noco", "classes": cifar10, "backbone": "resnet152",
+              "weights": "imagenet", "image_size": 256, "crop_size": 224}
+    csv = write_run(tmp_path / "run", "setting,class,I-AUROC,I-AP,P-AUROC,P-AP,AUPRO\n" + rows
+                    + "separate,mean,94.0,,,,\n", config)
+    result = run_script(csv)
+    assert result.returncode == 0, result.stderr
+    assert "93.9" in result.stdout and "+0.1" in result.stdout and "NoCo Table II (CIFAR-10, noco)" in result.stdout
+    small = write_run(tmp_path / "small", (tmp_path / "run" / "results.csv").read_text(),
+                      {**config, "backbone": "resnet18", "image_size": 64, "crop_size": 0})
+    refused = run_script(small).stdout.strip().splitlines()
+    assert refused == ["not comparable with NoCo Table II (CIFAR-10, noco): backbone resnet18 (paper: resnet152), "
+                       "image_size 64 (paper: 256), crop_size 0 (paper: 224); --force compares anyway"]
+
+
+def test_two_class_run_of_another_backbone_is_refused_in_one_line(tmp_path):
+    rows = HEADER + "".join(f"model-unified,{align},{c},90,95,96,50,80\n" for align in ("none", "cada")
+                            for c in ("brick", "grass", "mean")) + (
+        "absolute-unified,none,mixed,70,80,90,30,60\nabsolute-unified,cada,mixed,80,85,91,31,61\n")
+    csv = write_run(tmp_path / "folder_run", rows, {**PAPER_RUN, "classes": ["brick", "grass"],
+                                                    "backbone": "resnet18", "weights": "none"})
+    result = run_script(csv)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "not comparable with CADA Tables 1, 3, 4, 5 (MVTec AD, revdist): classes brick,grass of 15 (missing bottle, "
+        "cable, capsule, ...; not the paper's: brick, grass), backbone resnet18 (paper: wide_resnet50_2), "
+        "weights none (paper: imagenet); --force compares anyway"]
+    assert compare(csv, "mvtec", "revdist", run=json.loads(csv.with_name("config.json").read_text())["config"]).empty
+
+    forced = run_script(csv, "--force")
+    assert forced.returncode == 0, forced.stderr
+    titles = [line for line in forced.stdout.splitlines() if line.startswith("CADA Table")]
+    assert [title.split(" (")[0] for title in titles] == [f"CADA Table {n}" for n in (1, 3, 4, 5)]
+    assert all(": FORCED, not comparable (classes brick,grass of 15" in title for title in titles)
+    assert "-15.0" in forced.stdout  # the mixed I-AUROC, 70 against 85.0
+
+
+def test_full_paper_config_matches_table_one(unified_run):
+    result = run_script(unified_run)
+    assert result.returncode == 0, result.stderr
+    assert "+5.0" in result.stdout and "-3.1" in result.stdout and "absolute-unified" in result.stdout
+    assert "CADA Table 1 (MVTec AD, revdist)\n" in result.stdout
+    assert "FORCED" not in result.stdout and "not compared" not in result.stdout
+    with_options = {**PAPER_RUN, "cada_convs": 1, "cada_linears": 2, "cada_dropout": 0.25}  # the defaults, spelled out
+    assert compare(unified_run, "mvtec", "revdist", run=with_options).equals(
+        compare(unified_run, "mvtec", "revdist", run=PAPER_RUN))
+    other_size = compare(unified_run, "mvtec", "revdist", run={**PAPER_RUN, "image_size": 128}, force=True)
+    assert set(other_size["reason"]) == {"image_size 128 (paper: 256)"}
+
+
+def test_dropout_zero_matches_table_three_not_table_one(unified_run):
+    table = compare(unified_run, "mvtec", "revdist", run={**PAPER_RUN, "cada_dropout": 0.0})
+    cada = lookup(table, setting="absolute-unified", align="cada")
+    assert set(cada["table"]) == {"3"} and set(cada["options"]) == {"cada_dropout=0"}
+    assert dict(zip(cada["metric"], cada["paper"])) == {"I-AUROC": 97.5, "I-AP": 99.1, "P-AUROC": 95.4, "P-AP": 52.0}
+    assert lookup(table, setting="model-unified", align="cada").empty  # Table 1's CADA rows are default-dropout
+    # the head's options do not touch the base model's rows
+    assert sorted(lookup(table, align="none", setting="absolute-unified", metric="I-AUROC")["table"]) == [
+        "1", "3", "4", "5"]
+    two_convs = compare(unified_run, "mvtec", "revdist", run={**PAPER_RUN, "cada_convs": 2})
+    assert set(lookup(two_convs, align="cada")["options"]) == {"cada_convs=2"}
+    one_linear = compare(unified_run, "mvtec", "revdist", run={**PAPER_RUN, "cada_convs": 0, "cada_linears": 1})
+    assert lookup(one_linear, align="cada", metric="I-AUROC")["paper"].tolist() == [96.0]
+    assert lookup(compare(unified_run, "mvtec", "revdist", run={**PAPER_RUN, "cada_dropout": 0.1}), align="cada").empty
+    unpublished = write_run(unified_run.parent.parent / "unpublished", UNIFIED_ROWS,
+                            {**PAPER_RUN, "cada_dropout": 0.1, "image_score": "pooled_max"})
+    assert run_script(unpublished).stdout.startswith("no published numbers for dataset mvtec with method revdist and "
+                                                     "options cada_dropout=0.1;image_score=pooled_max match this table")
+
+
+def test_image_score_options_match_table_three_rows(unified_run):
+    table = compare(unified_run, "mvtec", "revdist", run={**PAPER_RUN, "image_score": "max"})
+    assert set(table["table"]) == {"3"} and set(table["options"]) == {"image_score=max"}
+    assert lookup(table, metric="I-AUROC")["paper"].tolist() == [97.3]
+    top2 = compare(unified_run, "mvtec", "revdist", run={**PAPER_RUN, "top_fraction": 0.02})
+    assert set(top2["table"]) == {"3"} and lookup(top2, metric="I-AUROC")["paper"].tolist() == [97.4]
+    # top_fraction is not read by the max image score
+    assert compare(unified_run, "mvtec", "revdist", run={**PAPER_RUN, "image_score": "max", "top_fraction": 0.5}
+                   ).equals(table)
 
 
 def test_data_file_keys_unique_and_values_in_range():
-    paper = pd.read_csv(PAPER_NUMBERS, dtype={"table": str, "align": str, "class": str})
-    assert list(paper.columns) == ["source", "table", "dataset", "method", "setting", "align", "class", "metric", "value"]
-    keys = ["table", "dataset", "method", "setting", "align", "class", "metric"]
-    assert not paper.duplicated(keys).any(), paper[paper.duplicated(keys, keep=False)]
+    paper = read_numbers()
+    assert list(paper.columns) == ["source", "table", "dataset", "method", "setting", "align", "class", "metric",
+                                   "value", "options"]
+    keys = ["table", "dataset", "method", "setting", "align", "class", "options", "metric"]
+    assert not paper.fillna({"options": ""}).duplicated(keys).any(), paper[paper.duplicated(keys, keep=False)]
     assert paper["value"].between(0, 100).all()
     assert set(paper["metric"]) <= {"I-AUROC", "I-AP", "P-AUROC", "P-AP"}
     assert set(paper["setting"]) == {"separate", "model-unified", "absolute-unified"}
     assert set(paper["align"].fillna("")) == {"", "none", "cada", "cada_sigma", "class_aware", "classifier"}
     assert paper.loc[paper["source"] == "NoCo", "align"].isna().all()
-    assert len(paper) == 179
+    assert set(paper.loc[paper["options"].notna(), "table"]) == {"3"}
+    assert len(paper) == 227
+
+
+def test_settings_cover_every_published_row():
+    paper = read_numbers()
+    settings = pd.read_csv(PAPER_SETTINGS, dtype=str, keep_default_na=False)
+    classes = pd.read_csv(PAPER_CLASSES, dtype=str, keep_default_na=False)
+    keys = ["source", "dataset", "method"]
+    assert not settings.duplicated(keys).any()
+    assert set(map(tuple, paper[keys].values)) == set(map(tuple, settings[keys].values))
+    counts = classes.groupby("dataset")["class"].nunique().to_dict()
+    assert counts == {"mvtec": 15, "visa": 12, "btad": 3, "mpdd": 6, "fmnist": 10, "cifar10": 10, "cifar100": 20,
+                      "cats_vs_dogs": 2}
+    assert classes.loc[classes["dataset"] == "mvtec", "class"].tolist() == MVTEC
+    backbones = dict(zip(zip(settings["source"], settings["dataset"], settings["method"]), settings["backbone"]))
+    assert backbones["CADA", "mvtec", "uniad"] == "efficientnet_b4"
+    assert backbones["NoCo", "cifar10", "noco"] == "resnet152"
+    assert backbones["NoCo", "visa", "noco"] == "wide_resnet50_2"
+    assert set(backbones.values()) == {"wide_resnet50_2", "efficientnet_b4", "resnet152"}
+    assert set(settings["weights"]) == {"imagenet"}
+    # an ablation row may only change an option its paper states a default for (no typo goes unnoticed)
+    defaults = {source: {item.split("=")[0] for item in text.split(";") if item}
+                for source, text in zip(settings["source"], settings["options"])}
+    for source, options in paper.loc[paper["options"].notna(), ["source", "options"]].values:
+        assert {item.split("=")[0] for item in options.split(";")} <= defaults[source]
+
+
+def test_class_lists_are_the_suites():
+    from datasets.mvtec import BTAD_CLASSES, MPDD_CLASSES, MVTEC_CLASSES, VISA_CLASSES
+    from datasets.oneclass import CATS_VS_DOGS_CLASSES, CIFAR100_COARSE_NAMES
+    classes = pd.read_csv(PAPER_CLASSES, dtype=str, keep_default_na=False).groupby("dataset")["class"].agg(tuple)
+    assert classes["mvtec"] == MVTEC_CLASSES and classes["visa"] == VISA_CLASSES
+    assert classes["mpdd"] == MPDD_CLASSES and classes["btad"] == BTAD_CLASSES
+    assert classes["cifar100"] == CIFAR100_COARSE_NAMES and classes["cats_vs_dogs"] == CATS_VS_DOGS_CLASSES
 
 
 @pytest.mark.parametrize("table,dataset,method,setting,align,cls,metric,value", [
@@ -107,6 +251,8 @@ def test_data_file_keys_unique_and_values_in_range():
     ("1", "mvtec", "uniad", "absolute-unified", "none", "mixed", "P-AUROC", 96.4),
     ("2", "visa", "recontrast", "absolute-unified", "none", "mixed", "I-AP", 95.0),
     ("2", "visa", "revdist", "model-unified", "none", "mean", "P-AP", 44.2),
+    ("3", "mvtec", "revdist", "absolute-unified", "none", "mixed", "P-AP", 49.0),
+    ("3", "mvtec", "revdist", "absolute-unified", "cada", "mixed", "P-AUROC", 95.6),
     ("4", "visa", "revdist", "absolute-unified", "classifier", "mixed", "P-AP", 40.3),
     ("4", "mvtec", "revdist", "absolute-unified", "class_aware", "mixed", "I-AUROC", 97.3),
     ("5", "btad", "revdist", "absolute-unified", "cada_sigma", "mixed", "I-AUROC", 98.4),
@@ -118,11 +264,39 @@ def test_data_file_keys_unique_and_values_in_range():
     ("III", "mvtec", "noco", "separate", None, "transistor", "I-AUROC", 99.3),
 ])
 def test_typed_numbers(table, dataset, method, setting, align, cls, metric, value):
-    paper = pd.read_csv(PAPER_NUMBERS, dtype={"table": str, "align": str, "class": str})
+    paper = read_numbers()
     rows = paper[(paper["table"] == table) & (paper["dataset"] == dataset) & (paper["method"] == method)
                  & (paper["setting"] == setting) & (paper["class"] == cls) & (paper["metric"] == metric)
-                 & (paper["align"].isna() if align is None else paper["align"] == align)]
+                 & (paper["align"].isna() if align is None else paper["align"] == align) & paper["options"].isna()]
     assert rows["value"].tolist() == [value]
+
+
+# CADA Table 3 as printed (MVTec AD, RevDist, absolute-unified): I-AUROC I-AP P-AUROC P-AP
+TABLE_3 = {
+    ("none", ""): "85.0 94.4 94.5 49.0",                              # RevDist  -  -  1%
+    ("cada", "cada_convs=0;cada_linears=1"): "96.0 98.6 95.6 53.8",   # 1 linear
+    ("cada", "cada_convs=0;cada_linears=2"): "96.9 98.9 95.6 52.6",   # 2 linear
+    ("cada", "cada_convs=0;cada_linears=3"): "97.1 99.0 95.3 52.4",   # 3 linear
+    ("cada", ""): "98.0 99.3 95.6 53.1",                              # (default) 1 conv, 2 linear, 0.25, 1%
+    ("cada", "cada_convs=2"): "97.3 99.1 96.0 54.8",                  # 2 conv, 2 linear
+    ("cada", "cada_dropout=0"): "97.5 99.1 95.4 52.0",
+    ("cada", "cada_dropout=0.5"): "97.7 99.2 95.6 53.5",
+    ("cada", "cada_dropout=0.75"): "97.6 99.2 95.8 53.3",
+    ("cada", "image_score=max"): "97.3 99.0 95.6 53.1",               # max s^pix
+    ("cada", "top_fraction=0.001"): "97.8 99.2 95.6 53.1",            # 0.1%
+    ("cada", "top_fraction=0.02"): "97.4 99.1 95.6 53.1",             # 2%
+}
+
+
+def test_table_three_typed_as_printed():
+    paper = read_numbers().fillna({"options": ""})
+    typed = paper[paper["table"] == "3"]
+    assert set(typed["dataset"]) == {"mvtec"} and set(typed["method"]) == {"revdist"}
+    assert set(typed["setting"]) == {"absolute-unified"} and set(typed["class"]) == {"mixed"}
+    found = {key: " ".join(f"{v:.1f}" for v in group.set_index("metric").loc[["I-AUROC", "I-AP", "P-AUROC", "P-AP"],
+                                                                                "value"])
+             for key, group in typed.groupby(["align", "options"])}
+    assert found == TABLE_3
 
 
 def test_script_demo_run_has_no_published_numbers(tmp_path):
@@ -135,13 +309,7 @@ def test_script_demo_run_has_no_published_numbers(tmp_path):
     assert len(lines) == 1 and "no published numbers" in lines[0] and "demo" in lines[0]
 
 
-def test_script_prints_the_comparison(unified_run):
-    result = run_script(unified_run)
-    assert result.returncode == 0, result.stderr
-    assert "+5.0" in result.stdout and "-3.1" in result.stdout and "absolute-unified" in result.stdout
-
-
-@pytest.mark.parametrize("case", ["missing", "no_config", "bad_columns", "empty"])
+@pytest.mark.parametrize("case", ["missing", "no_config", "bad_columns", "empty", "bad_options"])
 def test_script_bad_input_one_line_exit_2(tmp_path, case):
     path = tmp_path / "results.csv"
     if case == "no_config":
@@ -150,14 +318,26 @@ def test_script_bad_input_one_line_exit_2(tmp_path, case):
         write_run(tmp_path, "setting,model,score\nseparate,a,1\n", {"dataset": "mvtec", "method": "noco"})
     elif case == "empty":
         write_run(tmp_path, "", {"dataset": "mvtec", "method": "noco"})
-    result = run_script(path)
+    elif case == "bad_options":
+        write_run(tmp_path, UNIFIED_ROWS, PAPER_RUN)
+    result = run_script(path, *(["--options", "cada_dropout"] if case == "bad_options" else []))
     assert result.returncode == 2 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
-    assert (str(tmp_path / "config.json") if case == "no_config" else str(path)) in lines[0]
+    expected = {"no_config": str(tmp_path / "config.json"), "bad_options": "--options"}.get(case, str(path))
+    assert expected in lines[0]
     if case == "no_config":
-        assert "--dataset" in lines[0] and "--method" in lines[0]
-        given = run_script(path, "--dataset", "mvtec", "--method", "revdist")
-        assert given.returncode == 0 and "+5.0" in given.stdout
+        assert all(f"--{name}" in lines[0] for name in ("dataset", "method", "backbone", "weights", "classes"))
+        half = run_script(path, "--dataset", "mvtec", "--method", "revdist")  # what the table is, not how it ran
+        assert half.returncode == 2 and "--backbone" in half.stderr and half.stdout == ""
+        given = run_script(path, "--dataset", "mvtec", "--method", "revdist", "--backbone", "wide_resnet50_2",
+                           "--weights", "imagenet", "--classes", "all")
+        assert given.returncode == 0 and "+5.0" in given.stdout and "FORCED" not in given.stdout
+        forced = run_script(path, "--dataset", "mvtec", "--method", "revdist", "--force")
+        assert forced.returncode == 0 and "+5.0" in forced.stdout
+        assert "FORCED, not comparable (classes unknown (paper: 15), backbone unknown" in forced.stdout
+        small = run_script(path, "--dataset", "mvtec", "--method", "revdist", "--backbone", "wide_resnet50_2",
+                           "--weights", "imagenet", "--classes", "all", "--options", "image_size=64;cada_dropout=0")
+        assert small.stdout.startswith("not comparable with CADA Tables 1, 3, 4, 5 (MVTec AD, revdist): image_size 64")
     if case == "bad_columns":
         assert "I-AUROC" in lines[0]
