@@ -9,17 +9,22 @@ blur. The base model is frozen throughout; only the small head below is trained.
   none         M as it is.
   cada         a regressor predicts (u, gamma) from the image's features; trained on each TRAINING
                image's (mean, max) of its own map with SmoothL1 (eq. 3-4). No class label anywhere.
-  cada_sigma   the same head predicts (u, sigma); gamma = u + SIGMA_WIDTH * sigma (Table 5).
+  cada_sigma   the same head and loss with gamma_img replaced by u_img + SIGMA_WIDTH * sigma_img in eq. 3
+               (sec. 4.4, Table 5): its second output is gamma_hat = u_hat + 3 sigma_hat itself.
   class_aware  CaDA-A: u_c = mean over class c's training pixels, gamma_c = mean of the per-image
                maxima (the paper's choice "to avoid outliers"); the class label is used at test.
-  classifier   CaDA-B: a head of the regressor's shape, trained with cross-entropy on the training
-               images' class labels, picks (u_c, gamma_c) of its argmax class at test.
+  classifier   CaDA-B: a head of the regressor's structure (sec. 4.4), trained with cross-entropy on the
+               training images' class labels, picks (u_c, gamma_c) of its argmax class at test.
 
-Head (Table 3's default "1 conv + 2 linear"): conv (channels kept, CONV_KERNEL) -> BatchNorm ->
-ReLU -> global average pooling -> Dropout(DROPOUT) -> Linear(C, HIDDEN) -> ReLU -> Linear(HIDDEN, k).
-The paper fixes the conv's output width, the hidden width, the dropout and its place; the kernel,
-normalisation, activations and pooling are ours (named constants below). For a wide_resnet50_2
-bottleneck (2048 channels) it has 4,723,458 parameters.
+Head (CADA Table 3's structures; default "1 conv, 2 linear"): `convs` times [conv (channels kept,
+CONV_KERNEL) -> BatchNorm -> ReLU], global average pooling, then `linears` linear layers, HIDDEN wide
+between them with a ReLU after each hidden one. The paper fixes the conv's output width, the hidden
+width (sec. 4.2; "kept to be 256" for every structure, sec. 4.4) and the dropout rate 0.25 (sec. 4.2).
+Of the dropout's place it says only "a simple Dropout before linear layers" (sec. 3.3): we read it
+literally, a Dropout before every linear layer ("every_linear"); "first_linear" puts one before the
+first linear layer only (the two agree for one linear layer). The kernel, normalisation, activations
+and pooling are ours (named constants below). The default head on a wide_resnet50_2 bottleneck (2048
+channels) has 4,723,458 parameters.
 
 A batch for `loss` is a dict of tensors: "features" (B, C, h, w), "mean", "max", "std" (B,) of each
 image's map, "label" (B,) its class index. Nothing here reads files or prints.
@@ -30,23 +35,40 @@ import torch.nn.functional as F
 
 ALIGNMENTS = ("none", "cada", "cada_sigma", "class_aware", "classifier")
 TRAINED = ("cada", "cada_sigma", "classifier")  # the alignments with a head to train
+DROPOUT_PLACES = ("every_linear", "first_linear")
 
-CONV_KERNEL = 1       # the paper does not say; 1x1 keeps the head at 4.7 M parameters on WRN50's 2048 channels (3x3: 38 M)
-HIDDEN = 256          # CADA sec. 4.1
-DROPOUT = 0.25        # CADA sec. 4.1 and Table 3: before the linear layers
-SIGMA_WIDTH = 3.0     # Table 5: gamma = u + 3 sigma
+CONVS = 1             # Table 3's default structure: 1 conv, ...
+LINEARS = 2           # ... 2 linear
+CONV_KERNEL = 1       # the paper does not say; 1x1: the default head has 4.7 M parameters on 2048 channels (3x3: 38 M)
+HIDDEN = 256          # CADA sec. 4.2 and 4.4
+DROPOUT = 0.25        # CADA sec. 4.2
+DROPOUT_AT = "every_linear"  # sec. 3.3: "a simple Dropout before linear layers"
+SIGMA_WIDTH = 3.0     # sec. 4.4, Table 5: gamma = u + 3 sigma
 MIN_SPREAD = 1e-6     # eq. 5 guard: gamma_hat - u_hat is clamped to at least this (maps stay ordered, finite)
 
 
 class StatsHead(nn.Module):
-    """conv-BN-ReLU, global average pooling, dropout, two linear layers: (B, C, h, w) -> (B, outputs)."""
+    """`convs` conv-BN-ReLU layers, global average pooling, `linears` linear layers with dropout before
+    every one (or the first only): (B, C, h, w) -> (B, outputs)."""
 
-    def __init__(self, channels, outputs=2, kernel_size=CONV_KERNEL, hidden=HIDDEN, dropout=DROPOUT):
+    def __init__(self, channels, outputs=2, convs=CONVS, linears=LINEARS, dropout=DROPOUT, dropout_at=DROPOUT_AT,
+                 kernel_size=CONV_KERNEL, hidden=HIDDEN):
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, bias=False),
-                                  nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
-        self.mlp = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, hidden), nn.ReLU(inplace=True),
-                                 nn.Linear(hidden, outputs))
+        if convs < 0 or linears < 1 or dropout_at not in DROPOUT_PLACES:
+            raise ValueError(f"a head needs convs >= 0, linears >= 1 and dropout_at in {DROPOUT_PLACES}, "
+                             f"got {convs}, {linears}, {dropout_at!r}")
+        self.conv = nn.Sequential(*(layer for _ in range(convs) for layer in (
+            nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, bias=False),
+            nn.BatchNorm2d(channels), nn.ReLU(inplace=True))))
+        widths = [channels] + [hidden] * (linears - 1) + [outputs]
+        layers = []
+        for i, (width_in, width_out) in enumerate(zip(widths, widths[1:])):
+            if i:
+                layers.append(nn.ReLU(inplace=True))
+            if i == 0 or dropout_at == "every_linear":
+                layers.append(nn.Dropout(dropout))
+            layers.append(nn.Linear(width_in, width_out))
+        self.mlp = nn.Sequential(*layers)
 
     def forward(self, features):
         return self.mlp(self.conv(features).mean(dim=(2, 3)))
@@ -56,6 +78,14 @@ def map_statistics(maps):
     """Per-image mean, max and standard deviation of (N, H, W) maps: the regression targets."""
     flat = maps.flatten(1).float()
     return {"mean": flat.mean(dim=1), "max": flat.amax(dim=1), "std": flat.std(dim=1)}
+
+
+def targets(kind, stats):
+    """The (u, gamma) an alignment of `kind` estimates, per image of map_statistics `stats`: (mean, max)
+    (eq. 3), or for cada_sigma (mean, mean + SIGMA_WIDTH * std) (sec. 4.4, Table 5)."""
+    if kind == "cada_sigma":
+        return stats["mean"], stats["mean"] + SIGMA_WIDTH * stats["std"]
+    return stats["mean"], stats["max"]
 
 
 def class_statistics(stats, labels, n_classes):
@@ -78,15 +108,18 @@ def calibrate(maps, u, gamma):
 
 class Alignment(nn.Module):
     """One alignment of ALIGNMENTS with the module face of the base models: loss(batch),
-    configure_optimizers(cfg, total_iters), and statistics(features, labels) -> (u, gamma)."""
+    configure_optimizers(cfg, total_iters), and statistics(features, labels) -> (u, gamma). The
+    trained kinds' head is a StatsHead of `convs`, `linears`, `dropout`, `dropout_at` (Table 3)."""
 
-    def __init__(self, kind, channels=0, n_classes=1, smooth_l1_beta=0.1, kernel_size=CONV_KERNEL):
+    def __init__(self, kind, channels=0, n_classes=1, smooth_l1_beta=0.1, convs=CONVS, linears=LINEARS,
+                 dropout=DROPOUT, dropout_at=DROPOUT_AT, kernel_size=CONV_KERNEL):
         super().__init__()
         if kind not in ALIGNMENTS:
             raise ValueError(f"alignment must be one of {', '.join(ALIGNMENTS)}, got {kind!r}")
         self.kind, self.beta = kind, smooth_l1_beta
         outputs = n_classes if kind == "classifier" else 2
-        self.head = StatsHead(channels, outputs, kernel_size) if kind in TRAINED else None
+        self.head = StatsHead(channels, outputs, convs, linears, dropout, dropout_at,
+                              kernel_size) if kind in TRAINED else None
         self.register_buffer("class_stats", torch.zeros(n_classes, 2))  # CaDA-A/B: (u_c, gamma_c)
 
     def set_class_statistics(self, stats, labels):
@@ -96,9 +129,9 @@ class Alignment(nn.Module):
         out = self.head(batch["features"]).float()
         if self.kind == "classifier":
             return F.cross_entropy(out, batch["label"].long())
-        second = batch["max"] if self.kind == "cada" else batch["std"]
-        return (F.smooth_l1_loss(out[:, 0], batch["mean"], beta=self.beta)  # CADA eq. 3
-                + F.smooth_l1_loss(out[:, 1], second, beta=self.beta))
+        u, gamma = targets(self.kind, batch)
+        return (F.smooth_l1_loss(out[:, 0], u, beta=self.beta)  # CADA eq. 3
+                + F.smooth_l1_loss(out[:, 1], gamma, beta=self.beta))
 
     @torch.no_grad()
     def statistics(self, features=None, labels=None):
@@ -114,11 +147,9 @@ class Alignment(nn.Module):
         if self.kind == "classifier":
             picked = self.class_stats.cpu()[out.argmax(dim=1)]
             return picked[:, 0], picked[:, 1]
-        if self.kind == "cada_sigma":
-            return out[:, 0], out[:, 0] + SIGMA_WIDTH * out[:, 1]
         return out[:, 0], out[:, 1]
 
     def configure_optimizers(self, cfg, total_iters=None):
-        """SGD (CADA sec. 4.1: lr 5e-2, momentum 0.9, weight decay 1e-4), no schedule."""
+        """SGD (CADA sec. 4.2: lr 5e-2, momentum 0.9, weight decay 1e-4), no schedule."""
         return torch.optim.SGD(self.head.parameters(), lr=cfg.cada_lr, momentum=cfg.cada_momentum,
                                weight_decay=cfg.cada_weight_decay), None

@@ -1,13 +1,18 @@
 """CADA and its variants (models/cada.py) and the aligned evaluation (utils/evaluation.py), on
 hand-made maps whose classes differ only by an affine score scale: the case alignment exists for."""
+import json
+import math
 from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from models.cada import (ALIGNMENTS, MIN_SPREAD, Alignment, StatsHead, calibrate, class_statistics,
                          map_statistics)
-from utils.evaluation import ClassMaps, evaluate
+from tests.test_scripts import SMALL, results_path, run_script
+from utils.evaluation import ClassMaps, aligned_maps, evaluate, sample_pixels, scored
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -157,6 +162,74 @@ def test_head_parameter_count_for_the_wrn50_revdist_bottleneck():
     assert head(torch.randn(2, 2048, 8, 8)).shape == (2, 2)
 
 
+CONV = 2048 * 2048 + 2 * 2048                      # a 1x1 conv keeping 2048 channels, no bias, and its BatchNorm
+FIRST, MIDDLE, LAST = 2048 * 256 + 256, 256 * 256 + 256, 256 * 2 + 2
+
+
+@pytest.mark.parametrize("convs, linears, count", [
+    (0, 1, 2048 * 2 + 2), (0, 2, FIRST + LAST), (0, 3, FIRST + MIDDLE + LAST),  # Table 3's "n linear" rows
+    (1, 2, CONV + FIRST + LAST), (2, 2, 2 * CONV + FIRST + LAST)])              # "1 conv, 2 linear", "2 conv, 2 linear"
+def test_every_table3_structure_has_its_hand_counted_parameters(convs, linears, count):
+    head = StatsHead(2048, convs=convs, linears=linears)
+    assert sum(p.numel() for p in head.parameters()) == count
+    assert head(torch.randn(2, 2048, 4, 4)).shape == (2, 2)
+
+
+def layer_kinds(head):
+    return [type(m).__name__ for m in head.mlp]
+
+
+def test_a_dropout_precedes_every_linear_layer_by_default_or_the_first_only():
+    assert layer_kinds(StatsHead(8)) == ["Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    assert layer_kinds(StatsHead(8, linears=3, dropout_at="first_linear")) == [
+        "Dropout", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    assert layer_kinds(StatsHead(8, linears=1)) == layer_kinds(StatsHead(8, linears=1, dropout_at="first_linear"))
+    with pytest.raises(ValueError, match="dropout_at"):
+        StatsHead(8, dropout_at="last_linear")
+
+
+@pytest.mark.parametrize("kind", ["cada", "classifier"])  # CaDA-B's classifier has the regressor's structure
+def test_alignment_builds_the_head_it_is_given(kind):
+    head = Alignment(kind, channels=8, n_classes=3, convs=2, linears=3, dropout=0.5, dropout_at="first_linear").head
+    assert [type(m).__name__ for m in head.conv] == ["Conv2d", "BatchNorm2d", "ReLU"] * 2
+    assert layer_kinds(head) == ["Dropout", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    assert head.mlp[0].p == 0.5 and head.mlp[-1].out_features == (3 if kind == "classifier" else 2)
+    plain = Alignment(kind, channels=8, n_classes=3, convs=0, dropout=0.0).head
+    assert len(plain.conv) == 0 and [m.p for m in plain.mlp if isinstance(m, nn.Dropout)] == [0.0, 0.0]
+
+
+def test_cada_sigma_loss_is_eq3_with_u_plus_3_sigma_and_gamma_hat_is_its_second_output():
+    torch.manual_seed(0)
+    alignment = Alignment("cada_sigma", channels=8, smooth_l1_beta=0.1).eval()  # eval: no dropout
+    batch = {"features": torch.randn(5, 8, 2, 2), "mean": torch.rand(5), "max": torch.rand(5) + 2,
+             "std": torch.rand(5)}
+    out = alignment.head(batch["features"])
+    expected = (F.smooth_l1_loss(out[:, 0], batch["mean"], beta=0.1)
+                + F.smooth_l1_loss(out[:, 1], batch["mean"] + 3 * batch["std"], beta=0.1))
+    assert alignment.loss(batch).item() == pytest.approx(expected.item(), rel=1e-6)
+    u, gamma = alignment.statistics(batch["features"])
+    assert torch.equal(u, out[:, 0]) and torch.equal(gamma, out[:, 1])
+
+
+def test_cada_sigma_recovers_each_class_u_and_u_plus_3_sigma():
+    """Maps uniform around u_c with standard deviation sigma_c: their maximum (u + 1.7 sigma) is far from
+    u + 3 sigma, so a head regressing the maximum would fail here."""
+    classes = [(1.0, 0.05), (0.3, 0.4), (2.0, 0.1)]  # (u_c, sigma_c)
+    generator = torch.Generator().manual_seed(0)
+    noise = math.sqrt(3) * (2 * torch.rand(60 * len(classes), SIZE, SIZE, generator=generator) - 1)  # std 1
+    scale = torch.tensor(classes).repeat_interleave(60, dim=0)
+    train = {"maps": scale[:, 0, None, None] + scale[:, 1, None, None] * noise,
+             "labels": torch.arange(len(classes)).repeat_interleave(60),
+             "features": torch.cat([class_features(generator, c, 60) for c in range(len(classes))])}
+    # no dropout: this tiny problem then converges without noise; dropout is checked on its own above
+    sigma = train_head(Alignment("cada_sigma", channels=8, dropout=0.0), train)
+    for c, (u, s) in enumerate(classes):
+        u_hat, gamma_hat = sigma.statistics(class_features(generator, c, 40))
+        assert u_hat.mean().item() == pytest.approx(u, abs=0.02)
+        assert gamma_hat.mean().item() == pytest.approx(u + 3 * s, abs=0.03)
+        assert ((gamma_hat - u_hat) / 3).mean().item() == pytest.approx(s, abs=0.01)
+
+
 def test_none_is_the_identity_and_unknown_kinds_are_refused():
     u, gamma = Alignment("none").statistics(labels=torch.zeros(3))
     assert u.tolist() == [0, 0, 0] and gamma.tolist() == [1, 1, 1]
@@ -172,3 +245,54 @@ def test_dropout_is_active_in_training_only():
     assert not torch.equal(head(x), head(x))
     head.eval()
     assert torch.equal(head(x), head(x))
+
+
+def test_dropout_zero_leaves_a_training_head_deterministic():
+    head = StatsHead(8, dropout=0.0).train()
+    x = torch.randn(4, 8, 2, 2)
+    assert torch.equal(head(x), head(x))
+
+
+def test_pixel_sample_is_seeded_bounded_and_read_from_the_final_maps(mixture):
+    _, tested = mixture
+    every, first = {name: torch.arange(len(m.maps)) for name, m in tested.items()}, {}
+    for alignment in (None, Alignment("class_aware", n_classes=len(SCALES))):
+        _, _, kept = evaluate(tested, EVAL, alignment, keep=every, pixels=300)
+        for class_index, (name, class_maps) in enumerate(tested.items()):
+            final, _ = scored(aligned_maps(class_maps, alignment, class_index), EVAL)
+            assert torch.equal(kept[name]["maps"], final)  # the aligned, blurred maps the metrics read
+            index = kept[name]["pixel_index"]
+            anomalous = class_maps.masks.flatten()[index]
+            assert int((~anomalous).sum()) == 300 and int(anomalous.sum()) == 300
+            assert len(set(index.tolist())) == 600
+            assert torch.equal(kept[name]["pixel_scores"], kept[name]["maps"].flatten()[index])
+            assert torch.equal(kept[name]["pixel_labels"], anomalous)
+            flat = kept[name]["maps"].flatten(1)
+            assert torch.equal(kept[name]["image_mean"], flat.mean(dim=1))
+            assert torch.equal(kept[name]["image_max"], flat.amax(dim=1))
+            assert torch.equal(first.setdefault(name, index), index)  # the same pixels under every alignment
+    assert sample_pixels(torch.eye(4, dtype=torch.bool)[None], 300, seed=0).tolist() == [  # all of a short kind
+        1, 2, 3, 4, 6, 7, 8, 9, 11, 12, 13, 14, 0, 5, 10, 15]
+
+
+def test_head_options_train_the_head_only_and_the_head_batch_is_cada_batch_size(tmp_path_factory):
+    """--cada_* options reach the head (its saved structure) and leave the base model alone; the head's
+    batches are --cada_batch_size images, whatever the base's --batch_size."""
+    demo_root, out = tmp_path_factory.mktemp("demo"), tmp_path_factory.mktemp("out")
+    args = ["--method", "revdist", "--dataset", "demo", "--data_path", str(demo_root), "--classes", "brick,grass",
+            "--image_size", "64",
+            "--iters", "2", "--batch_size", "8", "--align", "cada", "--cada_iters", "3", "--cada_convs", "0",
+            "--cada_linears", "3", "--cada_dropout", "0.5", "--cada_dropout_at", "first_linear", *SMALL]
+    first = results_path(run_script("train_mvtec.py", *args, "--cada_batch_size", "4", "--out_dir", str(out / "a")))
+    config = json.loads((first.parent / "config.json").read_text())["config"]
+    assert (config["cada_batch_size"], config["cada_convs"], config["cada_linears"], config["cada_dropout"],
+            config["cada_dropout_at"]) == (4, 0, 3, 0.5, "first_linear")
+    head = torch.load(first.parent / "checkpoints" / "unified_cada.pt", weights_only=False)["model"]
+    assert sorted(k for k in head if k.startswith("head.")) == [f"head.mlp.{i}.{p}" for i in (1, 3, 5)
+                                                               for p in ("bias", "weight")]
+    again = run_script("train_mvtec.py", *args, "--cada_batch_size", "8", "--checkpoint", str(first.parent),
+                       "--out_dir", str(out / "b"))
+    assert "unified train" not in again.stderr and "unified_cada train" in again.stderr
+    other = torch.load(results_path(again).parent / "checkpoints" / "unified_cada.pt", weights_only=False)["model"]
+    # the same base, seed and batch order: only batches of 4 against batches of 8 make the heads differ
+    assert not torch.equal(head["head.mlp.5.weight"], other["head.mlp.5.weight"])

@@ -52,6 +52,13 @@ def test_score_distributions(tmp_path, rng):
     check_png(out, plots.score_distributions_size(2, 3), tmp_path)
 
 
+def test_pixel_distributions(tmp_path, rng):
+    pixels = {align: {c: labelled_scores(rng, i * (align == "none"), n=4000) for i, c in enumerate(CLASSES)}
+              for align in ["none", "cada"]}
+    out = plots.pixel_distributions(tmp_path / "pixels.png", pixels, title="pixels")
+    check_png(out, plots.score_distributions_size(2, 3), tmp_path)
+
+
 def test_score_distributions_takes_torch_tensors(tmp_path, rng):
     torch = pytest.importorskip("torch")
     s, y = labelled_scores(rng)
@@ -69,29 +76,37 @@ def grid_data(rng, n, hw=32, empty=False):
     return images, maps, masks
 
 
+SCALES = {"none": (0.5, 3.0), "cada": (0.0, 1.0)}
+
+
+def test_unit_scale_maps_the_dataset_average_mean_to_0_and_max_to_1():
+    assert plots.unit_scale([0.5, 3.0, 1.75, 4.25], 0.5, 3.0).tolist() == [0.0, 1.0, 0.5, 1.5]
+    assert plots.unit_scale([2.0], 2.0, 2.0).tolist() == [0.0]  # a degenerate scale stays finite
+
+
 def test_map_grid(tmp_path, rng):
     images, maps, masks = grid_data(rng, 6)
     names = [CLASSES[i % 3] for i in range(6)]
-    out = plots.map_grid(tmp_path / "maps.png", images, maps, masks, names, title="maps")
+    out = plots.map_grid(tmp_path / "maps.png", images, maps, masks, names, SCALES, title="maps")
     check_png(out, plots.map_grid_size(6, 2), tmp_path)
 
 
 def test_map_grid_accepts_channels_last(tmp_path, rng):
     images, maps, masks = grid_data(rng, 2)
     out = plots.map_grid(tmp_path / "m.png", images.transpose(0, 2, 3, 1), {"cada": maps["cada"][:2]},
-                         masks, ["a", "b"])
+                         masks, ["a", "b"], SCALES)
     check_png(out, plots.map_grid_size(2, 1), tmp_path)
 
 
 def test_map_grid_with_15_classes(tmp_path, rng):
     images, maps, masks = grid_data(rng, 15)
-    out = plots.map_grid(tmp_path / "maps15.png", images, maps, masks, [f"class_{i}" for i in range(15)])
+    out = plots.map_grid(tmp_path / "maps15.png", images, maps, masks, [f"class_{i}" for i in range(15)], SCALES)
     check_png(out, plots.map_grid_size(15, 2), tmp_path)
 
 
 def test_map_grid_all_normal_draws_no_contour_and_does_not_warn(tmp_path, rng, recwarn):
     images, maps, masks = grid_data(rng, 3, empty=True)
-    out = plots.map_grid(tmp_path / "normal.png", images, maps, masks, CLASSES)
+    out = plots.map_grid(tmp_path / "normal.png", images, maps, masks, CLASSES, SCALES)
     check_png(out, plots.map_grid_size(3, 2), tmp_path)
     assert [str(w.message) for w in recwarn] == []
 

@@ -5,9 +5,11 @@ from dataclasses import dataclass
 
 import torch
 
-from models.cada import calibrate, map_statistics
+from models.cada import calibrate, map_statistics, targets
 from utils.maps import gaussian_blur, image_scores, upsample
 from utils.metrics import compute_metrics
+
+PIXEL_SAMPLES = 2000  # per class, of its normal and of its anomalous test pixels: kept for the pixel-score figure
 
 
 @dataclass
@@ -51,20 +53,21 @@ def _spread(x):
 
 
 def alignment_statistics(tested, alignment):
-    """Per class of {class: ClassMaps}: the true u (mean of the images' map means) and gamma (mean
-    of their maxima) of its normal test images beside the alignment's estimates for those images
-    (their mean), the spread over those images of the true per-image u and of its estimate, and
-    how well the estimate follows the true per-image u (their correlation)."""
+    """Per class of {class: ClassMaps}: the true u and gamma of its normal test images (the means over
+    those images of what the alignment estimates per image: map mean and max, or for cada_sigma map
+    mean and mean + 3 std) beside the alignment's estimates for those images (their mean), the spread
+    over those images of the true per-image u and of its estimate, and how well the estimate follows
+    the true per-image u (their correlation)."""
     rows = []
     for index, (name, class_maps) in enumerate(tested.items()):
         normal = class_maps.labels == 0
-        true = map_statistics(class_maps.maps[normal])
+        true_u, true_gamma = targets(alignment.kind, map_statistics(class_maps.maps[normal]))
         features = None if class_maps.features is None else class_maps.features[normal]
         u, gamma = alignment.statistics(features, torch.full((int(normal.sum()),), index))
-        rows.append({"class": name, "u_test_normal": true["mean"].mean().item(),
-                     "gamma_test_normal": true["max"].mean().item(), "u_estimated": u.mean().item(),
-                     "gamma_estimated": gamma.mean().item(), "u_test_normal_std": _spread(true["mean"]),
-                     "u_estimated_std": _spread(u), "u_correlation": correlation(true["mean"], u)})
+        rows.append({"class": name, "u_test_normal": true_u.mean().item(),
+                     "gamma_test_normal": true_gamma.mean().item(), "u_estimated": u.mean().item(),
+                     "gamma_estimated": gamma.mean().item(), "u_test_normal_std": _spread(true_u),
+                     "u_estimated_std": _spread(u), "u_correlation": correlation(true_u, u)})
     return rows
 
 
@@ -84,20 +87,45 @@ def aligned_maps(class_maps, alignment, class_index):
     return calibrate(class_maps.maps, u, gamma)
 
 
-def evaluate(tested, cfg, alignment=None, pooled=True, keep=None):
+def sample_pixels(masks, n, seed):
+    """Flat indices into (N, H, W) masks of n normal and n anomalous pixels (all of a kind that has
+    fewer), each kind in ascending order, drawn without replacement by a generator seeded with `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    flat = masks.flatten()
+    drawn = []
+    for kind in (~flat, flat):
+        where = kind.nonzero().flatten()
+        drawn.append(where[torch.randperm(len(where), generator=generator)[:n]].sort().values)
+    return torch.cat(drawn)
+
+
+def figure_data(maps, masks, shown, pixels, seed):
+    """What the figures keep of one class's final maps: the maps of the images `shown` names, each
+    image's mean and max (CADA Fig. 6's colour scale), and the scores and labels of `pixels` sampled
+    normal and anomalous pixels at the flat positions "pixel_index" (the pixel-score figure)."""
+    flat = maps.flatten(1)
+    index = sample_pixels(masks, pixels, seed)
+    return {"maps": maps[shown].clone(), "image_mean": flat.mean(dim=1), "image_max": flat.amax(dim=1),
+            "pixel_index": index, "pixel_scores": maps.flatten()[index].clone(), "pixel_labels": masks.flatten()[index]}
+
+
+def evaluate(tested, cfg, alignment=None, pooled=True, keep=None, pixels=PIXEL_SAMPLES):
     """Metrics per class of {class: ClassMaps} (in order; a class's index is its position) and, with
     pooled, of every test image of every class in one pool (None otherwise). Returns
-    ({class: metrics}, pooled metrics, {class: {"scores": image scores, "maps": final maps of the
-    images keep[class] names (for the figures; None without keep)}})."""
-    per_class, scores_of, pool = {}, {}, {"scores": [], "labels": [], "maps": [], "masks": []}
+    ({class: metrics}, pooled metrics, {class: {"scores": image scores, and with keep ({class: image
+    indices}) the figure_data of its final maps, its pixel sample seeded by the class's index, so
+    every alignment samples the same pixels}})."""
+    per_class, kept, pool = {}, {}, {"scores": [], "labels": [], "maps": [], "masks": []}
     for index, (name, class_maps) in enumerate(tested.items()):
         maps, scores = scored(aligned_maps(class_maps, alignment, index), cfg)
         per_class[name] = compute_metrics(scores, class_maps.labels, maps, class_maps.masks)
-        scores_of[name] = {"scores": scores, "maps": None if keep is None else maps[keep[name]].clone()}
+        kept[name] = {"scores": scores}
+        if keep is not None:
+            kept[name].update(figure_data(maps, class_maps.masks, keep[name], pixels, index))
         if pooled:
             for key, value in zip(pool, (scores, class_maps.labels, maps, class_maps.masks)):
                 pool[key].append(value)
     if not pooled:
-        return per_class, None, scores_of
+        return per_class, None, kept
     pool = {key: torch.cat(values) for key, values in pool.items()}
-    return per_class, compute_metrics(pool["scores"], pool["labels"], pool["maps"], pool["masks"]), scores_of
+    return per_class, compute_metrics(pool["scores"], pool["labels"], pool["maps"], pool["masks"]), kept

@@ -1,4 +1,5 @@
-"""Run figures (CADA Fig. 5 and 6, NoCo Fig. 3, the norm study, ROC curves) and the run report.
+"""Run figures (CADA Fig. 5 and 6 and the pixel scores of its appendix, NoCo Fig. 3, the norm study, ROC
+curves) and the run report.
 
 Every plotting function takes plain numbers (numpy arrays or torch tensors) and a path, writes one
 PNG atomically (a temporary file in the same folder, then os.replace) and returns the path as a
@@ -25,6 +26,7 @@ MAX_COLS = 5        # small multiples per row (map grids excepted: one column pe
 SMALL = 7           # legend / tick font size
 NORMAL_STYLE = dict(marker="o", s=8, color="tab:blue", alpha=0.7, linewidths=0)
 ANOMALOUS_STYLE = dict(marker="x", s=14, color="tab:red", alpha=0.8, linewidths=0.8)
+PIXEL_FADE = 0.15   # pixel markers' opacity relative to image markers': thousands per strip, density shows
 
 
 # ---------------------------------------------------------------- sizes (inches; pixels = DPI x)
@@ -99,32 +101,29 @@ def _styles(n):
     return [dict(color=cmap(i % 10), linestyle=dashes[(i // 10) % 3]) for i in range(n)]
 
 
-# ---------------------------------------------------------------- CADA Fig. 5
-def score_distributions(path, scores, title=""):
-    """scores: {align: {class: (image_scores (N,), labels (N,) 0 normal / 1 anomalous)}}.
-    One panel per alignment; in it every class is a horizontal strip on ONE shared x axis, normal
-    scores as blue dots and anomalous as red crosses, so one sees whether a single threshold could
-    separate all classes. Panels of different alignments have their own x scale."""
+# ---------------------------------------------------------------- CADA Fig. 5 and the appendix's pixel scores
+def _strips(path, scores, title, xlabel, alpha_scale=1.0):
     aligns = list(scores)
     classes = list(dict.fromkeys(c for a in aligns for c in scores[a]))
     fig = _new_figure(score_distributions_size(len(aligns), len(classes)), title)
     axes = np.atleast_1d(fig.subplots(1, max(len(aligns), 1), sharey=True, squeeze=False)[0])
     rng = np.random.default_rng(0)
+    normal_style = {**NORMAL_STYLE, "alpha": NORMAL_STYLE["alpha"] * alpha_scale}
+    anomalous_style = {**ANOMALOUS_STYLE, "alpha": ANOMALOUS_STYLE["alpha"] * alpha_scale}
     for ax, align in zip(axes, aligns):
         for i, cls in enumerate(classes):
             if cls not in scores[align]:
                 continue
             s, y = scores[align][cls]
             s, y = _np(s).ravel(), _np(y).ravel() > 0.5
-            # normal images in the upper half of the class's strip, anomalous in the lower: with
-            # hundreds of test images neither kind hides the other
+            # normal in the upper half of the class's strip, anomalous in the lower: neither hides the other
             jitter = i + np.where(y, 1.0, -1.0) * rng.uniform(0.05, 0.38, size=s.size)
-            ax.scatter(s[~y], jitter[~y], **NORMAL_STYLE)
-            ax.scatter(s[y], jitter[y], **ANOMALOUS_STYLE)
+            ax.scatter(s[~y], jitter[~y], **normal_style)
+            ax.scatter(s[y], jitter[y], **anomalous_style)
         for i in range(len(classes) - 1):
             ax.axhline(i + 0.5, color="0.85", linewidth=0.5, zorder=0)
         ax.set_title(f"align: {align}", fontsize=10)
-        ax.set_xlabel("image anomaly score")
+        ax.set_xlabel(xlabel)
         ax.tick_params(labelsize=SMALL + 1)
         ax.grid(axis="x", color="0.9", linewidth=0.5)
     axes[0].set_yticks(range(len(classes)), classes)
@@ -133,6 +132,21 @@ def score_distributions(path, scores, title=""):
                Line2D([], [], linestyle="", markersize=6, marker="x", color="tab:red", label="anomalous")]
     fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=SMALL + 1, frameon=False)
     return _save(fig, path)
+
+
+def score_distributions(path, scores, title=""):
+    """scores: {align: {class: (image_scores (N,), labels (N,) 0 normal / 1 anomalous)}}.
+    One panel per alignment; in it every class is a horizontal strip on ONE shared x axis, normal
+    scores as blue dots and anomalous as red crosses, so one sees whether a single threshold could
+    separate all classes. Panels of different alignments have their own x scale."""
+    return _strips(path, scores, title, "image anomaly score")
+
+
+def pixel_distributions(path, pixels, title=""):
+    """pixels: {align: {class: (pixel scores (n,), labels (n,) 0 normal / 1 anomalous pixel)}}, a
+    sample of each class's test pixels (the CADA appendix's pixel-level score distributions). Drawn
+    as score_distributions draws image scores, with fainter markers."""
+    return _strips(path, pixels, title, "pixel anomaly score", alpha_scale=PIXEL_FADE)
 
 
 # ---------------------------------------------------------------- CADA Fig. 6
@@ -157,11 +171,18 @@ def _contour(ax, mask, height, width):
     ax.contour(xs, ys, mask.astype(float), levels=[0.5], colors="lime", linewidths=1.0)
 
 
-def map_grid(path, images, maps, masks, class_names, title=""):
+def unit_scale(values, low, high):
+    """CADA Fig. 6's colour scale: `low` (the dataset-average image mean) to 0 and `high` (the
+    dataset-average image maximum) to 1, linearly; high <= low is widened to low + 1e-6."""
+    return (_np(values) - low) / max(high - low, 1e-6)
+
+
+def map_grid(path, images, maps, masks, class_names, scales, title=""):
     """images (N, 3, H, W) or (N, H, W, 3) in [0, 1]; maps {align: (N, H, W)}; masks (N, H, W) bool;
-    class_names N strings. One row per image: the image, then per alignment the image with its map
-    overlaid (jet, alpha 0.5) and the ground-truth contour. Every map of one alignment column
-    shares one colour scale (that alignment's min and max over all N maps) and one colorbar."""
+    class_names N strings; scales {align: (low, high)}. One row per image: the image, then per
+    alignment the image with its map overlaid (jet, alpha 0.5) and the ground-truth contour. Each
+    alignment's maps are drawn as unit_scale(map, low, high) on jet from 0 to 1 (values beyond take
+    the end colours), with one colorbar per column."""
     images = _hwc(images)
     aligns = list(maps)
     masks = _np(masks, dtype=bool)
@@ -171,18 +192,13 @@ def map_grid(path, images, maps, masks, class_names, title=""):
     grid = fig.add_gridspec(n + 1, cols, height_ratios=[0.12] + [1.0] * n)
     extent = (-0.5, w - 0.5, h - 0.5, -0.5)
     for j in range(cols):
-        column = _np(maps[aligns[j - 1]]) if j else None
-        if column is not None:
-            finite = column[np.isfinite(column)]
-            vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-            if vmax <= vmin:
-                vmax = vmin + 1e-6
+        column = unit_scale(maps[aligns[j - 1]], *scales[aligns[j - 1]]) if j else None
         image = None
         for i in range(n):
             ax = fig.add_subplot(grid[i + 1, j])
             ax.imshow(images[i], extent=extent, interpolation="nearest")
             if column is not None:
-                image = ax.imshow(column[i], cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax,
+                image = ax.imshow(column[i], cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0,
                                   extent=extent, interpolation="bilinear")
             _contour(ax, masks[i], h, w)
             ax.set_xticks([])
@@ -196,7 +212,7 @@ def map_grid(path, images, maps, masks, class_names, title=""):
             # an opaque mappable of the same scale: the colorbar shows the colours at full strength
             bar = fig.colorbar(ScalarMappable(image.norm, "jet"), cax=cax, orientation="horizontal")
             bar.ax.tick_params(labelsize=SMALL, top=True, labeltop=True, bottom=False, labelbottom=False)
-            bar.set_label(f"{aligns[j - 1]}: shared scale", fontsize=SMALL)
+            bar.set_label("0: mean, 1: max (dataset-average image)", fontsize=SMALL)
             bar.ax.xaxis.set_label_position("top")
         else:
             cax = fig.add_subplot(grid[0, j])

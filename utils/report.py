@@ -1,11 +1,13 @@
 """--plots: what a run keeps for its figures, and the figures and report.md drawn from it.
 
 As soon as a model is evaluated, its record goes to <run>/plot_data/<model>.pt: the image scores
-and labels of every class under every alignment, a few test images per class with their final
-(aligned, blurred) maps, and for NoCo each test image's projected feature as (norm, angle to the
-target). An interrupted and resumed run therefore draws every class. `write_report` draws the
-figures (utils/plots.py, matplotlib's Agg backend, imported only here and only then) once the
-table is final, beside the CSV, and writes report.md. Nothing here runs without --plots.
+and labels of every class under every alignment, a seeded sample of each class's final pixel scores
+(utils.evaluation.PIXEL_SAMPLES normal and anomalous pixels at most), a few test images per class
+with their final (aligned, blurred) maps and every test image's map mean and max (CADA Fig. 6's
+colour scale), and for NoCo each test image's projected feature as (norm, angle to the target).
+An interrupted and resumed run therefore draws every class. `write_report` draws the figures
+(utils/plots.py, matplotlib's Agg backend, imported only here and only then) once the table is
+final, beside the CSV, and writes report.md. Nothing here runs without --plots.
 """
 from pathlib import Path
 
@@ -46,6 +48,32 @@ def noco_polar(model, features, maps):
     return polar_coordinates(projected[torch.arange(len(projected)), :, at_max], model.target)
 
 
+def keep_evaluation(record, kind, kept, labels):
+    """Put what the figures need of one evaluation under alignment `kind` into a run's record:
+    `kept` is utils.evaluation.evaluate's third result (with keep), `labels` {class: test labels}."""
+    record["scores"][kind] = {c: (kept[c]["scores"], y) for c, y in labels.items()}
+    record["pixels"][kind] = {c: (kept[c]["pixel_scores"], kept[c]["pixel_labels"]) for c in labels}
+    record["examples"]["image_stats"][kind] = {c: (kept[c]["image_mean"], kept[c]["image_max"]) for c in labels}
+    record["examples"]["maps"][kind] = torch.cat([kept[c]["maps"] for c in labels]).half()
+
+
+def merged(records, key):
+    """{align: {class: value}} of record[key] over the records (a class's last value wins)."""
+    out = {}
+    for record in records:
+        for align, per_class in (record.get(key) or {}).items():
+            out.setdefault(align, {}).update(per_class)
+    return out
+
+
+def map_scales(image_stats):
+    """{align: (low, high)} of {align: {class: (image means, image maxima)}}: CADA Fig. 6 draws maps "by
+    mapping dataset-average image mean and image maximum" to 0 and 1, so low is the mean over every
+    test image of every class of its map's mean and high the mean of its map's maximum."""
+    return {align: tuple(torch.cat([stats[i].float() for stats in per_class.values()]).mean().item() for i in (0, 1))
+            for align, per_class in image_stats.items()}
+
+
 def save_record(run_path, model_name, record):
     path = Path(run_path) / "plot_data" / f"{model_name}.pt"
     return atomic_write(path, lambda tmp: torch.save(record, tmp))
@@ -66,10 +94,7 @@ def write_report(run_path, table_path, title, norm_study_path=None):
     for norm in norms:
         group = [r for r in records if r["target_norm"] == norm]
         tag, note = (f"_norm{norm:g}" if len(norms) > 1 else ""), _caption_suffix(norm, len(norms) > 1)
-        scores = {}
-        for record in group:
-            for align, per_class in record["scores"].items():
-                scores.setdefault(align, {}).update(per_class)
+        scores = merged(group, "scores")
         figures.append((plots.score_distributions(run_path / f"scores{tag}.png", scores, title="image scores" + note),
                         "Image scores of normal (dots) and anomalous (crosses) test images, one row per class on one "
                         "axis per alignment: one threshold serves every class only where the classes line up" + note))
@@ -80,6 +105,13 @@ def write_report(run_path, table_path, title, norm_study_path=None):
                 for align, per_class in scores.items()}
         figures.append((plots.roc_curves(run_path / f"roc{tag}.png", curves, title="ROC" + note),
                         "ROC curves per class and, for a unified model, of the pooled test set per alignment" + note))
+        pixels = merged(group, "pixels")
+        if pixels:
+            figures.append((plots.pixel_distributions(run_path / f"pixels{tag}.png", pixels,
+                                                      title="pixel scores" + note),
+                            "A seeded sample of each class's test pixels (normal: dots, anomalous: crosses), one row "
+                            "per class on one axis per alignment, as in the CADA appendix's pixel-level score "
+                            "distributions" + note))
         examples = [r["examples"] for r in group if r.get("examples")]
         if examples:
             aligns = list(examples[0]["maps"])
@@ -88,9 +120,9 @@ def write_report(run_path, table_path, title, norm_study_path=None):
             masks = torch.cat([e["masks"] for e in examples])
             names = [name for e in examples for name in e["classes"]]
             figures.append((plots.map_grid(run_path / f"maps{tag}.png", images.float() / 255, maps, masks, names,
-                                           title="anomaly maps" + note),
-                            "Test images with their final maps and the ground-truth outline; every map of a column "
-                            "on that column's one colour scale" + note))
+                                           map_scales(merged(examples, "image_stats")), title="anomaly maps" + note),
+                            "Test images with their final maps and the ground-truth outline; as in CADA Fig. 6, each "
+                            "column's dataset-average image mean is drawn as 0 and its image maximum as 1" + note))
         for record in group:
             for class_name, (coordinates, labels) in (record.get("polar") or {}).items():
                 path = run_path / f"polar_{class_name}{tag}.png"
