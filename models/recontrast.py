@@ -2,16 +2,17 @@
 Reconstruction", NeurIPS 2023; https://github.com/guojiajeremy/ReContrast), multi-class setting.
 
 Two copies of the ImageNet encoder up to layer 3 (nothing computes layer 4), built from one
-torchvision classifier (models.backbones.load_backbone), which is used in place as the frozen copy
-(its requires_grad is switched off):
+classifier (models.backbones.load_backbone: a torchvision ResNet or a timm EfficientNet), which is used
+in place as the frozen copy (its requires_grad is switched off):
   frozen     run under no_grad, always in eval mode;
   trainable  a deep copy with requires_grad on, its own small learning rate (cfg.encoder_lr); its
              BatchNorm layers stay in eval mode even in model.train() (the multi-class code; the
              single-class code picks this per class from test results).
 Both see the same images; their layer 1-3 taps are concatenated on the batch axis (trainable half
 first, 2B in all) and go through one bottleneck and one decoder, RevDist's (models.revdist; decoder
-GELU by default, OCBE ReLU), then two sets of 1x1 output convs with bias per scale (256/512/1024 ch,
-2,756,096 parameters for wide_resnet50_2; 64/128/256 ch, 172,928 for resnet18):
+GELU by default, OCBE ReLU; for an EfficientNet its BasicBlock design at the encoder's widths), then two
+sets of 1x1 output convs with bias per scale (256/512/1024 ch, 2,756,096 parameters for wide_resnet50_2;
+64/128/256 ch, 172,928 for resnet18; 24/40/112 ch, 29,792 for efficientnet_lite0):
   set 1, on the trainable encoder's half, is matched to the FROZEN encoder's features;
   set 2, on the frozen encoder's half, is matched to the TRAINABLE encoder's features.
 Targets are always detached: the trainable encoder is trained only through the decoder's input (in
@@ -19,7 +20,10 @@ train mode that includes the 2B batch statistics of the bottleneck's and decoder
 
 Trainable parameters, wide_resnet50_2: OCBE 58,885,120 + decoder 24,917,504 + heads 2,756,096 +
 encoder to layer 3 24,862,528 = 111,421,248. resnet18: 11,680,000 + 3,703,168 + 172,928 +
-2,782,784 = 18,338,880.
+2,782,784 = 18,338,880. efficientnet_lite0: 3,933,008 + 729,440 + 29,792 + encoder to layer 3 (stem and
+block groups 0-4, models.backbones.EfficientNetTaps) 700,768 = 5,393,008.
+Init: the OCBE, decoder and heads as RevDist's (models.revdist.init_like_reference: ReContrast's
+de_resnet.py runs the same loop over its decoder, heads included; head biases keep PyTorch's default).
 
 Loss (the reference's `global_cosine_hm`), per set: the sum over layers of RevDist's global
 flattened cosine distance (batch mean); total = (L_set1 + L_set2) / 2. Hard mining: per point
@@ -50,10 +54,10 @@ import copy
 import torch
 import torch.nn as nn
 
-from models.backbones import Encoder
+from models.backbones import EFFICIENTNETS, Encoder, EfficientNetTaps, is_efficientnet, stage_channels
 from models.recompute import run_blocks
 from models.revdist import (ACTIVATIONS, LAYERS, OCBE, Decoder, architecture, build_optimizer, cosine_distance,
-                            cosine_map)
+                            cosine_map, init_like_reference)
 
 FROZEN = "frozen_encoder."
 
@@ -94,10 +98,6 @@ class TrainableEncoder(nn.Module):
         return taps
 
 
-def _last_channels(layer):
-    return [m for m in layer[-1].modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features
-
-
 class ReContrast(nn.Module):
     def __init__(self, frozen_backbone, backbone="wide_resnet50_2", activation="gelu",
                  hm_factor=0.0,  # the reference code's value; its run names ("hm1d01") and Dinomaly use 0.1
@@ -106,20 +106,24 @@ class ReContrast(nn.Module):
         arch = architecture(backbone)
         if activation not in ACTIVATIONS:
             raise ValueError(f"decoder activation must be 'relu' or 'gelu', got {activation!r}")
-        channels = [c * arch.expansion for c in (64, 128, 256)]
-        if not hasattr(frozen_backbone, "layer3") or _last_channels(frozen_backbone.layer3) != channels[-1]:
-            raise ValueError(f"frozen_backbone is not a torchvision {backbone}")
+        channels = arch.channels[:3]
+        efficientnet = backbone in EFFICIENTNETS
+        if is_efficientnet(frozen_backbone) != efficientnet or stage_channels(frozen_backbone) != channels:
+            raise ValueError(f"frozen_backbone is not a {'timm' if efficientnet else 'torchvision'} {backbone}")
         trainable = copy.deepcopy(frozen_backbone)
         for parameter in frozen_backbone.parameters():
             parameter.requires_grad_(False)
         for parameter in trainable.parameters():
             parameter.requires_grad_(True)
         self.frozen_encoder = Encoder(frozen_backbone, LAYERS, "standard")
-        self.trainable_encoder = TrainableEncoder(trainable, recompute)
+        self.trainable_encoder = (EfficientNetTaps(trainable, LAYERS, "standard", recompute) if efficientnet
+                                  else TrainableEncoder(trainable, recompute))
         self.bottleneck = OCBE(arch, recompute)
         self.decoder = Decoder(arch, activation, recompute)
         self.heads_to_frozen = nn.ModuleList(nn.Conv2d(c, c, 1) for c in channels)     # set 1
         self.heads_to_trainable = nn.ModuleList(nn.Conv2d(c, c, 1) for c in channels)  # set 2
+        for module in (self.bottleneck, self.decoder, self.heads_to_frozen, self.heads_to_trainable):
+            init_like_reference(module)
         self.hm_factor, self.hm_alpha_start, self.hm_alpha_end, self.hm_ramp = (
             hm_factor, hm_alpha_start, hm_alpha_end, hm_ramp)
         self.total_iters = 0
@@ -171,7 +175,7 @@ class ReContrast(nn.Module):
 
     @torch.no_grad()
     def bottleneck_features(self, batch):
-        """The OCBE output (B, 512 * expansion, H3/2, W3/2) of the FROZEN encoder's half only: the
+        """The OCBE output (B, channels[3], H3/2, W3/2) of the FROZEN encoder's half only: the
         half whose input is the same for every model state. In eval mode (BatchNorm on running
         statistics) it equals that half of the 2B pass."""
         return self.bottleneck(self.frozen_encoder(batch["image"]))

@@ -6,8 +6,8 @@ embedding (OCBE) fuses them into one compact map; a decoder (the student) mirror
 rebuilds the three layers from it, deepest first. Anomaly = where student and teacher disagree.
 
 The model does not own the encoder: a batch is the encoder's feature dict {"layer1", "layer2",
-"layer3"} (torchvision's post-ReLU taps, models.backbones.build_encoder(..., "standard")), so that
-the script can cache it. The input image is taken to be 4x layer1's size (a ResNet's stride there).
+"layer3"} (the standard taps of models.backbones.build_encoder: post-ReLU for ResNets), so that the
+script can cache it. The input image is taken to be 4x layer1's size (the encoder's stride there).
 
 wide_resnet50_2 (the papers'), taps 256x64^2, 512x32^2, 1024x16^2 at 256 px:
   OCBE     layer1 -> 3x3 s2 conv 256->512, BN, ReLU -> 3x3 s2 conv 512->1024, BN, ReLU;
@@ -29,6 +29,17 @@ resnet18 (for CPU runs; built the way RD4AD builds its BasicBlock variants), tap
            2x2 s2 transposed conv in its first conv slot and in the shortcut (+ BN).
            3,703,168 = 2,820,608 + 705,792 + 176,768 parameters.
   total    15,383,168.
+EfficientNets (models.backbones.EFFICIENTNETS): the resnet18 design at the encoder's own widths, taps
+c1/c2/c3 (layer1-3, strides 4/8/16) and c4 = its layer4 (stride 32), which the OCBE output takes the place
+of, as RD4AD's 2048 channels take WRN50-2's layer 4's:
+  OCBE     3x3 s2 convs c1->c2 -> c2->c3 and c2->c3 (each + BN + ReLU), concatenated with layer3 -> 3 c3,
+           2 BasicBlocks of width c4 (the first stride 2 with a 1x1 s2 conv + BN shortcut) -> c4 x H3/2.
+  decoder  de-BasicBlocks [2, 2, 2], planes c3/c2/c1, upsampling as for resnet18.
+  efficientnet_lite0 (24/40/112, 320): OCBE 3,933,008 = 49,264 + 40,544 + 3,843,200; decoder 729,440 =
+  626,528 + 79,440 + 23,472; total 4,662,448.
+
+Init (RD4AD's resnet.py BN_layer and de_resnet.py): every Conv2d kaiming-normal (fan_out, relu),
+BatchNorm weight 1 and bias 0; ConvTranspose2d keeps PyTorch's default.
 
 `activation` is the decoder's ("relu": RD4AD; "gelu": ReContrast's multi-class code, which the
 CADA paper's bases use); the OCBE always uses ReLU.
@@ -49,24 +60,45 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from models.backbones import EFFICIENTNETS, tap_channels
 from models.recompute import run_blocks
 
 LAYERS = ("layer1", "layer2", "layer3")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 LOSS_FORMS = ("global", "pixel")
 
-Architecture = namedtuple("Architecture", "block expansion base_width ocbe_blocks decoder_blocks")
+# channels: (layer1, layer2, layer3, the OCBE's output = the encoder's layer 4); planes = channels / expansion
+Architecture = namedtuple("Architecture", "block channels base_width ocbe_blocks decoder_blocks")
 ARCHITECTURES = {
-    "wide_resnet50_2": Architecture(Bottleneck, 4, 128, 3, (3, 4, 6)),
-    "resnet18": Architecture(BasicBlock, 1, 64, 2, (2, 2, 2)),
+    "wide_resnet50_2": Architecture(Bottleneck, (256, 512, 1024, 2048), 128, 3, (3, 4, 6)),
+    "resnet18": Architecture(BasicBlock, (64, 128, 256, 512), 64, 2, (2, 2, 2)),
 }
+BACKBONES = (*ARCHITECTURES, *EFFICIENTNETS)
 
 
 def architecture(backbone):
+    """The OCBE/decoder layout for a backbone: RD4AD's for wide_resnet50_2, its BasicBlock variant for
+    resnet18, and that BasicBlock variant at the encoder's own widths for an EfficientNet."""
+    if backbone in EFFICIENTNETS:
+        channels = tap_channels(backbone)
+        return Architecture(BasicBlock, tuple(channels[k] for k in ("layer1", "layer2", "layer3", "layer4")),
+                            64, 2, (2, 2, 2))
     if backbone not in ARCHITECTURES:
         raise ValueError(f"unsupported backbone {backbone!r}: RevDist and ReContrast are built for "
-                         f"{' and '.join(ARCHITECTURES)}")
+                         f"{', '.join(BACKBONES)}")
     return ARCHITECTURES[backbone]
+
+
+def init_like_reference(module):
+    """RD4AD's and ReContrast's initialisation (resnet.py BN_layer, de_resnet.py ResNet): every Conv2d
+    kaiming-normal (fan_out, relu), BatchNorm weight 1 and bias 0. ConvTranspose2d (not a Conv2d) and conv
+    biases keep PyTorch's defaults, as there."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 def _downsampling_conv(in_channels, out_channels):
@@ -75,16 +107,15 @@ def _downsampling_conv(in_channels, out_channels):
 
 
 class OCBE(nn.Module):
-    """One-class bottleneck embedding: {layer1, layer2, layer3} -> (B, 512 * expansion, H3/2, W3/2)."""
+    """One-class bottleneck embedding: {layer1, layer2, layer3} -> (B, channels[3], H3/2, W3/2)."""
 
     def __init__(self, arch, recompute=False):
         super().__init__()
         self.recompute = recompute  # models.recompute: one region per conv block
-        c1, c2, c3 = (c * arch.expansion for c in (64, 128, 256))
+        c1, c2, c3, out = arch.channels
         self.from_layer1 = nn.Sequential(_downsampling_conv(c1, c2), _downsampling_conv(c2, c3))
         self.from_layer2 = _downsampling_conv(c2, c3)
-        fused, planes = 3 * c3, 512
-        out = planes * arch.expansion
+        fused, planes = 3 * c3, out // arch.block.expansion
         shortcut = nn.Sequential(nn.Conv2d(fused, out, 1, stride=2, bias=False), nn.BatchNorm2d(out))
         width = {"base_width": arch.base_width} if arch.block is Bottleneck else {}
         blocks = [arch.block(fused, planes, stride=2, downsample=shortcut, **width)]
@@ -136,18 +167,19 @@ class DeBlock(nn.Module):
 
 
 class Decoder(nn.Module):
-    """(B, 512 * expansion, h, w) -> [layer1-, layer2-, layer3-shaped maps] (encoder order)."""
+    """(B, channels[3], h, w) -> [layer1-, layer2-, layer3-shaped maps] (encoder order)."""
 
     def __init__(self, arch, activation, recompute=False):
         super().__init__()
         self.recompute = recompute  # models.recompute: one region per block
         bottleneck = arch.block is Bottleneck
-        in_channels, stages = 512 * arch.expansion, []
-        for planes, n_blocks in zip((256, 128, 64), arch.decoder_blocks):
+        in_channels, stages = arch.channels[3], []
+        for out, n_blocks in zip(arch.channels[2::-1], arch.decoder_blocks):
+            planes = out // arch.block.expansion
             blocks = [DeBlock(bottleneck, in_channels, planes, arch.base_width, True, activation)]
-            in_channels = planes * arch.expansion
-            blocks += [DeBlock(bottleneck, in_channels, planes, arch.base_width, False, activation)
+            blocks += [DeBlock(bottleneck, out, planes, arch.base_width, False, activation)
                        for _ in range(n_blocks - 1)]
+            in_channels = out
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
 
@@ -210,9 +242,10 @@ class RevDist(nn.Module):
         self.loss_form = loss_form
         self.bottleneck = OCBE(arch, recompute)
         self.decoder = Decoder(arch, activation, recompute)
+        init_like_reference(self)
 
     def bottleneck_features(self, batch):
-        """The OCBE output (B, 512 * expansion, H3/2, W3/2): 2048 x 8^2 for WRN50-2 at 256 px."""
+        """The OCBE output (B, channels[3], H3/2, W3/2): 2048 x 8^2 for WRN50-2 at 256 px."""
         return self.bottleneck(batch)
 
     def decode(self, batch):

@@ -4,13 +4,15 @@ https://github.com/zhiyuanyou/UniAD), written from the reimplementation brief, s
 A transformer reconstructs the frozen encoder's feature tokens; anomaly = where it fails.
 
 The model does not own the encoder: a batch is the frozen encoder's feature dict for
-UNIAD_LAYERS = ("features.1", "features.2", "features.3", "features.5") of torchvision's
-efficientnet_b4 (models.backbones.build_encoder(..., taps="standard")). These are the ends of the
-MBConv stages with 2, 4, 4 and 6 blocks (torchvision's features.0 is the stem, features.4 the
-stage of 6 blocks at stride 16 with 112 ch), i.e. the flat block indices 1, 5, 9 and 21 of the
-official lukemelas EfficientNet-B4: strides 2/4/8/16, 24/32/56/160 channels (112^2, 56^2, 28^2,
-14^2 at 224 px; checked with a random-init encoder). The input image is 16x the last (deepest)
-map's size.
+UNIAD_LAYERS = ("layer0", "layer1", "layer2", "layer3") of efficientnet_b4, timm's TF-ported
+tf_efficientnet_b4 with the official model's paddings (models.backbones.build_encoder(..., taps="standard")).
+These are the ends of timm's block groups 0, 1, 2 and 4 (2, 4, 4 and 6 blocks; group 3, 6 blocks at
+stride 16 with 112 ch, is not tapped), i.e. the flat block indices 1, 5, 9 and 21 of the official
+lukemelas EfficientNet-B4: strides 2/4/8/16, 24/32/56/160 channels (112^2, 56^2, 28^2, 14^2 at
+224 px). With efficientnet-pytorch's efficientnet-b4-6ed6700e.pth (UniAD's weights) loaded, they equal
+the official encoder's outputs (checked to 2.4e-7 at 224, 256 and 320 px). efficientnet_lite0's
+taps give 16/24/40/112 = 192 channels (token_channels). The input image is 16x the last (deepest) map's
+size.
 
   tokens    each map bilinearly resized (align_corners=True) to the deepest map's size, concatenated
             in layer order -> (B, 272, h, w), 272 x 14 x 14 at 224 px; a token per position.
@@ -19,8 +21,9 @@ map's size.
             the input projection. The reconstruction target is always the clean tokens.
   in/out    Linear 272 -> 256 ... Linear 256 -> 272.
   position  learned: a table of h rows x 128 and one of w columns x 128; the position (r, c) gets
-            [row_table[r], col_table[c]] (row half first) -> 256. Added to the queries and keys of
-            every attention, never to the values.
+            [col_table[c], row_table[r]] (column half first, as the official
+            PositionEmbeddingLearned) -> 256. Added to the queries and keys of every attention, never
+            to the values.
   encoder   4 post-norm layers (x = LN(x + Drop(Attn(q=x+pos, k=x+pos, v=x))); x = LN(x + FFN(x))),
             8 heads, FFN 256 -> 1024 -> 256 with ReLU, dropout 0.1 (on the attention weights, after
             each sublayer and inside the FFN); no final encoder norm (post-norm). Output: the memory.
@@ -48,8 +51,11 @@ Trainable parameters at the defaults (272 ch, 14 x 14, 4 + 4 layers, 256-d, FFN 
   final LayerNorm                                                      =       512
   total 7,717,392 = 7.72 M, the brief's figure (without the query embeddings it would be 7.52 M).
 
-Init: Xavier-uniform on every parameter with dim > 1 (projections, attentions, FFNs, the position
-tables and the learned queries); biases and LayerNorms keep PyTorch's defaults (attention biases 0).
+Init (the official models/initializer.py with method xavier_uniform, and uniad.py): every nn.Linear
+(projections, FFNs, the attentions' output projections) Xavier-uniform with zero bias; the attentions'
+input projections keep nn.MultiheadAttention's own Xavier-uniform and zero bias; the position tables
+U(0, 1) (PositionEmbeddingLearned.reset_parameters); the learned queries N(0, 1) (nn.Embedding's
+default); LayerNorms weight 1, bias 0.
 
 Loss: MSE(reconstructed tokens, clean tokens), in float32.
 Map: per position the L2 norm over channels of (reconstructed - clean) -> (B, h, w), bilinearly
@@ -65,7 +71,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-UNIAD_LAYERS = ("features.1", "features.2", "features.3", "features.5")
+from models.backbones import EFFICIENTNETS, tap_channels
+
+UNIAD_LAYERS = ("layer0", "layer1", "layer2", "layer3")
+
+
+def token_channels(backbone):
+    """Channels of the concatenated UNIAD_LAYERS of an EfficientNet backbone: 272 for efficientnet_b4."""
+    if backbone not in EFFICIENTNETS:
+        raise ValueError(f"UniAD reads EfficientNet stages: backbone must be one of {', '.join(EFFICIENTNETS)}, "
+                         f"got {backbone!r}")
+    channels = tap_channels(backbone)
+    return sum(channels[name] for name in UNIAD_LAYERS)
 
 
 def neighbour_mask(h, w, size=7):
@@ -149,9 +166,9 @@ def concatenated_tokens(maps):
 
 class TokenEncoder(nn.Module):
     """A frozen encoder (models.backbones.build_encoder("efficientnet_b4", ..., UNIAD_LAYERS)) followed by
-    the resize-and-concatenate: {"tokens": (B, 272, h, w)}. What the feature cache stores for UniAD
-    (272 x 14 x 14 = 213 KB an image in float32, not the four maps' 1.9 MB); a UniAD built with
-    layers=("tokens",) reads it."""
+    the resize-and-concatenate: {"tokens": (B, 272, h, w)} (192 channels for efficientnet_lite0). What the
+    feature cache stores for UniAD (272 x 14 x 14 = 213 KB an image in float32, not the four maps' 1.9 MB);
+    a UniAD built with layers=("tokens",) reads it."""
 
     def __init__(self, encoder, layers=UNIAD_LAYERS):
         super().__init__()
@@ -188,16 +205,26 @@ class UniAD(nn.Module):
                 raise ValueError(f"a {neighbour_size}x{neighbour_size} neighbour mask needs a grid larger than the "
                                  f"neighbourhood: on {h}x{w} some token would be barred from every token")
         self.register_buffer("mask", mask, persistent=False)
-        for parameter in self.parameters():
-            if parameter.dim() > 1:
-                nn.init.xavier_uniform_(parameter)
+        self._init_like_official()
+
+    def _init_like_official(self):
+        """The official initialisation (see the module docstring); the attentions' input projections keep
+        their construction-time Xavier-uniform and zero bias."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.uniform_(self.row_embed)
+        nn.init.uniform_(self.col_embed)
+        for layer in self.decoder:
+            nn.init.normal_(layer.queries)
 
     def position_embedding(self):
-        """(h*w, hidden), row-major: position (r, c) -> [row_embed[r], col_embed[c]]."""
+        """(h*w, hidden), row-major: position (r, c) -> [col_embed[c], row_embed[r]] (the official order)."""
         h, w = self.grid
         rows = self.row_embed.unsqueeze(1).expand(h, w, -1)
         cols = self.col_embed.unsqueeze(0).expand(h, w, -1)
-        return torch.cat([rows, cols], dim=-1).reshape(h * w, -1)
+        return torch.cat([cols, rows], dim=-1).reshape(h * w, -1)
 
     def tokens(self, batch):
         """(B, in_channels, h, w): the maps of self.layers resized (bilinear, align_corners=True) to the

@@ -63,10 +63,10 @@ def test_preact_taps_are_the_leaky_pre_activation_of_torchvisions_taps():
 
 def test_efficientnet_b4_stage_taps_match_uniads_blocks():
     torch.manual_seed(0)
-    encoder = build_encoder("efficientnet_b4", "none", ("features.1", "features.2", "features.3", "features.5"))
+    encoder = build_encoder("efficientnet_b4", "none", ("layer0", "layer1", "layer2", "layer3"))
     shapes = {k: tuple(v.shape[1:]) for k, v in encoder(torch.randn(1, 3, 224, 224)).items()}
-    assert shapes == {"features.1": (24, 112, 112), "features.2": (32, 56, 56), "features.3": (56, 28, 28),
-                      "features.5": (160, 14, 14)}
+    assert shapes == {"layer0": (24, 112, 112), "layer1": (32, 56, 56), "layer2": (56, 28, 28),
+                      "layer3": (160, 14, 14)}
 
 
 def test_resnet152_pooled_features_have_2048_channels():
@@ -153,4 +153,7 @@ def test_unknown_backbone_layer_and_taps_are_clear_errors():
         build_encoder("resnet18", "none", ("layer9",))
     with pytest.raises(ValueError, match="taps must be"):
         build_encoder("resnet18", "none", ("layer1",), "post")
-    assert set(backbones.BACKBONES) == {"wide_resnet50_2", "resnet18", "resnet152", "efficientnet_b4"}
+    assert set(backbones.BACKBONES) == {"wide_resnet50_2", "resnet18", "resnet152", "efficientnet_b4",
+                                        "efficientnet_lite0"}
+    with pytest.raises(ValueError, match="EfficientNet taps are layer0, layer1"):
+        build_encoder("efficientnet_lite0", "none", ("features.1",))

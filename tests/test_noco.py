@@ -4,6 +4,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from models.backbones import build_encoder
+from models.cada import Alignment
 from models.noco import NoCo, aggregate_patch_features
 
 
@@ -23,6 +25,20 @@ def test_patch_aggregation_of_wide_resnet_layers_gives_1792_channels_on_the_laye
     assert embedded.shape == (2, 1792, 56, 56)
     pooled = torch.nn.functional.avg_pool2d(features["layer1"], 3, 1, 1)  # first block: pooled, not resized
     assert torch.allclose(embedded[:, :256], pooled)
+
+
+def test_efficientnet_lite0_taps_structured_and_semantic():
+    """NoCo on efficientnet_lite0's preact taps: layers 1-3 (24 + 40 + 112 ch at strides 4/8/16) on the
+    layer-1 grid; the pooled head (1280) for semantic AD; a CADA head reads the deepest tapped layer."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    structured = build_encoder("efficientnet_lite0", "none", ("layer1", "layer2", "layer3"), "preact")(x)
+    model = NoCo(176, structured=True)
+    assert model.embed(structured).shape == (2, 176, 16, 16) and model.anomaly_map(structured).shape == (2, 16, 16)
+    u, gamma = Alignment("cada", 112).eval().statistics(structured["layer3"])
+    assert u.shape == gamma.shape == (2,)
+    pooled = build_encoder("efficientnet_lite0", "none", ("avgpool",), "preact")(x)
+    assert NoCo(1280, structured=False).anomaly_map(pooled).shape == (2, 1, 1)
 
 
 @pytest.mark.parametrize("kind", ["randn", "rand", "ones"])

@@ -13,6 +13,7 @@ import models.recontrast as recontrast
 from models.backbones import load_backbone
 from models.recontrast import ReContrast, global_cosine_hm
 from tests.test_revdist import MULTI_CLASS as REVDIST_MULTI_CLASS
+from tests.test_revdist import check_reference_init
 
 MULTI_CLASS = SimpleNamespace(**vars(REVDIST_MULTI_CLASS), encoder_lr=1e-5)
 
@@ -70,6 +71,53 @@ def test_resnet18_parameters_and_bad_arguments():
         ReContrast(load_backbone("resnet18", "none"), "resnet152")
     with pytest.raises(ValueError, match="not a torchvision wide_resnet50_2"):
         ReContrast(load_backbone("resnet18", "none"), "wide_resnet50_2")
+
+
+def test_initialisation_is_the_references_and_the_encoders_keep_their_weights():
+    model = small()
+    for module in (model.bottleneck, model.decoder, model.heads_to_frozen, model.heads_to_trainable):
+        check_reference_init(module)
+    # the heads: kaiming fan-out weights (std sqrt(2 / c) for a 1x1 conv), PyTorch's default biases
+    head = model.heads_to_frozen[2]
+    assert abs(head.weight.std().item() / (2 / 256) ** 0.5 - 1) < 0.1
+    assert head.bias.abs().max() <= 1 / 256 ** 0.5 and head.bias.abs().max() > 0.9 / 256 ** 0.5
+    assert torch.equal(model.trainable_encoder.conv1.weight, model.frozen_encoder.extractor.conv1.weight)
+    head.reset_parameters()  # PyTorch's default init fails the check
+    with pytest.raises(AssertionError):
+        check_reference_init(model.heads_to_frozen)
+
+
+def test_efficientnet_lite0_encoder_copy_trains_with_frozen_batchnorm():
+    torch.manual_seed(0)
+    model = ReContrast(load_backbone("efficientnet_lite0", "none"), "efficientnet_lite0").train()
+    assert (count(model.bottleneck), count(model.decoder)) == (3_933_008, 729_440)
+    assert count(model.heads_to_frozen) + count(model.heads_to_trainable) == 29_792  # 24/40/112 ch
+    assert count(model.trainable_encoder, True) == count(model.frozen_encoder) == 700_768  # stem, groups 0-4
+    assert count(model, True) == 3_933_008 + 729_440 + 29_792 + 700_768 == 5_393_008
+    check_reference_init(model.decoder)
+    norms = [m for m in model.trainable_encoder.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(norms) == 33 and not any(m.training for m in norms)  # stem 1, block groups 2 + 6 + 6 + 9 + 9
+    statistics = [m.running_mean.clone() for m in norms]
+    frozen = {k: v.clone() for k, v in model.frozen_encoder.state_dict().items()}
+    before = model.trainable_encoder.blocks[4][0].conv_pw.weight.clone()
+    optimizer, _ = model.configure_optimizers(SimpleNamespace(**{**vars(MULTI_CLASS), "encoder_lr": 1e-2}), 10)
+    x = {"image": images()}
+    losses = []
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss = model.loss(x)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert not torch.equal(model.trainable_encoder.blocks[4][0].conv_pw.weight, before)
+    assert all(torch.equal(m.running_mean, s) for m, s in zip(norms, statistics))
+    assert all(torch.equal(v, frozen[k]) for k, v in model.frozen_encoder.state_dict().items())
+    assert model.bottleneck_features(x).shape == (4, 320, 2, 2) and model.anomaly_map(x).shape == (4, 64, 64)
+    with pytest.raises(ValueError, match="not a timm efficientnet_lite0"):
+        ReContrast(load_backbone("resnet18", "none"), "efficientnet_lite0")
+    with pytest.raises(ValueError, match="not a torchvision resnet18"):
+        ReContrast(load_backbone("efficientnet_lite0", "none"), "resnet18")
 
 
 def test_encoder_batchnorm_stays_in_eval_mode_and_the_frozen_encoder_never_changes():

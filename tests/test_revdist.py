@@ -1,5 +1,6 @@
-"""RevDist (RD4AD) against the brief: parameter counts, the loss and map on hand-made tensors,
-shapes, learning on a fixed batch, the optimiser settings. Forward passes use resnet18 at 64 px."""
+"""RevDist (RD4AD) against the brief: parameter counts (also of the EfficientNet-Lite0 design), the
+reference's initialisation, the loss and map on hand-made tensors, shapes, learning on a fixed batch, the
+optimiser settings. Forward passes use resnet18 (or efficientnet_lite0) at 64 px."""
 import math
 from types import SimpleNamespace
 
@@ -8,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from models.backbones import build_encoder
+from models.cada import Alignment
 from models.revdist import LAYERS, RevDist, build_optimizer, cosine_map, reconstruction_loss
 
 RD4AD = SimpleNamespace(optimizer="adam", lr=5e-3, betas=(0.5, 0.999), weight_decay=0.0, adam_eps=1e-8,
@@ -65,6 +67,56 @@ def test_resnet18_parameter_counts():
     assert (count(ocbe.from_layer1), count(ocbe.from_layer2), count(ocbe.blocks)) == (369_408, 295_424, 11_015_168)
     assert [count(stage) for stage in model.decoder.stages] == [2_820_608, 705_792, 176_768]
     assert (count(ocbe), count(model.decoder), count(model)) == (11_680_000, 3_703_168, 15_383_168)
+
+
+def check_reference_init(module):
+    """RD4AD's and ReContrast's init: every Conv2d kaiming-normal with fan_out (std sqrt(2 / (out * k * k))),
+    ConvTranspose2d PyTorch's default (uniform within 1 / sqrt(fan_in), fan_in = out * k * k for them),
+    BatchNorm weight 1 and bias 0. Statistics over tensors of at least 4096 weights."""
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d) and m.weight.numel() >= 4096]
+    transposed = [m for m in module.modules() if isinstance(m, nn.ConvTranspose2d) and m.weight.numel() >= 4096]
+    assert convs
+    for conv in convs:
+        expected = (2 / (conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1])) ** 0.5
+        std = conv.weight.std().item()
+        assert abs(std / expected - 1) < 0.1, (conv, std, expected)
+        assert conv.weight.abs().max() > 3 * expected  # normal, not uniform (a uniform's max is 1.73 std)
+    for conv in transposed:
+        bound = 1 / (conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]) ** 0.5
+        assert conv.weight.abs().max() <= bound and abs(conv.weight.std().item() / (bound / 3 ** 0.5) - 1) < 0.1
+    for norm in (m for m in module.modules() if isinstance(m, nn.BatchNorm2d)):
+        assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and not norm.bias.any()
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0"])
+def test_initialisation_is_rd4ads(backbone):
+    torch.manual_seed(0)
+    model = RevDist(backbone)
+    check_reference_init(model)
+    for module in model.modules():  # PyTorch's default init fails the check
+        if isinstance(module, nn.Conv2d):
+            module.reset_parameters()
+    with pytest.raises(AssertionError):
+        check_reference_init(model)
+
+
+def test_efficientnet_lite0_design_parameter_counts_shapes_and_a_cada_head():
+    model = RevDist("efficientnet_lite0").eval()
+    ocbe = model.bottleneck
+    # the resnet18 design at lite0's widths: layers 1-3 24/40/112 ch, the OCBE output 320 = lite0's layer 4
+    assert (count(ocbe.from_layer1), count(ocbe.from_layer2), count(ocbe.blocks)) == (49_264, 40_544, 3_843_200)
+    assert [count(stage) for stage in model.decoder.stages] == [626_528, 79_440, 23_472]
+    assert (count(ocbe), count(model.decoder), count(model)) == (3_933_008, 729_440, 4_662_448)
+    torch.manual_seed(0)
+    encoder = build_encoder("efficientnet_lite0", "none")
+    features = encoder(torch.randn(2, 3, 64, 64))
+    assert [f.shape[1] for f in features.values()] == [24, 40, 112]
+    with torch.no_grad():
+        assert [d.shape for d in model.decode(features)] == [f.shape for f in features.values()]
+        bottleneck = model.bottleneck_features(features)
+    assert bottleneck.shape == (2, 320, 2, 2) and model.anomaly_map(features).shape == (2, 64, 64)
+    u, gamma = Alignment("cada", bottleneck.shape[1]).eval().statistics(bottleneck)
+    assert u.shape == gamma.shape == (2,)
 
 
 def test_wide_resnet_shapes_on_tiny_features():

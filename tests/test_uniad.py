@@ -1,6 +1,6 @@
-"""UniAD against the brief (section 4): the parameter count, the neighbour mask, shapes on a
-random-init EfficientNet-B4, the feature jitter, position embeddings on queries/keys only, and
-learning on tiny generated token grids."""
+"""UniAD against the brief (section 4): the parameter count, the official initialisation, the neighbour
+mask, shapes on a random-init EfficientNet-B4 (and Lite0), the feature jitter, position embeddings on
+queries/keys only (column half first), and learning on tiny generated token grids."""
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from models.backbones import build_encoder
-from models.uniad import UNIAD_LAYERS, UniAD, neighbour_mask
+from models.cada import Alignment
+from models.uniad import UNIAD_LAYERS, TokenEncoder, UniAD, neighbour_mask, token_channels
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -88,6 +89,41 @@ def test_xavier_init_and_architecture_settings(default_model):
     weight = model.encoder[0].ffn.linear1.weight
     assert weight.abs().max() <= bound and weight.abs().max() > 0.95 * bound
     assert model.grad_clip == 0.1 and small(grad_clip=0.5).grad_clip == 0.5
+
+
+def check_official_init(model):
+    """The official initialiser (models/initializer.py, xavier_uniform) and uniad.py's tables: every
+    Linear Xavier-uniform with zero bias, the attentions' input projections too (nn.MultiheadAttention's
+    own init), the position tables U(0, 1), the learned queries N(0, 1)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == 2 + 4 * 3 + 4 * 4  # projections; per layer the FFN's two and each attention's output
+    for weight, bias in [(m.weight, m.bias) for m in linears] + [
+            (m.in_proj_weight, m.in_proj_bias) for m in model.modules() if isinstance(m, nn.MultiheadAttention)]:
+        bound = (6 / sum(weight.shape)) ** 0.5
+        assert torch.equal(bias, torch.zeros_like(bias))
+        assert bound >= weight.abs().max() > 0.9 * bound, weight.shape
+    for table in (model.row_embed, model.col_embed):
+        assert table.min() >= 0 and table.max() < 1 and abs(table.mean().item() - 0.5) < 0.05
+    queries = torch.cat([layer.queries.flatten() for layer in model.decoder])
+    assert abs(queries.mean().item()) < 0.02 and abs(queries.std().item() - 1) < 0.02
+
+
+def test_initialisation_is_the_official_one(default_model):
+    check_official_init(default_model)
+    torch.manual_seed(0)
+    pytorch_default = UniAD()  # what PyTorch's own init would give: every check fails
+    for module in pytorch_default.modules():
+        if isinstance(module, nn.Linear):
+            module.reset_parameters()
+    with pytest.raises(AssertionError):
+        check_official_init(pytorch_default)
+    xavier_everywhere = UniAD()  # the previous init: xavier on every parameter with dim > 1
+    with torch.no_grad():
+        for parameter in xavier_everywhere.parameters():
+            if parameter.dim() > 1:
+                nn.init.xavier_uniform_(parameter)
+    with pytest.raises(AssertionError):
+        check_official_init(xavier_everywhere)
 
 
 # ---- the neighbour mask -------------------------------------------------------------------------
@@ -169,7 +205,8 @@ def test_position_embedding_is_added_to_queries_and_keys_never_to_values():
         model.row_embed.normal_()
         model.col_embed.normal_()
     pos = model.position_embedding().detach()
-    assert torch.equal(pos[1 * 4 + 2], torch.cat([model.row_embed[1], model.col_embed[2]]).detach())
+    # the official PositionEmbeddingLearned: position (r, c) -> [col_embed[c], row_embed[r]]
+    assert torch.equal(pos[1 * 4 + 2], torch.cat([model.col_embed[2], model.row_embed[1]]).detach())
     calls, handles = capture_attentions(model)
     layer_outputs = {}
     for i, layer in enumerate(model.decoder):
@@ -223,8 +260,8 @@ def test_shapes_at_224_px(default_model, features):
     model = default_model.eval()
     tokens = model.tokens(features)
     assert tokens.shape == (2, 272, 14, 14)
-    first = F.interpolate(features["features.1"], size=(14, 14), mode="bilinear", align_corners=True)
-    assert torch.equal(tokens[:, :24], first) and torch.equal(tokens[:, -160:], features["features.5"])
+    first = F.interpolate(features["layer0"], size=(14, 14), mode="bilinear", align_corners=True)
+    assert torch.equal(tokens[:, :24], first) and torch.equal(tokens[:, -160:], features["layer3"])
     amap = model.anomaly_map(features)
     assert amap.shape == (2, 224, 224) and amap.dtype == torch.float32 and (amap >= 0).all()
     with torch.no_grad():
@@ -243,6 +280,22 @@ def test_shapes_at_224_px(default_model, features):
     model.eval()
     with pytest.raises(ValueError, match="token grid"):
         model.tokens({k: v[..., :-2, :-2] for k, v in features.items()})
+
+
+def test_lite0_tokens_the_model_and_a_cada_head_on_its_memory():
+    assert (token_channels("efficientnet_b4"), token_channels("efficientnet_lite0")) == (272, 192)
+    with pytest.raises(ValueError, match="UniAD reads EfficientNet stages"):
+        token_channels("resnet18")
+    torch.manual_seed(0)
+    encoder = TokenEncoder(build_encoder("efficientnet_lite0", "none", UNIAD_LAYERS))
+    tokens = encoder(torch.randn(2, 3, 128, 128))
+    assert tokens["tokens"].shape == (2, 192, 8, 8)
+    model = UniAD(token_channels("efficientnet_lite0"), grid=(8, 8), layers=("tokens",)).eval()
+    assert model.anomaly_map(tokens).shape == (2, 128, 128)
+    memory = model.bottleneck_features(tokens)
+    assert memory.shape == (2, 256, 8, 8)
+    u, gamma = Alignment("cada", memory.shape[1]).eval().statistics(memory)
+    assert u.shape == gamma.shape == (2,)
 
 
 # ---- feature jitter ---------------------------------------------------------------------------------

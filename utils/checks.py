@@ -1,10 +1,12 @@
 """Checks of a script's configuration before any work starts: value ranges and choices
-(`check_config`), the structured script's options that must agree (`check_structured`) and a
-writable output folder (`check_out_dir`); each failure is one ConfigError line."""
+(`check_config`), a known backbone (`check_backbone`), the structured script's options that must agree
+(`check_structured`) and a writable output folder (`check_out_dir`); each failure is one ConfigError line."""
 import math
 import os
 from pathlib import Path
 
+from models.backbones import BACKBONES, EFFICIENTNETS
+from models.revdist import BACKBONES as REVDIST_BACKBONES
 from utils.config import ConfigError, _format_value
 
 
@@ -84,9 +86,16 @@ def _check_out_dir(path, option):
         raise ConfigError(f"--{option} {path}: cannot create it: {ancestor} is not writable")
 
 
+def check_backbone(cfg):
+    """Raise ConfigError unless --backbone names one of models.backbones.BACKBONES."""
+    if cfg.backbone not in BACKBONES:
+        raise ConfigError(f"--backbone: expected one of {', '.join(BACKBONES)}, got {cfg.backbone!r}")
+
+
 def check_structured(cfg, alignments):
-    """train_mvtec.py: --align, --target_norm, --image_size, --backbone and --recompute against --method and
+    """train_mvtec.py: --backbone, --align, --target_norm, --image_size and --recompute against --method and
     --setting."""
+    check_backbone(cfg)
     if unknown := [a for a in cfg.align if a not in alignments]:
         raise ConfigError(f"--align: expected a comma list of {', '.join(alignments)}, got {', '.join(unknown)}")
     if cfg.setting == "separate" and tuple(cfg.align) != ("none",):
@@ -100,8 +109,12 @@ def check_structured(cfg, alignments):
     if cfg.method in ("revdist", "recontrast") and (cfg.crop_size or cfg.image_size) % 32:
         raise ConfigError(f"--image_size/--crop_size: {cfg.method}'s decoder mirrors a stride-32 encoder, so the input "
                           f"side must be a multiple of 32, got {cfg.crop_size or cfg.image_size}")
-    if cfg.method == "uniad" and (cfg.backbone != "efficientnet_b4" or (cfg.crop_size or cfg.image_size) % 16
-                                  or (cfg.crop_size or cfg.image_size) < 128):
-        raise ConfigError(f"--backbone/--image_size: UniAD reads EfficientNet-B4 stages at stride 16 and its 7x7 neighbour "
-                          f"mask needs a token grid over 7, so --backbone efficientnet_b4 and a side that is a multiple of "
-                          f"16 and at least 128; got {cfg.backbone}, {cfg.crop_size or cfg.image_size}")
+    side = cfg.crop_size or cfg.image_size
+    if cfg.method == "uniad" and (cfg.backbone not in EFFICIENTNETS or side % 16 or side < 128):
+        raise ConfigError(f"--backbone/--image_size: UniAD reads EfficientNet-B4 (or -Lite0) stages at stride 16 "
+                          f"and its 7x7 neighbour mask needs a token grid over 7, so --backbone "
+                          f"{' or '.join(EFFICIENTNETS)} and a side that is a multiple of 16 and at least 128; "
+                          f"got {cfg.backbone}, {side}")
+    if cfg.method in ("revdist", "recontrast") and cfg.backbone not in REVDIST_BACKBONES:
+        raise ConfigError(f"--backbone: {cfg.method}'s bottleneck and decoder are built for "
+                          f"{', '.join(REVDIST_BACKBONES)}; got {cfg.backbone}")

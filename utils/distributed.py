@@ -10,6 +10,7 @@ process computes; only rank 0 writes files and prints. NCCL on GPUs, gloo on CPU
 import os
 import sys
 
+import timm
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -47,8 +48,8 @@ class LossModule(nn.Module):
 
 def parallel_loss(model, device):
     """model.loss as DistributedDataParallel computes it (gradients averaged over the processes)."""
-    if device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if device.type == "cuda":  # timm's conversion keeps the activation inside timm's BatchNormAct layers; torch's drops it
+        model = timm.layers.convert_sync_batchnorm(model)
     wrapped = nn.parallel.DistributedDataParallel(LossModule(model), device_ids=[device] if device.type == "cuda" else None)
     return wrapped
 

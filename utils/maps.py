@@ -64,7 +64,7 @@ def image_scores(maps, reduction="max", top_fraction=0.01):
     if reduction == "max":
         return flat.amax(dim=1)
     if reduction == "top_mean":
-        k = max(1, int(round(top_fraction * flat.shape[1])))
+        k = max(1, int(flat.shape[1] * top_fraction))  # ReContrast's evaluation_batch truncates: 501 px at 224^2
         return flat.topk(k, dim=1).values.mean(dim=1)
     if reduction == "pooled_max":
         size = min(UNIAD_POOL, *maps.shape[-2:])

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from datasets.oneclass import OneClassDataset, SemanticDataset
 from models.backbones import build_encoder
 from models.noco import NoCo
-from utils.checks import check_config, check_out_dir
+from utils.checks import check_backbone, check_config, check_out_dir
 from utils.config import resolve_device, seed_everything
 from utils.features import CachedBatches, EncodedBatches, extract_features
 from utils import report
@@ -27,6 +27,7 @@ def checked_config(cfg, given, script, datasets):
                                "radius_penalty"),
                  choices={"method": ("noco",), "dataset": datasets, "resize": ("pil", "cv2"),
                           "cache_dtype": ("float32", "float16", "bfloat16")})
+    check_backbone(cfg)
     if not cfg.resume:
         check_out_dir(cfg.out_dir)
     return cfg
