@@ -24,8 +24,8 @@ resume = ""                  # the folder of an interrupted run: train and evalu
 seed = 0                     # seeds the target, the projector's init, a random-init encoder and the batch order
 device = "auto"              # auto | cpu | cuda
 weights = "imagenet"         # imagenet | none (random init) | <path to a state-dict file>
-backbone = "resnet152"       # resnet152 (the reference's) | wide_resnet50_2 | resnet18 (CPU-sized)
-layers = ("avgpool",)        # the globally pooled last layer
+backbone = "resnet152"       # resnet152 (reference) | wide_resnet50_2 | resnet18 | efficientnet_b4 | efficientnet_lite0
+layers = ("avgpool",)        # the pooled last feature map (EfficientNets: their head, 1280 / 1792 ch)
 encoder_taps = "preact"      # preact: the reference's pre-activation layer4, pooled; standard: torchvision's
 image_size = 256             # resize to a square ...
 crop_size = 224              # ... then centre-crop (0 = no crop)

@@ -44,8 +44,8 @@ from utils.features import CachedBatches, EncodedBatches, extract_features
 from utils import cpu, distributed, report
 from utils.evaluation import alignment_statistics, collect_maps, evaluate
 from utils.results import RunFolder, metrics_row, new_run_path, resumed_config, write_table
-from utils.training import (ImageBatches, batch_stream, fingerprint, iterations, restore_snapshot, saved_state,
-                            training_snapshot)
+from utils.training import (ImageBatches, batch_stream, check_saved_files, fingerprint, iterations, restore_snapshot,
+                            saved_state, training_snapshot)
 
 # -----------------------------------------------------------------------------
 method = "noco"              # noco | revdist | recontrast | uniad
@@ -59,9 +59,9 @@ resume = ""                  # the folder of an interrupted run: train and evalu
 checkpoint = ""              # a run folder (or one .pt file) whose trained models are reused if their training configuration matches
 seed = 0                     # seeds the model's init, NoCo's target and the batch order
 device = "auto"              # auto | cpu | cuda
-weights = "imagenet"         # imagenet | none (random init) | <path to a state-dict file>
-backbone = "wide_resnet50_2"  # wide_resnet50_2 (the papers') | resnet18 (CPU-sized) | efficientnet_b4 (UniAD's)
-layers = ("layer1", "layer2", "layer3") # encoder layers tapped (NoCo; RevDist and ReContrast always tap layers 1-3)
+weights = "imagenet"         # imagenet (lite0's from its pip package, offline) | none (random init) | <state-dict file>
+backbone = "wide_resnet50_2"  # wide_resnet50_2 | resnet18 | resnet152 | efficientnet_b4 (UniAD's) | efficientnet_lite0
+layers = ("layer1", "layer2", "layer3") # NoCo's taps (layer1-4 at strides 4-32; RevDist, ReContrast always tap 1-3)
 encoder_taps = "preact"      # preact: NoCo's pre-activation + leaky-ReLU taps; standard: torchvision's
 image_size = 256             # resize to a square ...
 crop_size = 224              # ... then centre-crop (0 = no crop)
@@ -95,8 +95,8 @@ cache_features = True        # frozen-encoder methods: run the encoder once over
 cache_dtype = "float32"      # float32 | float16 | bfloat16
 cache_memory_gb = 8.0        # above this, cached features go to a memory-mapped file
 cache_dir = ""               # where those files go ("" = the system's temporary folder)
-amp = True                   # on CUDA: bf16 autocast in the training step (losses in float32)
-channels_last = True         # on CUDA: channels-last memory format
+amp = False                  # on CUDA: bf16 autocast in the training step (losses in float32); off: float32
+channels_last = False        # on CUDA: channels-last memory format (faster convolutions with --amp)
 recompute = False            # RevDist, ReContrast: keep only convolution outputs for backward (less memory, 0-25 % slower, same model)
 keep_freed_memory = True     # on CPU: malloc reuses freed memory instead of returning it (1.2-1.6x faster at 256 px, higher peak RSS)
 save_checkpoints = True      # the last checkpoint of each model (no other is ever kept or chosen)
@@ -104,11 +104,16 @@ checkpoint_every = 1000      # iterations between training snapshots that --resu
 plots = False                # also draw the figures (PNG) and report.md beside the CSV
 align = ("none",)            # unified: none | cada | cada_sigma | class_aware | classifier; a comma list gives a row block each
 align_input = "bottleneck"   # the CADA head's input: bottleneck (the base's, CADA sec. 4.2; NoCo has none and uses encoder) | encoder (the frozen encoder's deepest tapped layer, sec. 3.3)
-cada_iters = 5000            # alignment head: training iterations (batch_size images each) on the frozen base's training maps
-cada_lr = 5e-2               # alignment head: SGD learning rate (CADA sec. 4.1) ...
+cada_iters = 5000            # alignment head: training iterations (cada_batch_size images each) on the base's maps
+cada_lr = 5e-2               # alignment head: SGD learning rate (CADA sec. 4.2) ...
 cada_momentum = 0.9          # ... momentum ...
 cada_weight_decay = 1e-4     # ... and weight decay
 cada_beta = 0.1              # SmoothL1 beta of the regression (CADA: 0.1 for RevDist and ReContrast, 10 for UniAD)
+cada_batch_size = 16         # alignment head: training batch, 16 for every base (CADA sec. 4.2), not --batch_size
+cada_convs = 1               # alignment head (CADA Table 3): conv-BN-ReLU layers before the pooling (0, 1, 2) ...
+cada_linears = 2             # ... linear layers, 256 wide between them (1, 2, 3) ...
+cada_dropout = 0.25          # ... dropout rate (0, 0.25, 0.5, 0.75) ...
+cada_dropout_at = "every_linear"  # ... before every linear layer (sec. 3.3: "before linear layers") | first_linear
 # -----------------------------------------------------------------------------
 RD_INPUT = {"image_size": 256, "crop_size": 0, "resize": "pil", "encoder_taps": "standard"}  # 256 px full frame
 MULTI_CLASS = {"optimizer": "adamw", "lr": 2e-3, "betas": (0.9, 0.999), "weight_decay": 1e-5, "adam_eps": 1e-10,
@@ -131,23 +136,28 @@ PRESETS = [  # applied in order; an option given on the command line is never re
     ({"method": "noco", "dataset": "mpdd"}, {"batch_size": 8}),
     ({"method": "noco", "dataset": "visa"}, {"batch_size": 8}),
     ({"setting": "unified"}, {"image_score": "top_mean", "blur_kernel": 5}),  # the CADA paper's evaluation
-    ({"dataset": "demo"}, {"backbone": "resnet18", "image_size": 128, "crop_size": 0}),  # a quick first run
-    ({"dataset": "demo", "method": "uniad"}, {"backbone": "efficientnet_b4", "batch_size": 16}),
+    ({"dataset": "demo"}, {"backbone": "efficientnet_lite0", "weights": "imagenet", "image_size": 128,
+                           "crop_size": 0}),  # a quick first run, with ImageNet weights shipped by pip
+    ({"dataset": "demo", "method": "uniad"}, {"backbone": "efficientnet_lite0", "batch_size": 16}),
 ]
 cfg, given = parse_config(script_constants(globals()), presets=PRESETS, script=__file__, return_given=True)
 cfg = resumed_config(cfg, given)  # with --resume, the interrupted run's own configuration
 check_config(cfg, positive=("batch_size", "lr", "encoder_lr", "target_norm", "image_size", "top_fraction",
-                       "cada_lr", "cada_beta"),
+                       "cada_lr", "cada_beta", "cada_batch_size", "cada_linears"),
              non_negative=("epochs", "iters", "crop_size", "num_workers", "weight_decay", "blur_sigma",
                            "cache_memory_gb", "lr_drop_at", "hm_factor", "blur_kernel", "cada_iters", "cada_momentum",
-                           "cada_weight_decay", "checkpoint_every"),
+                           "cada_weight_decay", "checkpoint_every", "cada_convs", "cada_dropout"),
              choices={"method": ("noco", "revdist", "recontrast", "uniad"), "setting": ("separate", "unified"),
                       "resize": ("cv2", "pil"), "optimizer": ("adamw", "adam"),
                       "image_score": ("max", "top_mean", "pooled_max"),
                       "cache_dtype": ("float32", "float16", "bfloat16"), "loss_form": ("global", "pixel"),
-                      "decoder_activation": ("relu", "gelu"), "align_input": ("bottleneck", "encoder")},
-             at_most={"top_fraction": 1.0, "lr_drop_at": 1.0}, non_empty=("target_norm", "align"))
+                      "decoder_activation": ("relu", "gelu"), "align_input": ("bottleneck", "encoder"),
+                      "cada_dropout_at": cada.DROPOUT_PLACES},
+             at_most={"top_fraction": 1.0, "lr_drop_at": 1.0,
+                      "cada_dropout": 0.9999999999999999},  # the largest float below 1: a rate of 1 drops everything
+             non_empty=("target_norm", "align"))
 check_structured(cfg, cada.ALIGNMENTS)  # the options that must agree with each other
+check_saved_files(cfg.resume, cfg.checkpoint, vars(cfg))  # damaged or foreign files: refused before any work
 if not cfg.resume:
     check_out_dir(cfg.out_dir)
 started = time.time()
@@ -182,15 +192,15 @@ drop_last = not separate  # the multi-class reference drops the last short batch
 loader = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers)
 run = RunFolder(distributed.agreed(cfg.resume or new_run_path(cfg.out_dir, "train_mvtec", run_name, cfg.method,
                                                               cfg.setting), world),
-                vars(cfg), device, started, resume=bool(cfg.resume), writer=rank == 0)
+                vars(cfg), device, started, resume=bool(cfg.resume), writer=rank == 0, processes=world)
 
 # model ------------------------------------------------------------------------
 if cfg.method == "noco":
     encoder = build_encoder(cfg.backbone, cfg.weights, cfg.layers, cfg.encoder_taps).to(device)
     feature_channels = sum(f.shape[1] for f in encoder(test_sets[class_names[0]][0]["image"][None].to(device)).values())
-elif cfg.method == "revdist":  # torchvision's own taps of layers 1-3, whatever --layers says
+elif cfg.method == "revdist":  # the standard taps of layers 1-3, whatever --layers says
     encoder = build_encoder(cfg.backbone, cfg.weights).to(device, memory_format=memory_format)
-elif cfg.method == "uniad":  # four EfficientNet-B4 stages resized to stride 16 and concatenated: 272 channels
+elif cfg.method == "uniad":  # four EfficientNet stages resized to stride 16 and concatenated: 272 channels (B4)
     encoder = uniad.TokenEncoder(build_encoder(cfg.backbone, cfg.weights, uniad.UNIAD_LAYERS)).to(device, memory_format=memory_format)
 else:
     frozen_backbone = load_backbone(cfg.backbone, cfg.weights)
@@ -204,7 +214,7 @@ def build_model(norm, generator):
         return RevDist(cfg.backbone, activation=cfg.decoder_activation, loss_form=cfg.loss_form, recompute=cfg.recompute)
     if cfg.method == "uniad":
         side = (cfg.crop_size or cfg.image_size) // 16
-        return uniad.UniAD(grid=(side, side), layers=("tokens",))
+        return uniad.UniAD(uniad.token_channels(cfg.backbone), grid=(side, side), layers=("tokens",))
     return ReContrast(frozen_backbone, cfg.backbone, activation=cfg.decoder_activation, hm_factor=cfg.hm_factor,
                       recompute=cfg.recompute)
 
@@ -214,7 +224,8 @@ def build_model(norm, generator):
 EVALUATION_ONLY = {"out_dir", "resume", "checkpoint", "device", "num_workers", "image_score", "top_fraction",
                    "blur_sigma", "blur_kernel", "cache_features", "cache_memory_gb", "cache_dir", "save_checkpoints",
                    "download", "data_path", "plots", "checkpoint_every", "recompute", "keep_freed_memory"}
-HEAD_ONLY = {"align", "align_input", "cada_iters", "cada_lr", "cada_momentum", "cada_weight_decay", "cada_beta"}
+HEAD_ONLY = {"align", "align_input", "cada_iters", "cada_lr", "cada_momentum", "cada_weight_decay", "cada_beta",
+             "cada_batch_size", "cada_convs", "cada_linears", "cada_dropout", "cada_dropout_at"}
 
 
 def trained(model, name, training_config, ignore, make_source, total_iters, base=True):
@@ -230,7 +241,7 @@ def trained(model, name, training_config, ignore, make_source, total_iters, base
             model.set_target(torch.cat([model.project(f).mean(dim=(2, 3)) for f in source.epoch(generator, device)]).mean(0))
     optimizer, scheduler = model.configure_optimizers(cfg, total_iters)
     snapshot_name, start = f"{name}.train", 0  # a training snapshot: resume mid-training from it
-    snapshot = run.path / "checkpoints" / f"{snapshot_name}.pt"
+    snapshot = cfg.resume and Path(cfg.resume) / "checkpoints" / f"{snapshot_name}.pt"  # only a resumed run has one
     torch.manual_seed(cfg.seed + rank)  # dropout and jitter differ between processes; the batch order does not
     if cfg.resume and (start := restore_snapshot(snapshot, fingerprint(training_config, ignore),
                                                  model, optimizer, scheduler)):  # the RNG state too
@@ -254,10 +265,11 @@ def trained(model, name, training_config, ignore, make_source, total_iters, base
         if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < total_iters:
             run.save_checkpoint(training_snapshot(model, optimizer, scheduler, it + 1,
                                                   fingerprint(training_config, ignore)), snapshot_name)
+    distributed.from_rank0(model, world)  # every process evaluates the model rank 0 saves
     if cfg.save_checkpoints:
         run.save_checkpoint({"model": model.state_dict(), "training_config": training_config,
                              "fingerprint": fingerprint(training_config, ignore)}, name)
-    snapshot.unlink(missing_ok=True)
+    run.remove_checkpoint(snapshot_name)
     return model.eval()
 
 
@@ -303,6 +315,12 @@ if cfg.checkpoint:  # reuse was asked for: every base model must be there before
                                                       for name in wanted):
         raise ConfigError(f"--checkpoint {cfg.checkpoint}: expected a .pt file or a run folder with "
                           f"checkpoints/{{{','.join(wanted)}}}.pt")
+if cfg.resume and cfg.save_checkpoints:  # a finished model whose files are gone is trained again, not skipped
+    for name in model_names.values():
+        files = [f"{name}.pt", *(f"{name}_{kind}.pt" for kind in cfg.align if kind in cada.TRAINED)]
+        if run.finished(name) and (lost := [f for f in files if not (run.path / "checkpoints" / f).is_file()]):
+            print(f"{name}: checkpoints/{', '.join(lost)} missing from {run.path}: trained again where needed")
+            run.rows = [row for row in run.rows if row.get("model") != name]
 needs_head_input = any(kind in cada.TRAINED for kind in cfg.align)
 alignment_rows = []  # per class: the true normal statistics on held-out (test) normal images beside each estimate
 for group_name, group in groups:
@@ -342,9 +360,9 @@ for group_name, group in groups:
                 test_inputs[c] = list(frozen_inputs(distributed.shard(test_sets[c], rank, world), f"{c} test"))
             tested[c] = maps_of(model, test_sets[c], f"{c} test", test_inputs.get(c), probe=True)
         shown = {c: report.example_indices(tested[c].labels) for c in group} if cfg.plots else None
-        record = {"target_norm": norm, "unified": not separate, "scores": {}, "polar": {
+        record = {"target_norm": norm, "unified": not separate, "scores": {}, "pixels": {}, "polar": {
             c: (tested[c].probe, tested[c].labels) for c in group if tested[c].probe is not None}, "examples": {
-            "classes": [c for c in group for _ in shown[c]], "maps": {},
+            "classes": [c for c in group for _ in shown[c]], "maps": {}, "image_stats": {},
             "images": report.displayable(torch.stack([test_sets[c][int(i)]["image"] for c in group for i in shown[c]])),
             "masks": torch.cat([tested[c].masks[shown[c]] for c in group])}} if cfg.plots else None
 
@@ -363,17 +381,17 @@ for group_name, group in groups:
             if kind != "none":
                 seed_everything(cfg.seed)
                 channels = tested[group[0]].features.shape[1] if needs_head_input else 0
-                alignment = cada.Alignment(kind, channels, len(group), cfg.cada_beta).to(device)
+                alignment = cada.Alignment(kind, channels, len(group), cfg.cada_beta, cfg.cada_convs, cfg.cada_linears,
+                                           cfg.cada_dropout, cfg.cada_dropout_at).to(device)
                 alignment.set_class_statistics(train_stats, train_labels)
                 if kind in cada.TRAINED:  # CADA eq. 3 (cada, cada_sigma) or cross-entropy (classifier), the base frozen
                     alignment = trained(alignment, f"{model_name}_{kind}", {**training_config, "align": kind},
-                                        EVALUATION_ONLY, lambda: CachedBatches(head_table, cfg.batch_size),
+                                        EVALUATION_ONLY, lambda: CachedBatches(head_table, cfg.cada_batch_size),
                                         cfg.cada_iters, base=False)
             # evaluate the last checkpoint ------------------------------------------------
             per_class, pooled, kept = evaluate(tested, cfg, alignment, pooled=not separate, keep=shown)
             if record is not None:  # what the figures need, kept from this evaluation
-                record["scores"][kind] = {c: (kept[c]["scores"], tested[c].labels) for c in group}
-                record["examples"]["maps"][kind] = torch.cat([kept[c]["maps"] for c in group]).half()
+                report.keep_evaluation(record, kind, kept, {c: tested[c].labels for c in group})
             block = {} if separate else {"align": kind}
             for class_name, metrics in per_class.items():
                 rows.append(metrics_row(class_name, metrics, "separate" if separate else "model-unified",

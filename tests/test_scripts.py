@@ -21,6 +21,12 @@ REPO = Path(__file__).resolve().parent.parent
 SMALL = ["--weights", "none", "--backbone", "resnet18", "--device", "cpu", "--num_workers", "0"]
 
 
+def small_for(args):
+    """SMALL without the options that args gives (an option given twice is refused)."""
+    given = {arg for arg in args if arg.startswith("--")}
+    return [item for name, value in zip(SMALL[::2], SMALL[1::2]) if name not in given for item in (name, value)]
+
+
 def run_script(script, *args, cwd=REPO, expect_ok=True):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("TRACEBACK", None)
@@ -152,7 +158,7 @@ def test_alignments_share_one_base_model_and_write_a_row_block_each(demo_root, t
 
 def test_uniad_trains_on_cached_tokens_in_both_settings_and_with_cada(demo_root, tmp_path):
     args = ["--method", "uniad", "--dataset", "demo", "--data_path", str(demo_root), "--classes", "brick,grass",
-            "--batch_size", "8", *SMALL[:2], *SMALL[4:]]  # the demo preset picks efficientnet_b4 at 128 px
+            "--batch_size", "8", *SMALL[:2], *SMALL[4:]]  # the demo preset picks efficientnet_lite0 at 128 px
     done = run_script("train_mvtec.py", *args, "--iters", "2", "--align", "none,cada", "--cada_iters", "3",
                       "--out_dir", str(tmp_path / "u"))
     csv = results_path(done)
@@ -160,9 +166,10 @@ def test_uniad_trains_on_cached_tokens_in_both_settings_and_with_cada(demo_root,
     assert table["class"].tolist() == ["brick", "grass", "mean", "mixed"] * 2
     assert table.drop(columns=["setting", "align", "class"]).notna().all().all()
     config = json.loads((csv.parent / "config.json").read_text())["config"]
-    assert (config["backbone"], config["lr"], config["weight_decay"], config["blur_sigma"]) == ("efficientnet_b4", 3e-4, 1e-4, 0.0)
+    assert (config["backbone"], config["lr"], config["weight_decay"], config["blur_sigma"]) == ("efficientnet_lite0", 3e-4, 1e-4, 0.0)
     assert (config["cada_beta"], config["cada_iters"]) == (10.0, 3)
-    separate = run_script("train_mvtec.py", *args, "--setting", "separate", "--epochs", "0", "--classes", "brick",
+    one_class = [arg if arg != "brick,grass" else "brick" for arg in args]
+    separate = run_script("train_mvtec.py", *one_class, "--setting", "separate", "--epochs", "0",
                           "--out_dir", str(tmp_path / "s"))
     table = pd.read_csv(results_path(separate))
     assert table["class"].tolist() == ["brick", "mean"]
@@ -209,9 +216,13 @@ def test_interrupted_run_keeps_finished_classes_and_resume_ends_with_the_same_ta
     assert "Traceback" not in stderr
     (run_dir,) = (tmp_path / "cut").iterdir()
     assert not (run_dir / "results.csv").exists()
-    assert 1 <= len(pd.read_csv(run_dir / "results.partial.csv")) < 3
+    finished = pd.read_csv(run_dir / "results.partial.csv")["class"].tolist()
+    assert 1 <= len(finished) < 3
     assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
+    (run_dir / "checkpoints" / f"{finished[0]}.pt").unlink()  # a finished model whose file is lost: trained again
     resumed = run_script("train_mvtec.py", "--resume", str(run_dir), "--num_workers", "0")
+    assert f"{finished[0]}: checkpoints/{finished[0]}.pt missing" in resumed.stdout
+    assert (run_dir / "checkpoints" / f"{finished[0]}.pt").is_file()
     assert results_path(resumed) == run_dir / "results.csv"
     assert pd.read_csv(results_path(resumed)).equals(whole)
     assert not (run_dir / "results.partial.csv").exists()
@@ -297,13 +308,20 @@ def test_train_cifar10_on_a_cats_vs_dogs_folder_learns(tmp_path):
     (["--method", "revdist", "--align", "cada,cadaa", "--dataset", "demo"], "--align: expected a comma list of none"),
     (["--method", "revdist", "--setting", "separate", "--align", "cada", "--dataset", "demo"], "--align"),
     (["--method", "revdist", "--cada_beta", "0", "--dataset", "demo"], "--cada_beta"),
+    (["--method", "revdist", "--cada_batch_size", "0", "--dataset", "demo"], "--cada_batch_size: expected a positive"),
+    (["--method", "revdist", "--cada_convs", "-1", "--dataset", "demo"], "--cada_convs: expected a non-negative"),
+    (["--method", "revdist", "--cada_linears", "0", "--dataset", "demo"], "--cada_linears: expected a positive"),
+    (["--method", "revdist", "--cada_dropout", "1", "--dataset", "demo"], "--cada_dropout: expected a value at most"),
+    (["--method", "revdist", "--cada_dropout", "-0.1", "--dataset", "demo"], "--cada_dropout: expected a non-negative"),
+    (["--method", "revdist", "--cada_dropout_at", "last", "--dataset", "demo"], "--cada_dropout_at: expected one of"),
     (["--method", "uniad", "--dataset", "demo", "--image_size", "96"], "--backbone/--image_size: UniAD reads EfficientNet-B4"),
     (["--recompute", "--dataset", "demo"], "--recompute: it saves the convolutional decoders' memory"),
+    (["--image_size", "0", "--dataset", "demo", "--image_size", "64"], "--image_size is given twice (0 and 64)"),
 ])
 def test_bad_input_ends_in_one_clear_line_before_any_folder_is_made(args, message, demo_root, tmp_path):
     if "demo" in args:
         args = [*args, "--data_path", str(demo_root)]
-    done = run_script("train_mvtec.py", *SMALL, *args, "--out_dir", str(tmp_path / "out"), expect_ok=False)
+    done = run_script("train_mvtec.py", *small_for(args), *args, "--out_dir", str(tmp_path / "out"), expect_ok=False)
     assert done.returncode != 0
     assert done.stderr.startswith("error: ") and message in done.stderr.splitlines()[0], done.stderr
     assert len(done.stderr.strip().splitlines()) == 2 and "Traceback" not in done.stderr
@@ -324,7 +342,8 @@ def test_more_bad_input_out_dir_layout_weights_and_a_corrupt_image_in_a_worker(d
     write_jpeg.save(tmp_path / "flat" / "photo.png")
     one_line(run_script("train_mvtec.py", *SMALL, "--data_path", str(tmp_path / "flat"), "--out_dir",
                         str(tmp_path / "out"), expect_ok=False), "not in MVTec layout")
-    one_line(run_script("train_mvtec.py", *demo, "--weights", str(a_file), "--out_dir", str(tmp_path / "out"),
+    one_line(run_script("train_mvtec.py", *demo[:-len(SMALL)], *SMALL[2:], "--weights", str(a_file), "--out_dir",
+                        str(tmp_path / "out"),
                         expect_ok=False), "not a PyTorch checkpoint")
     broken = tmp_path / "broken"
     shutil.copytree(demo_root / "grass", broken / "grass")
