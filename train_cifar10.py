@@ -33,8 +33,14 @@ resize = "pil"               # pil: PIL bilinear, as torchvision's Resize in the
 batch_size = 64              # training and extraction batch
 num_workers = 2              # DataLoader processes that decode images
 epochs = 10                  # 0 = cold start: evaluate the untrained detector
-lr = 1e-3                    # AdamW learning rate (amsgrad)
-weight_decay = 5e-4          # AdamW weight decay (the reference decays r too)
+lr = 1e-3                    # learning rate
+weight_decay = 5e-4          # weight decay (the reference decays r too)
+optimizer = "adamw"          # adamw (the reference's) | adam
+betas = (0.9, 0.999)         # Adam(W) betas
+adam_eps = 1e-8              # Adam(W) eps
+amsgrad = True               # Adam(W) amsgrad (the reference's)
+lr_drop_at = 0.0             # fraction of the training after which lr is multiplied by lr_drop_gamma (0 = never)
+lr_drop_gamma = 0.2          # the factor of that drop
 target = "randn"             # randn | rand | ones | mean (of the projected training features)
 target_norm = (1.0,)         # more than one value trains one model per norm: the norm study
 target_p = 2.0               # the p-norm the target is rescaled under
@@ -51,5 +57,6 @@ plots = False                # also draw the figures (PNG) and report.md beside 
 PRESETS = [({"dataset": "cats_vs_dogs"}, {"resize": "cv2"})]  # NoCo's Cats-vs-Dogs loader resizes with OpenCV
 cfg, given = parse_config(script_constants(globals()), presets=PRESETS, script=__file__, return_given=True)
 cfg = checked_config(cfg, given, "train_cifar10", datasets=("cifar10", "cifar100", "cats_vs_dogs"))
-csv_path = run_semantic_noco(cfg, "train_cifar10", default_root="data/cats_vs_dogs" if cfg.dataset == "cats_vs_dogs" else "data")
+csv_path = run_semantic_noco(cfg, "train_cifar10",
+                             default_root="data/cats_vs_dogs" if cfg.dataset == "cats_vs_dogs" else "data")
 print(f"results: {csv_path}")

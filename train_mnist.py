@@ -3,7 +3,8 @@ turn is normal; one model per class; image-level metrics.
 
     python train_mnist.py --dataset mnist --download
     python train_mnist.py --dataset fmnist --data_path /data
-    python train_mnist.py --dataset mnist --data_path data --weights none --backbone resnet18 --image_size 64 --crop_size 0
+    python train_mnist.py --dataset mnist --data_path data --weights none --backbone resnet18 \
+        --image_size 64 --crop_size 0
 
 The run itself (data, frozen features once, a model per class and target norm, evaluation of the
 last checkpoint, the table) is utils/semantic.py, shared with train_cifar10.py. Every constant below
@@ -32,8 +33,14 @@ resize = "pil"               # pil: PIL bilinear, as torchvision's Resize in the
 batch_size = 64              # training and extraction batch
 num_workers = 2              # DataLoader processes that decode images
 epochs = 20                  # 0 = cold start: evaluate the untrained detector
-lr = 1e-3                    # AdamW learning rate (amsgrad)
-weight_decay = 5e-4          # AdamW weight decay (the reference decays r too)
+lr = 1e-3                    # learning rate
+weight_decay = 5e-4          # weight decay (the reference decays r too)
+optimizer = "adamw"          # adamw (the reference's) | adam
+betas = (0.9, 0.999)         # Adam(W) betas
+adam_eps = 1e-8              # Adam(W) eps
+amsgrad = True               # Adam(W) amsgrad (the reference's)
+lr_drop_at = 0.0             # fraction of the training after which lr is multiplied by lr_drop_gamma (0 = never)
+lr_drop_gamma = 0.2          # the factor of that drop
 target = "randn"             # randn | rand | ones | mean (of the projected training features)
 target_norm = (1.0,)         # more than one value trains one model per norm: the norm study
 target_p = 2.0               # the p-norm the target is rescaled under

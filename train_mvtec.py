@@ -33,19 +33,14 @@ from datasets.demo import make_demo
 from datasets.download import download_dataset
 from datasets.mvtec import DATASET_SOURCES, MixedDataset, MVTecDataset, resolve_classes
 from datasets.visa import prepare_visa
-from models.backbones import build_encoder, load_backbone
-from models import cada, uniad
-from models.noco import NoCo
-from models.recontrast import ReContrast
-from models.revdist import RevDist
+from models import cada, method_of, not_in_fingerprint
 from utils.checks import check_config, check_out_dir, check_structured
 from utils.config import ConfigError, parse_config, resolve_device, script_constants, seed_everything
 from utils.features import CachedBatches, EncodedBatches, extract_features
 from utils import cpu, distributed, report
-from utils.evaluation import alignment_statistics, collect_maps, evaluate
-from utils.results import RunFolder, metrics_row, new_run_path, resumed_config, write_table
-from utils.training import (ImageBatches, batch_stream, check_saved_files, fingerprint, iterations, restore_snapshot,
-                            saved_state, training_snapshot)
+from utils.evaluation import alignment_statistics, collect_maps, evaluate, head_training_table
+from utils.results import RunFolder, model_rows, new_run_path, resumed_config, write_table
+from utils.training import ImageBatches, Trainer, check_saved_files, data_fingerprint, iterations
 
 # -----------------------------------------------------------------------------
 method = "noco"              # noco | revdist | recontrast | uniad
@@ -56,7 +51,8 @@ classes = ()                 # comma list of classes; empty = every class found
 download = False             # fetch the public archive (MVTec AD, VisA, BTAD) and verify its checksum
 out_dir = "results"          # each run writes results/<script>_<data>_<method>_<setting>_<time>/
 resume = ""                  # the folder of an interrupted run: train and evaluate what it is missing
-checkpoint = ""              # a run folder (or one .pt file) whose trained models are reused if their training configuration matches
+checkpoint = ""              # a run folder (or one .pt file) whose trained models are reused if their training
+                             # configuration matches
 seed = 0                     # seeds the model's init, NoCo's target and the batch order
 device = "auto"              # auto | cpu | cuda
 weights = "imagenet"         # imagenet (lite0's from its pip package, offline) | none (random init) | <state-dict file>
@@ -65,7 +61,8 @@ layers = ("layer1", "layer2", "layer3") # NoCo's taps (layer1-4 at strides 4-32;
 encoder_taps = "preact"      # preact: NoCo's pre-activation + leaky-ReLU taps; standard: torchvision's
 image_size = 256             # resize to a square ...
 crop_size = 224              # ... then centre-crop (0 = no crop)
-resize = "cv2"               # cv2: OpenCV bilinear, no antialiasing (NoCo's reference) | pil: PIL bilinear (RD4AD, ReContrast)
+resize = "cv2"               # cv2: OpenCV bilinear, no antialiasing (NoCo's reference) | pil: PIL bilinear
+                             # (RD4AD, ReContrast)
 batch_size = 16              # training and evaluation batch
 num_workers = 2              # DataLoader processes that decode images
 epochs = 50                  # separate setting: passes over a class's training images (0 = untrained)
@@ -86,24 +83,32 @@ nu = 1e-3                    # NoCo: the soft boundary's nu
 radius_init = 1e-5           # NoCo: the initial radius r
 decoder_activation = "relu"  # RevDist, ReContrast: relu (RD4AD) | gelu (the multi-class setting)
 loss_form = "global"         # RevDist: global (RD4AD's code: flattened maps) | pixel (its paper: per-pixel cosine)
-hm_factor = 0.0              # ReContrast: gradient factor at easy points; its code uses 0 (its run names and Dinomaly say 0.1)
-image_score = "max"          # max | top_mean (mean of the top_fraction highest pixels of the blurred map) | pooled_max (UniAD's: max of the 16x16 average-pooled map)
+hm_factor = 0.0              # ReContrast: gradient factor at easy points; its code uses 0 (its run names and
+                             # Dinomaly say 0.1)
+image_score = "max"          # max | top_mean (mean of the top_fraction highest pixels of the blurred map) |
+                             # pooled_max (UniAD's: max of the 16x16 average-pooled map)
 top_fraction = 0.01          # image score top_mean: the fraction of pixels averaged
 blur_sigma = 4.0             # Gaussian blur of the upsampled map (0 = none)
-blur_kernel = 0              # 0: scipy's gaussian_filter (33 taps, reflect) | 5: ReContrast multi-class 5x5, zero padding
+blur_kernel = 0              # 0: scipy's gaussian_filter (33 taps, reflect) | 5: ReContrast multi-class 5x5,
+                             # zero padding
 cache_features = True        # frozen-encoder methods: run the encoder once over the training images
 cache_dtype = "float32"      # float32 | float16 | bfloat16
 cache_memory_gb = 8.0        # above this, cached features go to a memory-mapped file
 cache_dir = ""               # where those files go ("" = the system's temporary folder)
 amp = False                  # on CUDA: bf16 autocast in the training step (losses in float32); off: float32
 channels_last = False        # on CUDA: channels-last memory format (faster convolutions with --amp)
-recompute = False            # RevDist, ReContrast: keep only convolution outputs for backward (less memory, 0-25 % slower, same model)
-keep_freed_memory = True     # on CPU: malloc reuses freed memory instead of returning it (1.2-1.6x faster at 256 px, higher peak RSS)
+recompute = False            # RevDist, ReContrast: keep only convolution outputs for backward (less memory,
+                             # 0-25 % slower, same model)
+keep_freed_memory = True     # on CPU: malloc reuses freed memory instead of returning it (1.2-1.6x faster at
+                             # 256 px, higher peak RSS)
 save_checkpoints = True      # the last checkpoint of each model (no other is ever kept or chosen)
-checkpoint_every = 1000      # iterations between training snapshots that --resume restarts from (0 = none); removed when training ends
+checkpoint_every = 1000      # iterations between training snapshots that --resume restarts from (0 = none);
+                             # removed when training ends
 plots = False                # also draw the figures (PNG) and report.md beside the CSV
-align = ("none",)            # unified: none | cada | cada_sigma | class_aware | classifier; a comma list gives a row block each
-align_input = "bottleneck"   # the CADA head's input: bottleneck (the base's, CADA sec. 4.2; NoCo has none and uses encoder) | encoder (the frozen encoder's deepest tapped layer, sec. 3.3)
+align = ("none",)            # unified: none | cada | cada_sigma | class_aware | classifier; a comma list gives
+                             # a row block each
+align_input = "bottleneck"   # the CADA head's input: bottleneck (the base's, CADA sec. 4.2; NoCo has none and
+                             # uses encoder) | encoder (the frozen encoder's deepest tapped layer, sec. 3.3)
 cada_iters = 5000            # alignment head: training iterations (cada_batch_size images each) on the base's maps
 cada_lr = 5e-2               # alignment head: SGD learning rate (CADA sec. 4.2) ...
 cada_momentum = 0.9          # ... momentum ...
@@ -140,22 +145,33 @@ PRESETS = [  # applied in order; an option given on the command line is never re
                            "crop_size": 0}),  # a quick first run, with ImageNet weights shipped by pip
     ({"dataset": "demo", "method": "uniad"}, {"backbone": "efficientnet_lite0", "batch_size": 16}),
 ]
-cfg, given = parse_config(script_constants(globals()), presets=PRESETS, script=__file__, return_given=True)
+# options that do not change the trained model (how it is evaluated, how fast it trains, where files are):
+# a checkpoint is reused across them. The data enter the fingerprint by content (utils.training.data_fingerprint),
+# and a model's own classes and target norm replace --classes and --target_norm in its training configuration.
+NOT_TRAINING = {"out_dir", "resume", "checkpoint", "device", "num_workers", "image_score", "top_fraction",
+                "blur_sigma", "blur_kernel", "cache_features", "cache_memory_gb", "cache_dir", "save_checkpoints",
+                "download", "data_path", "plots", "checkpoint_every", "recompute", "keep_freed_memory"}
+HEAD_ONLY = {"align", "align_input", "cada_iters", "cada_lr", "cada_momentum", "cada_weight_decay", "cada_beta",
+             "cada_batch_size", "cada_convs", "cada_linears", "cada_dropout", "cada_dropout_at"}
+HELP = (f"Options that never retrain a saved model (--checkpoint, --resume reuse it across them): "
+        f"{', '.join(sorted(NOT_TRAINING))}; and for the base model the alignment head's: "
+        f"{', '.join(sorted(HEAD_ONLY))}. A method's own options (models.METHODS) are refused for the others.")
+cfg, given = parse_config(script_constants(globals()), presets=PRESETS, script=__file__, return_given=True,
+                          epilog=HELP)
 cfg = resumed_config(cfg, given)  # with --resume, the interrupted run's own configuration
 check_config(cfg, positive=("batch_size", "lr", "encoder_lr", "target_norm", "image_size", "top_fraction",
-                       "cada_lr", "cada_beta", "cada_batch_size", "cada_linears"),
+                            "cada_lr", "cada_beta", "cada_batch_size", "cada_linears"),
              non_negative=("epochs", "iters", "crop_size", "num_workers", "weight_decay", "blur_sigma",
                            "cache_memory_gb", "lr_drop_at", "hm_factor", "blur_kernel", "cada_iters", "cada_momentum",
                            "cada_weight_decay", "checkpoint_every", "cada_convs", "cada_dropout"),
-             choices={"method": ("noco", "revdist", "recontrast", "uniad"), "setting": ("separate", "unified"),
-                      "resize": ("cv2", "pil"), "optimizer": ("adamw", "adam"),
+             choices={"setting": ("separate", "unified"), "resize": ("cv2", "pil"), "optimizer": ("adamw", "adam"),
                       "image_score": ("max", "top_mean", "pooled_max"),
                       "cache_dtype": ("float32", "float16", "bfloat16"), "loss_form": ("global", "pixel"),
                       "decoder_activation": ("relu", "gelu"), "align_input": ("bottleneck", "encoder"),
                       "cada_dropout_at": cada.DROPOUT_PLACES},
-             at_most={"top_fraction": 1.0, "lr_drop_at": 1.0,
-                      "cada_dropout": 0.9999999999999999},  # the largest float below 1: a rate of 1 drops everything
+             at_most={"top_fraction": 1.0, "lr_drop_at": 1.0}, below={"cada_dropout": 1.0},
              non_empty=("target_norm", "align"))
+method = method_of(cfg, given)  # the registry entry: an unknown method or another method's option is refused
 check_structured(cfg, cada.ALIGNMENTS)  # the options that must agree with each other
 check_saved_files(cfg.resume, cfg.checkpoint, vars(cfg))  # damaged or foreign files: refused before any work
 if not cfg.resume:
@@ -163,10 +179,10 @@ if not cfg.resume:
 started = time.time()
 rank, world, device = distributed.setup(cfg.device)  # torchrun: one of `world` processes
 device = device or resolve_device(cfg.device)
-if cfg.batch_size % world:
-    raise ConfigError(f"--batch_size {cfg.batch_size}: it must split evenly over the {world} processes")
-use_amp, memory_format = (cfg.amp and device.type == "cuda"), (
-    torch.channels_last if cfg.channels_last and device.type == "cuda" else torch.contiguous_format)
+for option in ("batch_size", "cada_batch_size"):
+    if getattr(cfg, option) % world:
+        raise ConfigError(f"--{option} {getattr(cfg, option)}: it must split evenly over the {world} processes")
+memory_format = torch.channels_last if cfg.channels_last and device.type == "cuda" else torch.contiguous_format
 if device.type == "cpu" and cfg.keep_freed_memory:
     cpu.keep_freed_memory()
 seed_everything(cfg.seed)  # also fixes a random-init (--weights none) encoder
@@ -186,124 +202,45 @@ class_names = resolve_classes(root, cfg.classes, Dataset, source_hint)
 train_sets, test_sets = ({c: Dataset(root, c, split, cfg.image_size, cfg.crop_size, resize=cfg.resize,
                                      source_hint=source_hint) for c in class_names} for split in ("train", "test"))
 cfg.data_path, cfg.classes = str(root), tuple(class_names)  # config.json records what ran
-uses_frozen_features = cfg.method != "recontrast"           # ReContrast trains an encoder copy on images
 separate = cfg.setting == "separate"
 drop_last = not separate  # the multi-class reference drops the last short batch; NoCo and RD4AD keep it
 loader = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers)
 run = RunFolder(distributed.agreed(cfg.resume or new_run_path(cfg.out_dir, "train_mvtec", run_name, cfg.method,
                                                               cfg.setting), world),
                 vars(cfg), device, started, resume=bool(cfg.resume), writer=rank == 0, processes=world)
+train = Trainer(run, cfg.resume, cfg.checkpoint, cfg.seed, device, rank, world, cfg.checkpoint_every,
+                cfg.save_checkpoints, amp=cfg.amp and device.type == "cuda")
 
 # model ------------------------------------------------------------------------
-if cfg.method == "noco":
-    encoder = build_encoder(cfg.backbone, cfg.weights, cfg.layers, cfg.encoder_taps).to(device)
-    feature_channels = sum(f.shape[1] for f in encoder(test_sets[class_names[0]][0]["image"][None].to(device)).values())
-elif cfg.method == "revdist":  # the standard taps of layers 1-3, whatever --layers says
-    encoder = build_encoder(cfg.backbone, cfg.weights).to(device, memory_format=memory_format)
-elif cfg.method == "uniad":  # four EfficientNet stages resized to stride 16 and concatenated: 272 channels (B4)
-    encoder = uniad.TokenEncoder(build_encoder(cfg.backbone, cfg.weights, uniad.UNIAD_LAYERS)).to(device, memory_format=memory_format)
-else:
-    frozen_backbone = load_backbone(cfg.backbone, cfg.weights)
+encoder = method.build_encoder(cfg).to(device, memory_format=memory_format)
+base_ignores = NOT_TRAINING | HEAD_ONLY | not_in_fingerprint(method)
 
 
-def build_model(norm, generator):
-    if cfg.method == "noco":
-        return NoCo(feature_channels, structured=True, target=cfg.target, target_norm=norm, p=cfg.target_p, nu=cfg.nu,
-                    radius_init=cfg.radius_init, generator=generator)
-    if cfg.method == "revdist":
-        return RevDist(cfg.backbone, activation=cfg.decoder_activation, loss_form=cfg.loss_form, recompute=cfg.recompute)
-    if cfg.method == "uniad":
-        side = (cfg.crop_size or cfg.image_size) // 16
-        return uniad.UniAD(uniad.token_channels(cfg.backbone), grid=(side, side), layers=("tokens",))
-    return ReContrast(frozen_backbone, cfg.backbone, activation=cfg.decoder_activation, hm_factor=cfg.hm_factor,
-                      recompute=cfg.recompute)
-
-
-# options that change how a model is evaluated or how fast it trains, not the trained model: reused across them
-# (a model's own classes and target norm replace --classes and --target_norm in its training configuration)
-EVALUATION_ONLY = {"out_dir", "resume", "checkpoint", "device", "num_workers", "image_score", "top_fraction",
-                   "blur_sigma", "blur_kernel", "cache_features", "cache_memory_gb", "cache_dir", "save_checkpoints",
-                   "download", "data_path", "plots", "checkpoint_every", "recompute", "keep_freed_memory"}
-HEAD_ONLY = {"align", "align_input", "cada_iters", "cada_lr", "cada_momentum", "cada_weight_decay", "cada_beta",
-             "cada_batch_size", "cada_convs", "cada_linears", "cada_dropout", "cada_dropout_at"}
-
-
-def trained(model, name, training_config, ignore, make_source, total_iters, base=True):
-    """The model as saved under `name` if it was trained exactly so; otherwise trained here by the one
-    loop every model shares (base models and alignment heads alike), then saved."""
-    state = saved_state((cfg.resume, cfg.checkpoint), name, training_config, ignore, must_match=base)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        return model.eval()
-    source, generator = make_source(), torch.Generator().manual_seed(cfg.seed)
-    if cfg.method == "noco" and cfg.target == "mean" and isinstance(model, NoCo):
-        with torch.no_grad():
-            model.set_target(torch.cat([model.project(f).mean(dim=(2, 3)) for f in source.epoch(generator, device)]).mean(0))
-    optimizer, scheduler = model.configure_optimizers(cfg, total_iters)
-    snapshot_name, start = f"{name}.train", 0  # a training snapshot: resume mid-training from it
-    snapshot = cfg.resume and Path(cfg.resume) / "checkpoints" / f"{snapshot_name}.pt"  # only a resumed run has one
-    torch.manual_seed(cfg.seed + rank)  # dropout and jitter differ between processes; the batch order does not
-    if cfg.resume and (start := restore_snapshot(snapshot, fingerprint(training_config, ignore),
-                                                 model, optimizer, scheduler)):  # the RNG state too
-        print(f"{name}: resuming training at iteration {start} of {total_iters}")
-    model.train()
-    loss_of = distributed.parallel_loss(model, device) if world > 1 else model.loss
-    stream = batch_stream(source, generator, device, drop_last, start=start)
-    for it in (progress := tqdm(range(start, total_iters), desc=f"{name} train", leave=False, disable=rank > 0)):
-        batch = distributed.local_slice(next(stream), rank, world) if world > 1 else next(stream)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp and base):  # heads: float32
-            loss = loss_of(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if getattr(model, "grad_clip", None):  # UniAD clips the gradient norm
-            torch.nn.utils.clip_grad_norm_(model.parameters(), model.grad_clip)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        if it % 10 == 0 or it == total_iters - 1:
-            progress.set_postfix(loss=f"{loss.item():.4f}")
-        if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < total_iters:
-            run.save_checkpoint(training_snapshot(model, optimizer, scheduler, it + 1,
-                                                  fingerprint(training_config, ignore)), snapshot_name)
-    distributed.from_rank0(model, world)  # every process evaluates the model rank 0 saves
-    if cfg.save_checkpoints:
-        run.save_checkpoint({"model": model.state_dict(), "training_config": training_config,
-                             "fingerprint": fingerprint(training_config, ignore)}, name)
-    run.remove_checkpoint(snapshot_name)
-    return model.eval()
-
-
-def frozen_inputs(dataset, desc):
-    """(model input, labels, masks) per batch, in order: the frozen encoder's features (NoCo, RevDist)
-    or the images (ReContrast)."""
+def model_inputs(dataset, desc):
+    """(model input, labels, masks) per batch, in order: the frozen encoder's features, or the images."""
     for batch in tqdm(DataLoader(dataset, **loader), desc=desc, leave=False, disable=rank > 0):
         images = batch["image"].to(device, memory_format=memory_format)
         with torch.no_grad():
-            yield (encoder(images) if uses_frozen_features else {"image": images}), batch["label"], batch["mask"][:, 0].bool()
+            features = encoder(images) if method.trains_on == "features" else {"image": images}
+        yield features, batch["label"], batch["mask"][:, 0].bool()
 
 
-@torch.no_grad()
-def head_input(model, model_input):
-    """What the alignment head reads: the base's bottleneck (CADA sec. 4.2; ReContrast's frozen-encoder
-    half) or the frozen encoder's deepest tapped layer (sec. 3.3; NoCo always, having no bottleneck)."""
-    if cfg.align_input == "bottleneck" and cfg.method != "noco":
-        return model.bottleneck_features(model_input)
-    if cfg.method == "recontrast":
-        return model.frozen_encoder(model_input["image"])["layer3"]
-    return model_input[list(model_input)[-1]]
-
-
-def maps_of(model, dataset, desc, inputs=None, probe=False):
+def maps_of(model, dataset, desc, inputs=None, probe=None):
     """ClassMaps of the frozen model over a dataset (each process computes its shard; all get the whole)."""
-    inputs = inputs or frozen_inputs(distributed.shard(dataset, rank, world), desc)
-    return distributed.gathered(collect_maps(model, inputs, dataset.transform.output_size,
-                                             head_input if needs_head_input else None,
-                                             report.noco_polar if probe and cfg.plots and cfg.method == "noco" else None),
-                                len(dataset), world)
+    inputs = inputs or model_inputs(distributed.shard(dataset, rank, world), desc)
+    head_input = (lambda m, batch: method.head_input(m, batch, cfg.align_input)) if needs_head_input else None
+    return distributed.gathered(collect_maps(model, inputs, head_input, probe), len(dataset), world)
 
 
-def print_row(name, metrics):
-    print(f"{name}: " + " ".join(f"{k} {100 * metrics[k]:.1f}" for k in ("I-AUROC", "I-AP", "P-AUROC", "P-AP", "AUPRO")))
+def training_batches(train_set, desc):
+    """The base's training batches: the frozen encoder's features once (no augmentation), or images."""
+    if method.trains_on == "images":
+        return ImageBatches(train_set, cfg.batch_size, cfg.num_workers)
+    if not cfg.cache_features:
+        return EncodedBatches(encoder, train_set, cfg.batch_size, cfg.num_workers)
+    return CachedBatches(extract_features(encoder, train_set, device, dtype=getattr(torch, cfg.cache_dtype),
+                                          memory_budget_gb=cfg.cache_memory_gb, cache_dir=cfg.cache_dir or None,
+                                          desc=f"{desc} train features", **loader), cfg.batch_size)
 
 
 groups = [(c, [c]) for c in class_names] if separate else [("unified", class_names)]
@@ -322,87 +259,62 @@ if cfg.resume and cfg.save_checkpoints:  # a finished model whose files are gone
             print(f"{name}: checkpoints/{', '.join(lost)} missing from {run.path}: trained again where needed")
             run.rows = [row for row in run.rows if row.get("model") != name]
 needs_head_input = any(kind in cada.TRAINED for kind in cfg.align)
+probe = report.noco_polar if cfg.plots and method.name == "noco" else None  # NoCo's polar figure
 alignment_rows = []  # per class: the true normal statistics on held-out (test) normal images beside each estimate
 for group_name, group in groups:
-    group_models = {norm: model_names[group_name, norm] for norm in cfg.target_norm}
-    if all(run.finished(name) for name in group_models.values()):
-        continue  # finished before the run was interrupted
     train_set = train_sets[group[0]] if separate else MixedDataset(train_sets[c] for c in group)
     total_iters = iterations(cfg.setting, cfg.epochs, cfg.iters, len(train_set), cfg.batch_size, drop_last)
-    sources = {}  # the training batches, made when a model of this group is trained (not when one is reused)
+    base_config = {**vars(cfg), "classes": group, "training_data": data_fingerprint(train_sets[c] for c in group)}
+    cached, test_inputs = {}, {}  # training batches and (the norm study) frozen test features, made once per group
 
-    def base_source():
-        if "base" not in sources:
-            if not uses_frozen_features:
-                sources["base"] = ImageBatches(train_set, cfg.batch_size, cfg.num_workers)
-            elif cfg.cache_features:  # frozen encoder, no augmentation: its features once
-                sources["base"] = CachedBatches(extract_features(
-                    encoder, train_set, device, dtype=getattr(torch, cfg.cache_dtype), memory_budget_gb=cfg.cache_memory_gb,
-                    cache_dir=cfg.cache_dir or None, desc=f"{group_name} train features", **loader), cfg.batch_size)
-            else:
-                sources["base"] = EncodedBatches(encoder, train_set, cfg.batch_size, cfg.num_workers)
-        return sources["base"]
+    def group_batches():
+        if "base" not in cached:  # made when a model of this group is trained, not when one is reused
+            cached["base"] = training_batches(train_set, group_name)
+        return cached["base"]
 
-    test_inputs = {}  # the norm study scores several models on one class: its frozen test features, once
-    for norm, model_name in group_models.items():
+    for norm in cfg.target_norm:
+        model_name = model_names[group_name, norm]
         if run.finished(model_name):
-            continue
-        # train the base model (or reuse it) ------------------------------------------
+            continue  # finished before the run was interrupted
+        # train the base model (or reuse it), then its raw test maps, per class ----------------
         seed_everything(cfg.seed)
-        training_config = {**vars(cfg), "classes": group, "target_norm": norm}
-        model = build_model(norm, torch.Generator().manual_seed(cfg.seed)).to(device, memory_format=memory_format)
-        model = trained(model, model_name, training_config, EVALUATION_ONLY | HEAD_ONLY, base_source, total_iters)
-
-        # its raw test maps, per class (the frozen encoder's test features kept for the norm study) ----
-        tested = {}
-        for c in group:
-            if len(cfg.target_norm) > 1 and c not in test_inputs:
-                test_inputs[c] = list(frozen_inputs(distributed.shard(test_sets[c], rank, world), f"{c} test"))
-            tested[c] = maps_of(model, test_sets[c], f"{c} test", test_inputs.get(c), probe=True)
+        model = method.build_model(cfg, encoder, norm, torch.Generator().manual_seed(cfg.seed))
+        training_config = {**base_config, "target_norm": norm}
+        model = train(model.to(device, memory_format=memory_format), model_name, training_config, base_ignores,
+                      group_batches, total_iters, cfg,
+                      drop_last=drop_last, grad_clip=method.grad_clip, before_training=method.before_training)
+        if len(cfg.target_norm) > 1:
+            test_inputs = test_inputs or {c: list(model_inputs(distributed.shard(test_sets[c], rank, world),
+                                                                f"{c} test")) for c in group}
+        tested = {c: maps_of(model, test_sets[c], f"{c} test", test_inputs.get(c), probe) for c in group}
         shown = {c: report.example_indices(tested[c].labels) for c in group} if cfg.plots else None
-        record = {"target_norm": norm, "unified": not separate, "scores": {}, "pixels": {}, "polar": {
-            c: (tested[c].probe, tested[c].labels) for c in group if tested[c].probe is not None}, "examples": {
-            "classes": [c for c in group for _ in shown[c]], "maps": {}, "image_stats": {},
-            "images": report.displayable(torch.stack([test_sets[c][int(i)]["image"] for c in group for i in shown[c]])),
-            "masks": torch.cat([tested[c].masks[shown[c]] for c in group])}} if cfg.plots else None
+        record = report.new_record(norm, not separate, tested, test_sets, shown) if cfg.plots else None
 
         # alignments: statistics of the frozen model's maps on every training image, once; a head each ---
         if tuple(cfg.align) != ("none",):
-            seen = [maps_of(model, train_sets[c], f"{c} train maps") for c in group]
-            train_stats = {k: torch.cat([cada.map_statistics(m.maps)[k] for m in seen]) for k in ("mean", "max", "std")}
-            train_labels = torch.cat([torch.full((len(m.maps),), i) for i, m in enumerate(seen)])
-            head_table = {**train_stats, "label": train_labels.float()}
-            if needs_head_input:
-                head_table["features"] = torch.cat([m.features for m in seen])
-            del seen
+            head_table = head_training_table([maps_of(model, train_sets[c], f"{c} train maps") for c in group])
         rows = []
         for kind in cfg.align:
             alignment = None
             if kind != "none":
                 seed_everything(cfg.seed)
-                channels = tested[group[0]].features.shape[1] if needs_head_input else 0
-                alignment = cada.Alignment(kind, channels, len(group), cfg.cada_beta, cfg.cada_convs, cfg.cada_linears,
-                                           cfg.cada_dropout, cfg.cada_dropout_at).to(device)
-                alignment.set_class_statistics(train_stats, train_labels)
+                alignment = cada.Alignment(kind, head_table["features"].shape[1] if needs_head_input else 0, len(group),
+                                           cfg.cada_beta, cfg.cada_convs, cfg.cada_linears, cfg.cada_dropout,
+                                           cfg.cada_dropout_at).to(device)
+                alignment.set_class_statistics(head_table, head_table["label"].long())
                 if kind in cada.TRAINED:  # CADA eq. 3 (cada, cada_sigma) or cross-entropy (classifier), the base frozen
-                    alignment = trained(alignment, f"{model_name}_{kind}", {**training_config, "align": kind},
-                                        EVALUATION_ONLY, lambda: CachedBatches(head_table, cfg.cada_batch_size),
-                                        cfg.cada_iters, base=False)
+                    alignment = train(alignment, f"{model_name}_{kind}", {**training_config, "align": kind},
+                                      NOT_TRAINING | not_in_fingerprint(method),
+                                      lambda: CachedBatches(head_table, cfg.cada_batch_size), cfg.cada_iters, cfg,
+                                      base=False)
             # evaluate the last checkpoint ------------------------------------------------
             per_class, pooled, kept = evaluate(tested, cfg, alignment, pooled=not separate, keep=shown)
             if record is not None:  # what the figures need, kept from this evaluation
                 report.keep_evaluation(record, kind, kept, {c: tested[c].labels for c in group})
-            block = {} if separate else {"align": kind}
-            for class_name, metrics in per_class.items():
-                rows.append(metrics_row(class_name, metrics, "separate" if separate else "model-unified",
-                                        model=model_name, target_norm=norm, **block))
-                print_row(f"{class_name}{'' if model_name == class_name else f' ({model_name})'}"
-                          f"{f' [{kind}]' if len(cfg.align) > 1 else ''}", metrics)
-            if pooled is not None:  # absolute-unified: every test image of every class in one pool
-                rows.append(metrics_row("mixed", pooled, "absolute-unified", model=model_name, target_norm=norm, **block))
-                print_row(f"mixed{f' [{kind}]' if len(cfg.align) > 1 else ''}", pooled)
+            rows += model_rows(per_class, pooled, model_name, norm, None if separate else kind, len(cfg.align) > 1)
             if alignment is not None:
-                alignment_rows += [{"model": model_name, "align": kind, **row} for row in alignment_statistics(tested, alignment)]
+                alignment_rows += [{"model": model_name, "align": kind, **row}
+                                   for row in alignment_statistics(tested, alignment)]
         if alignment_rows and rank == 0:
             write_table(pd.DataFrame(alignment_rows), run.path / "alignment_stats.csv", float_format="%.6g")
         if record is not None and rank == 0:

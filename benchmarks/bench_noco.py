@@ -13,7 +13,6 @@ Target: >= 10x faster per epoch after the first.
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -26,6 +25,7 @@ from models.backbones import build_encoder  # noqa: E402
 from models.noco import NoCo  # noqa: E402
 from utils.config import parse_config, resolve_device  # noqa: E402
 from utils.features import CachedBatches, EncodedBatches, extract_features  # noqa: E402
+from utils.optim import optimizer_settings  # noqa: E402
 
 cfg = parse_config({"task": "structured", "backbone": "resnet18", "weights": "none", "data_path": "",
                     "class_name": "brick", "n_train": 64, "image_size": 128, "crop_size": 0, "batch_size": 16,
@@ -47,7 +47,7 @@ def sync():
 
 def time_epochs(batches, in_channels):
     model = NoCo(in_channels, structured=structured).to(device)
-    optimizer, _ = model.configure_optimizers(SimpleNamespace(lr=1e-4, weight_decay=5e-4))
+    optimizer, _ = model.configure_optimizers(optimizer_settings(lr=1e-4, weight_decay=5e-4), 1)
     generator, times = torch.Generator().manual_seed(0), []
     for _ in range(cfg.epochs):
         sync()

@@ -15,8 +15,9 @@ same for `uniad` (cached 272-channel tokens) and `uniad-nocache` (EfficientNet-B
 RevDist's decoder is the multi-class GELU one; `revdist-relu` is RD4AD's ReLU decoder (cached), the
 one the official RD4AD figure below was measured with. `revdist-recompute` and `recontrast-recompute`
 keep only convolution outputs for the backward pass (train_mvtec.py --recompute).
-The training step uses the script's own settings: bf16 autocast and channels-last on CUDA only; on
-a CPU, malloc keeps freed memory for reuse (utils/cpu.py; `--plain_malloc` measures without it).
+The training step is the scripts' own (utils.training.fit); on CUDA it runs with train_mvtec.py's speed
+options `--amp --channels_last` (bf16 autocast, channels-last; the script's default is float32); on a
+CPU, malloc keeps freed memory for reuse (utils/cpu.py; `--plain_malloc` measures without it).
 """
 import argparse
 import json
@@ -49,6 +50,8 @@ def measure(base, size, steps, device_name, plain_malloc=False):
     from models.recontrast import ReContrast
     from models.revdist import RevDist
     from models.uniad import UNIAD_LAYERS, TokenEncoder, UniAD
+    from models import METHODS
+    from utils.training import fit
 
     backbone, image_size, batch_size = (UNIAD_SIZES if base.startswith("uniad") else SIZES)[size]
     device = torch.device(device_name)
@@ -60,7 +63,7 @@ def measure(base, size, steps, device_name, plain_malloc=False):
                           adam_eps=1e-10, amsgrad=True, lr_drop_at=0.8, lr_drop_gamma=0.2)
     if base.startswith("uniad"):
         encoder = TokenEncoder(build_encoder(backbone, "none", UNIAD_LAYERS)).to(device, memory_format=memory_format)
-        cfg.lr, cfg.weight_decay = 3e-4, 1e-4
+        cfg.lr, cfg.weight_decay, cfg.adam_eps, cfg.amsgrad, cfg.lr_drop_at = 3e-4, 1e-4, 1e-8, False, 0.0  # its preset
     else:
         encoder = build_encoder(backbone, "none", ("layer1", "layer2", "layer3")).to(device, memory_format=memory_format)
 
@@ -91,16 +94,11 @@ def measure(base, size, steps, device_name, plain_malloc=False):
     model = model.to(device, memory_format=memory_format).train()
     optimizer, scheduler = model.configure_optimizers(cfg, 1000)
 
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            loss = model.loss(batch())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if getattr(model, "grad_clip", None):
-            torch.nn.utils.clip_grad_norm_(model.parameters(), model.grad_clip)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+    grad_clip = METHODS[base.split("-")[0]].grad_clip
+
+    def step():  # one iteration of the scripts' own loop
+        fit(model, iter([batch()]), optimizer, scheduler, 1, grad_clip=grad_clip, autocast="cuda" if cuda else None,
+            show=False)
 
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)

@@ -1,6 +1,6 @@
 """One-class semantic anomaly detection: one class of a classification set is normal.
 
-Protocol (brief section 7): train on the normal class's train images only; test on the whole
+Protocol (the one-class protocol of NoCo's paper and its predecessors): train on the normal class's train images only; test on the whole
 test split, label 0 for the normal class and 1 for every other class. CIFAR-100 uses its 20
 superclasses (NoCo's code used the 100 fine labels; the standard protocol does not).
 

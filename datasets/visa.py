@@ -7,7 +7,7 @@ out:  <out>/<cls>/train/good, <out>/<cls>/test/good, <out>/<cls>/test/bad,
 
 VisA masks are not 0/255 (defect pixels hold small values such as 1, 2): they are binarised > 0
 and written as 0/255. NoCo ignores this CSV and tests on the last 100 sorted normals of each class
-(brief section 7); this module follows the official CSV.
+(its code's VisA loader); this module follows the official CSV.
 """
 import csv
 import json

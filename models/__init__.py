@@ -1,0 +1,141 @@
+"""The methods of train_mvtec.py, one registry entry each (METHODS): what a method trains on, how its
+frozen encoder and its model are built, what the alignment head reads, which options are its own,
+its option checks, its gradient clipping and any step before training.
+
+Every model has one face:
+    loss(batch) -> scalar tensor                 the training objective on one batch
+    anomaly_map(batch) -> (B, H, W) float32      no_grad; at the input size, before the blur
+    configure_optimizers(cfg, total_iters) -> (optimizer, scheduler or None)   via utils.optim
+    bottleneck_features(batch) -> (B, C, h, w)   what the CADA head reads (methods with a bottleneck)
+A batch is the frozen encoder's feature dict (trains_on "features": the script may cache it) or
+{"image": images} (trains_on "images": the method trains an encoder of its own).
+
+Adding a method: one model file with that face, one Method entry below, its presets in
+train_mvtec.py and its rows in the README; tests/test_methods.py then checks its face.
+"""
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from models import uniad
+from models.backbones import EFFICIENTNETS, build_encoder, load_backbone
+from models.noco import NoCo
+from models.recontrast import ReContrast
+from models.revdist import BACKBONES as REVDIST_BACKBONES, RevDist
+from utils.config import ConfigError
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    trains_on: str               # "features" (a frozen encoder's, cacheable) | "images" (the method trains an encoder)
+    own_options: tuple           # options only this method reads: refused for the others, out of their fingerprints
+    build_encoder: Callable      # (cfg) -> the frozen encoder (features) or the backbone the model copies (images)
+    build_model: Callable        # (cfg, encoder, norm, generator) -> the model
+    head_input: Callable         # (model, batch, align_input) -> what an alignment head reads
+    check: Callable = None       # (cfg) -> None; raises ConfigError for options that do not fit the method
+    grad_clip: float = 0.0       # clip the gradient norm to this in training (0: no clipping)
+    before_training: Callable = None  # (model, batches, generator, device): e.g. NoCo's "mean" target
+
+
+def input_side(cfg):
+    return cfg.crop_size or cfg.image_size
+
+
+# NoCo -------------------------------------------------------------------------------------------
+def _noco_encoder(cfg):
+    return build_encoder(cfg.backbone, cfg.weights, cfg.layers, cfg.encoder_taps)
+
+
+def _noco_model(cfg, encoder, norm, generator):
+    side = input_side(cfg)
+    with torch.no_grad():
+        probe = encoder(torch.zeros(1, 3, side, side, device=next(encoder.parameters()).device))
+    return NoCo(sum(f.shape[1] for f in probe.values()), structured=True, target=cfg.target, target_norm=norm,
+                p=cfg.target_p, nu=cfg.nu, radius_init=cfg.radius_init, generator=generator, map_size=side)
+
+
+@torch.no_grad()
+def _noco_mean_target(model, batches, generator, device):
+    if model.target_kind == "mean":  # the mean projected training feature
+        model.set_target(torch.cat([model.project(f).mean(dim=(2, 3)) for f in batches.epoch(generator, device)]).mean(0))
+
+
+def _deepest_encoder_layer(model, batch, align_input):
+    """NoCo has no bottleneck: its head reads the encoder's deepest tapped layer (CADA sec. 3.3)."""
+    return batch[list(batch)[-1]]
+
+
+# RevDist, ReContrast, UniAD ---------------------------------------------------------------------
+def _bottleneck_or_encoder(model, batch, align_input):
+    """The base's bottleneck (CADA sec. 4.2) or the frozen encoder's deepest tapped layer (sec. 3.3)."""
+    return model.bottleneck_features(batch) if align_input == "bottleneck" else batch[list(batch)[-1]]
+
+
+def _recontrast_head_input(model, batch, align_input):
+    if align_input == "bottleneck":  # the frozen-encoder half of its bottleneck
+        return model.bottleneck_features(batch)
+    return model.frozen_encoder(batch["image"])["layer3"]
+
+
+def _revdist_check(cfg):
+    if input_side(cfg) % 32:
+        raise ConfigError(f"--image_size/--crop_size: {cfg.method}'s decoder mirrors a stride-32 encoder, so the "
+                          f"input side must be a multiple of 32, got {input_side(cfg)}")
+    if cfg.backbone not in REVDIST_BACKBONES:
+        raise ConfigError(f"--backbone: {cfg.method}'s bottleneck and decoder are built for "
+                          f"{', '.join(REVDIST_BACKBONES)}; got {cfg.backbone}")
+
+
+def _uniad_check(cfg):
+    side = input_side(cfg)
+    if cfg.backbone not in EFFICIENTNETS or side % 16 or side < 128:
+        raise ConfigError(f"--backbone/--image_size: UniAD reads EfficientNet-B4 (or -Lite0) stages at stride 16 "
+                          f"and its 7x7 neighbour mask needs a token grid over 7, so --backbone "
+                          f"{' or '.join(EFFICIENTNETS)} and a side that is a multiple of 16 and at least 128; "
+                          f"got {cfg.backbone}, {side}")
+
+
+def _uniad_model(cfg, encoder, norm, generator):
+    side = input_side(cfg) // 16
+    return uniad.UniAD(uniad.token_channels(cfg.backbone), grid=(side, side), layers=("tokens",))
+
+
+METHODS = {method.name: method for method in (
+    Method("noco", "features", ("target", "target_norm", "target_p", "nu", "radius_init", "layers", "encoder_taps"),
+           _noco_encoder, _noco_model, _deepest_encoder_layer, before_training=_noco_mean_target),
+    Method("revdist", "features", ("decoder_activation", "loss_form", "recompute"),
+           lambda cfg: build_encoder(cfg.backbone, cfg.weights),  # torchvision's own taps of layers 1-3
+           lambda cfg, encoder, norm, generator: RevDist(cfg.backbone, activation=cfg.decoder_activation,
+                                                         loss_form=cfg.loss_form, recompute=cfg.recompute),
+           _bottleneck_or_encoder, check=_revdist_check),
+    Method("recontrast", "images", ("decoder_activation", "hm_factor", "encoder_lr", "recompute"),
+           lambda cfg: load_backbone(cfg.backbone, cfg.weights),
+           lambda cfg, backbone, norm, generator: ReContrast(backbone, cfg.backbone, activation=cfg.decoder_activation,
+                                                             hm_factor=cfg.hm_factor, recompute=cfg.recompute),
+           _recontrast_head_input, check=_revdist_check),
+    Method("uniad", "features", (),  # four EfficientNet-B4 stages resized to stride 16 and concatenated: 272 channels
+           lambda cfg: uniad.TokenEncoder(build_encoder(cfg.backbone, cfg.weights, uniad.UNIAD_LAYERS)),
+           _uniad_model, _bottleneck_or_encoder, check=_uniad_check, grad_clip=uniad.GRAD_CLIP),
+)}
+METHOD_OPTIONS = sorted({option for method in METHODS.values() for option in method.own_options})
+
+
+def method_of(cfg, given=()):
+    """The registry entry of cfg.method after its checks; an unknown method, or an option given on the
+    command line (`given`) that belongs to other methods only, is refused in one line."""
+    if cfg.method not in METHODS:
+        raise ConfigError(f"--method: expected one of {', '.join(METHODS)}, got {cfg.method!r}")
+    method = METHODS[cfg.method]
+    for option in sorted(set(given) & set(METHOD_OPTIONS) - set(method.own_options)):
+        users = [m.name for m in METHODS.values() if option in m.own_options]
+        raise ConfigError(f"--{option}: an option of {', '.join(users)}; --method {method.name} does not use it")
+    if method.check is not None:
+        method.check(cfg)
+    return method
+
+
+def not_in_fingerprint(method):
+    """The options of other methods: they cannot change this method's trained model."""
+    return set(METHOD_OPTIONS) - set(method.own_options)

@@ -1,4 +1,4 @@
-"""NoCo: a norm-constrained detector (reimplementation brief, section 1).
+"""NoCo: a norm-constrained detector (the NoCo paper and its official code, noco-ad).
 
 A trainable 1x1 projector maps frozen encoder features z = W f + b; a soft boundary of learnable
 radius r pulls them towards a fixed, data-independent target c whose norm is constrained to
@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.optim import build_optimizer
+
 TARGET_KINDS = ("randn", "rand", "ones", "mean")
 
 
@@ -32,13 +34,14 @@ def aggregate_patch_features(features):
 
 class NoCo(nn.Module):
     def __init__(self, in_channels, structured=True, target="randn", target_norm=1.0, p=2.0, nu=None,
-                 radius_init=1e-5, radius_penalty=0.0, generator=None):
+                 radius_init=1e-5, radius_penalty=0.0, generator=None, map_size=None):
         super().__init__()
         if target not in TARGET_KINDS:
             raise ValueError(f"target must be one of {', '.join(TARGET_KINDS)}, got {target!r}")
         if target_norm <= 0:
             raise ValueError(f"target_norm must be positive, got {target_norm}")
         self.structured = structured
+        self.map_size = map_size  # structured: the input side the maps are upsampled to
         self.target_kind = target
         self.target_norm = float(target_norm)
         self.p = float(p)
@@ -92,10 +95,15 @@ class NoCo(nn.Module):
 
     @torch.no_grad()
     def anomaly_map(self, features):
-        """(B, H, W) scores before upsampling and blur (semantic AD: (B, 1, 1))."""
-        return self.distance(features)
+        """(B, H, W) scores before the blur: structured, the patch distances bilinearly upsampled to map_size
+        (align_corners=False, as the reference's F.interpolate); semantic AD, (B, 1, 1) image scores."""
+        distance = self.distance(features)
+        if not self.structured or self.map_size is None:
+            return distance
+        return F.interpolate(distance[:, None], size=(self.map_size, self.map_size), mode="bilinear",
+                             align_corners=False)[:, 0]
 
     def configure_optimizers(self, cfg, total_iters=None):
-        """AdamW (cfg.lr, cfg.weight_decay) over the projector and r alike (the reference decays r
-        too), amsgrad; no schedule (the reference's warm-up/cosine schedule is never applied)."""
-        return torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=True), None
+        """utils.optim.build_optimizer over the projector and r alike (the reference decays r too); its
+        settings are AdamW, amsgrad, no schedule (the reference's warm-up/cosine schedule is never applied)."""
+        return build_optimizer(self.parameters(), cfg, total_iters)

@@ -56,8 +56,9 @@ import torch.nn as nn
 
 from models.backbones import EFFICIENTNETS, Encoder, EfficientNetTaps, is_efficientnet, stage_channels
 from models.recompute import run_blocks
-from models.revdist import (ACTIVATIONS, LAYERS, OCBE, Decoder, architecture, build_optimizer, cosine_distance,
-                            cosine_map, init_like_reference)
+from models.revdist import (ACTIVATIONS, LAYERS, OCBE, Decoder, architecture, cosine_distance, cosine_map,
+                            init_like_reference)
+from utils.optim import build_optimizer
 
 FROZEN = "frozen_encoder."
 

@@ -62,6 +62,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from models.backbones import EFFICIENTNETS, tap_channels
 from models.recompute import run_blocks
+from utils.optim import build_optimizer
 
 LAYERS = ("layer1", "layer2", "layer3")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
@@ -213,22 +214,6 @@ def cosine_map(targets, predictions, size):
     maps = [F.interpolate(cosine_distance(t, p, "pixel")[:, None], size=size, mode="bilinear", align_corners=True)
             for t, p in zip(targets, predictions)]
     return torch.stack(maps).mean(dim=0)[:, 0]
-
-
-def build_optimizer(param_groups, cfg, total_iters):
-    """Adam or AdamW over param_groups with cfg.lr (a group's own "lr" wins), cfg.betas,
-    cfg.weight_decay, cfg.adam_eps, cfg.amsgrad; plus, if cfg.lr_drop_at > 0, a MultiStepLR that
-    multiplies the learning rates by cfg.lr_drop_gamma at int(cfg.lr_drop_at * total_iters)
-    (stepped once per iteration by the caller), else None."""
-    optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-    if cfg.optimizer not in optimizers:
-        raise ValueError(f"optimizer must be 'adam' or 'adamw', got {cfg.optimizer!r}")
-    optimizer = optimizers[cfg.optimizer](param_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps,
-                                          weight_decay=cfg.weight_decay, amsgrad=bool(cfg.amsgrad))
-    if not cfg.lr_drop_at:
-        return optimizer, None
-    milestone = max(1, int(cfg.lr_drop_at * total_iters))  # a milestone 0 would drop before the first step
-    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, [milestone], gamma=cfg.lr_drop_gamma)
 
 
 class RevDist(nn.Module):

@@ -1,5 +1,5 @@
 """UniAD (You et al., "A Unified Model for Multi-class Anomaly Detection", NeurIPS 2022;
-https://github.com/zhiyuanyou/UniAD), written from the reimplementation brief, section 4.
+https://github.com/zhiyuanyou/UniAD), written from its paper and its official code.
 
 A transformer reconstructs the frozen encoder's feature tokens; anomaly = where it fails.
 
@@ -49,7 +49,7 @@ Trainable parameters at the defaults (272 ch, 14 x 14, 4 + 4 layers, 256-d, FFN 
   decoder layer     2 attentions 526,336 + FFN 525,568 + 3 LayerNorms 1,536
                     + learned queries 196*256 = 50,176                 = 1,103,616  x 4 = 4,414,464
   final LayerNorm                                                      =       512
-  total 7,717,392 = 7.72 M, the brief's figure (without the query embeddings it would be 7.52 M).
+  total 7,717,392 = 7.72 M, the official model's count (without the query embeddings it would be 7.52 M).
 
 Init (the official models/initializer.py with method xavier_uniform, and uniad.py): every nn.Linear
 (projections, FFNs, the attentions' output projections) Xavier-uniform with zero bias; the attentions'
@@ -63,17 +63,19 @@ upsampled (align_corners=True, as nn.UpsamplingBilinear2d does) x16 to the input
 no blur. It follows the module's mode (the loop calls it in eval mode: no jitter, no dropout).
 bottleneck_features: the encoder memory as (B, 256, h, w), computed in eval mode without grad
 (the module's mode is restored afterwards): the 256-d tokens CADA's head reads.
-Optimisation: AdamW (cfg.lr, cfg.betas, cfg.weight_decay), no scheduler. `grad_clip` (0.1, the
-official value) is the max gradient norm the training loop should clip to after backward
-(torch.nn.utils.clip_grad_norm_(model.parameters(), model.grad_clip)); the model does not clip.
+Optimisation: AdamW (cfg.lr, cfg.betas, cfg.weight_decay), no scheduler. GRAD_CLIP (0.1, the official
+clip_max_norm) is the max gradient norm the training loop clips to after backward (its registry entry,
+models.METHODS["uniad"]); the model does not clip.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from models.backbones import EFFICIENTNETS, tap_channels
+from utils.optim import build_optimizer
 
 UNIAD_LAYERS = ("layer0", "layer1", "layer2", "layer3")
+GRAD_CLIP = 0.1  # the official config's clip_max_norm
 
 
 def token_channels(backbone):
@@ -181,7 +183,7 @@ class TokenEncoder(nn.Module):
 
 class UniAD(nn.Module):
     def __init__(self, in_channels=272, hidden=256, grid=(14, 14), encoder_layers=4, decoder_layers=4, heads=8,
-                 ffn=1024, dropout=0.1, neighbour_size=7, jitter_scale=20.0, jitter_prob=1.0, grad_clip=0.1,
+                 ffn=1024, dropout=0.1, neighbour_size=7, jitter_scale=20.0, jitter_prob=1.0,
                  layers=UNIAD_LAYERS, stride=16):
         super().__init__()
         if hidden % 2:
@@ -189,7 +191,7 @@ class UniAD(nn.Module):
         self.in_channels, self.hidden = in_channels, hidden
         self.grid = tuple(grid)
         self.layers, self.stride = tuple(layers), stride
-        self.jitter_scale, self.jitter_prob, self.grad_clip = float(jitter_scale), float(jitter_prob), grad_clip
+        self.jitter_scale, self.jitter_prob = float(jitter_scale), float(jitter_prob)
         h, w = self.grid
         self.input_proj = nn.Linear(in_channels, hidden)
         self.output_proj = nn.Linear(hidden, in_channels)
@@ -292,7 +294,6 @@ class UniAD(nn.Module):
         return memory.transpose(1, 2).reshape(memory.shape[0], -1, h, w)
 
     def configure_optimizers(self, cfg, total_iters):
-        """AdamW over the trainable parameters; no scheduler. The loop clips gradients to self.grad_clip."""
-        optimizer = torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=cfg.lr,
-                                      betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-        return optimizer, None
+        """utils.optim.build_optimizer over the trainable parameters (UniAD's settings: AdamW, no schedule);
+        the training loop clips the gradient norm to GRAD_CLIP."""
+        return build_optimizer([p for p in self.parameters() if p.requires_grad], cfg, total_iters)

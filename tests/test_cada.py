@@ -275,6 +275,7 @@ def test_pixel_sample_is_seeded_bounded_and_read_from_the_final_maps(mixture):
         1, 2, 3, 4, 6, 7, 8, 9, 11, 12, 13, 14, 0, 5, 10, 15]
 
 
+@pytest.mark.slow
 def test_head_options_train_the_head_only_and_the_head_batch_is_cada_batch_size(tmp_path_factory):
     """--cada_* options reach the head (its saved structure) and leave the base model alone; the head's
     batches are --cada_batch_size images, whatever the base's --batch_size."""

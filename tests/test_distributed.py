@@ -21,6 +21,7 @@ def trained_state(run_dir):
     return torch.load(run_dir / "checkpoints" / "unified.pt", weights_only=True)["model"]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_on_the_same_total_batch_and_write_one_table(tmp_path):
     data = ["--data_path", str(tmp_path / "demo")]
     one = results_path(run_script("train_mvtec.py", *ARGS, *data, "--out_dir", str(tmp_path / "one"))).parent
@@ -43,6 +44,7 @@ def test_two_processes_equal_one_process_on_the_same_total_batch_and_write_one_t
     assert not torch.allclose(trained_state(half)["projector.weight"], reference["projector.weight"], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     args = [a if a != "8" else "7" for a in ARGS]
@@ -59,6 +61,7 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_every_process_evaluates_the_model_rank_0_saves(tmp_path):
     """RevDist has BatchNorm: under DistributedDataParallel on CPUs each process ends training with the
     running statistics of its own slice of the last batch; evaluated so, each shard would meet another

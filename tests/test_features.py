@@ -1,6 +1,5 @@
 import gc
 import os
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ from torch.utils.data import Dataset
 from models.backbones import build_encoder
 from models.noco import NoCo
 from utils.features import CachedBatches, EncodedBatches, extract_features
+from utils.optim import optimizer_settings
 
 
 class RandomImages(Dataset):
@@ -37,7 +37,7 @@ def fresh_model(in_channels=192):
 def one_epoch(batches):
     generator = torch.Generator().manual_seed(2)
     model = fresh_model()
-    optimizer, _ = model.configure_optimizers(SimpleNamespace(lr=1e-3, weight_decay=5e-4))
+    optimizer, _ = model.configure_optimizers(optimizer_settings(lr=1e-3, weight_decay=5e-4), 1)
     for features in batches.epoch(generator, "cpu"):
         loss = model.loss(features)
         optimizer.zero_grad()

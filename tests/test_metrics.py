@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from utils.metrics import METRIC_KEYS, aupro, auroc_ap, compute_metrics
 
@@ -59,13 +59,6 @@ def _reference_aupro(scores, masks, fpr_limit=0.3):
     return np.trapezoid(y, x) / fpr_limit
 
 
-def _brute_force_f1_max(scores, labels):
-    precision, recall, _ = precision_recall_curve(labels, scores)
-    with np.errstate(invalid="ignore"):
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0)
-    return f1.max()
-
-
 @pytest.mark.parametrize("tie_step", [None, 0.5, 1.5])
 @pytest.mark.parametrize("as_torch", [False, True])
 def test_auroc_ap_equal_sklearn(tie_step, as_torch):
@@ -105,8 +98,7 @@ def test_compute_metrics_equal_sklearn_and_reference(tie_step, with_channel, as_
                 "I-AP": average_precision_score(image_labels, image_scores),
                 "P-AUROC": roc_auc_score(pixel_masks.ravel(), pixel_scores.ravel()),
                 "P-AP": average_precision_score(pixel_masks.ravel(), pixel_scores.ravel()),
-                "AUPRO": _reference_aupro(pixel_scores, pixel_masks),
-                "F1-max": _brute_force_f1_max(image_scores, image_labels)}
+                "AUPRO": _reference_aupro(pixel_scores, pixel_masks)}
     assert 0.6 < expected["P-AUROC"] < 0.95 and 0.2 < expected["AUPRO"] < 0.9
     masks = pixel_masks.astype(np.float32)
     if with_channel:
@@ -126,15 +118,6 @@ def test_image_only_metrics_leave_pixel_metrics_none():
     metrics = compute_metrics(scores, labels)
     assert metrics["P-AUROC"] is None and metrics["P-AP"] is None and metrics["AUPRO"] is None
     assert metrics["I-AUROC"] == pytest.approx(roc_auc_score(labels, scores), abs=TOLERANCE)
-    assert metrics["F1-max"] == pytest.approx(_brute_force_f1_max(scores, labels), abs=TOLERANCE)
-
-
-@pytest.mark.parametrize("tie_step", [None, 1.0])
-def test_f1_max_equals_brute_force(tie_step):
-    rng = np.random.default_rng(11)
-    scores, labels = _labelled_scores(rng, 300, tie_step)
-    assert compute_metrics(scores, labels)["F1-max"] == pytest.approx(_brute_force_f1_max(scores, labels),
-                                                                       abs=TOLERANCE)
 
 
 def test_perfect_maps_and_ranking_score_one():

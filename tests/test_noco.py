@@ -1,4 +1,3 @@
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -7,6 +6,7 @@ from sklearn.metrics import roc_auc_score
 from models.backbones import build_encoder
 from models.cada import Alignment
 from models.noco import NoCo, aggregate_patch_features
+from utils.optim import optimizer_settings
 
 
 def trainable_parameters(model):
@@ -54,7 +54,7 @@ def test_target_is_fixed_saved_and_seeded():
     assert torch.equal(a.target, b.target) and "target" in a.state_dict()
     assert all(name != "target" for name, _ in a.named_parameters())
     before = a.target.clone()
-    optimizer, _ = a.configure_optimizers(SimpleNamespace(lr=0.1, weight_decay=5e-4))
+    optimizer, _ = a.configure_optimizers(optimizer_settings(lr=0.1, weight_decay=5e-4), 1)
     for _ in range(3):
         loss = a.loss({"layer1": torch.randn(4, 32, 5, 5)})
         optimizer.zero_grad()
@@ -134,7 +134,7 @@ def test_training_learns_what_the_untrained_detector_cannot_see():
     torch.manual_seed(0)
     model = NoCo(dim, structured=False, generator=generator)
     untrained = roc_auc_score(labels, model.anomaly_map(test).flatten())
-    optimizer, _ = model.configure_optimizers(SimpleNamespace(lr=1e-2, weight_decay=5e-4))
+    optimizer, _ = model.configure_optimizers(optimizer_settings(lr=1e-2, weight_decay=5e-4), 1)
     for _ in range(300):
         loss = model.loss(train)
         optimizer.zero_grad()

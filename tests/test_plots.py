@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from utils import plots
 
@@ -20,9 +21,15 @@ def png_size(path):
 
 
 def check_png(path, size_inches, folder):
+    """A whole PNG of the planned size with something drawn on it (an empty or blank figure fails), and no
+    temporary file left beside it."""
     path = Path(path)
     assert path.is_file()
     assert png_size(path) == plots.pixel_size(size_inches)
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    drawn = (pixels < 245).any(axis=1).mean()
+    assert drawn > 0.02 and len(np.unique(pixels, axis=0)) >= 16, (drawn, len(np.unique(pixels, axis=0)))
     assert [p.name for p in Path(folder).iterdir() if p.name.startswith(".")] == []  # no temp file
     return path
 
@@ -169,3 +176,14 @@ def test_importing_plots_does_not_import_torch():
                              " 'sklearn' in sys.modules, 'pandas' in sys.modules)"],
                             cwd=root, capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False", "False"]
+
+
+def test_identical_roc_curves_both_show(rng, tmp_path):
+    scores, labels = labelled_scores(rng)
+    out = plots.roc_curves(tmp_path / "roc.png", {"mixed": {"none": (scores, labels), "cada": (scores, labels)}})
+    with Image.open(out) as image:
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    colours = [np.round(np.array(plots.matplotlib.colormaps["tab10"](i)[:3]) * 255) for i in range(2)]
+    # each line's own colour is drawn somewhere beyond its legend swatch: the later, thinner line on the first
+    counts = [(np.abs(pixels - colour).sum(axis=2) < 30).sum() for colour in colours]
+    assert min(counts) > 200, counts

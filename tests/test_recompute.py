@@ -106,10 +106,17 @@ def test_recomputation_lowers_the_peak_memory_of_a_training_step(build, kind):
     assert recomputed < 0.8 * plain, (recomputed, plain)  # measured: 0.65 (RevDist), 0.64 (ReContrast)
 
 
-def test_evaluation_is_not_recomputed_and_gives_the_same_map():
+def test_evaluation_is_not_recomputed_and_gives_the_same_map(monkeypatch):
+    """Maps are computed without gradients, so no block goes through checkpoint (nothing to recompute);
+    the training loss of the same model does."""
+    import models.recompute
+    calls = []
+    monkeypatch.setattr(models.recompute, "checkpoint", lambda *args, **kwargs: calls.append(1) or args[0](args[1]))
     batch = batches("revdist", steps=1)[0]
     plain, recomputing = revdist(False).eval(), revdist(True).eval()
-    assert torch.equal(recomputing.anomaly_map(batch), plain.anomaly_map(batch))
+    assert torch.equal(recomputing.anomaly_map(batch), plain.anomaly_map(batch)) and not calls
+    recomputing.train().loss(batch)
+    assert calls  # the counter sees recomputation where there is some
 
 
 FAULTS = """

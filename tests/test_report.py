@@ -37,6 +37,7 @@ def demo_root(tmp_path_factory):
     return tmp_path_factory.mktemp("demo")
 
 
+@pytest.mark.slow
 def test_unified_run_draws_scores_rocs_and_maps_per_alignment(demo_root, tmp_path):
     done = run_script("train_mvtec.py", "--method", "revdist", "--dataset", "demo", "--data_path", str(demo_root),
                       "--image_size", "64", "--iters", "2", "--batch_size", "8", "--align", "none,class_aware",
@@ -85,6 +86,7 @@ def test_figure_data_are_the_evaluations_final_maps_and_fig6_scales_the_dataset_
     assert plots.unit_scale([low, high], low, high).tolist() == pytest.approx([0.0, 1.0])
 
 
+@pytest.mark.slow
 def test_noco_norm_study_draws_polar_plots_and_the_norm_curves(demo_root, tmp_path):
     done = run_script("train_mvtec.py", "--dataset", "demo", "--data_path", str(demo_root), "--classes", "brick",
                       "--image_size", "64", "--crop_size", "0", "--epochs", "1", "--target_norm", "1,8",
@@ -98,6 +100,7 @@ def test_noco_norm_study_draws_polar_plots_and_the_norm_curves(demo_root, tmp_pa
     check_report(run_dir, sizes)
 
 
+@pytest.mark.slow
 def test_semantic_run_draws_scores_rocs_and_polar_plots(tmp_path):
     root = tmp_path / "data"
     write_pattern_mnist(root)

@@ -11,7 +11,7 @@ from utils.results import (PARTIAL_NAME, TABLE_COLUMNS, RunFolder, atomic_write,
 
 def metrics(i_auroc, p_auroc=None):
     return {"I-AUROC": i_auroc, "I-AP": 0.5, "P-AUROC": p_auroc, "P-AP": None if p_auroc is None else 0.25,
-            "AUPRO": None, "F1-max": 0.9}
+            "AUPRO": None}
 
 
 def test_table_in_percent_with_a_mean_row_per_setting_and_the_mixed_row_last():

@@ -10,7 +10,8 @@ import torch.nn as nn
 
 from models.backbones import build_encoder
 from models.cada import Alignment
-from models.revdist import LAYERS, RevDist, build_optimizer, cosine_map, reconstruction_loss
+from models.revdist import LAYERS, RevDist, cosine_map, reconstruction_loss
+from utils.optim import build_optimizer
 
 RD4AD = SimpleNamespace(optimizer="adam", lr=5e-3, betas=(0.5, 0.999), weight_decay=0.0, adam_eps=1e-8,
                         amsgrad=False, lr_drop_at=0.0, lr_drop_gamma=0.2)

@@ -75,6 +75,7 @@ def test_only_the_writer_creates_and_removing_a_snapshot_creates_nothing(tmp_pat
     assert writer.path == tmp_path / "run" and not (tmp_path / "run" / "checkpoints" / "brick.train.pt").exists()
 
 
+@pytest.mark.slow
 def test_two_script_runs_started_together_write_two_folders(tmp_path):
     from datasets.demo import make_demo
     make_demo(tmp_path / "demo")  # once, so the two runs do not race on generating it

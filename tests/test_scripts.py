@@ -17,6 +17,8 @@ from PIL import Image
 
 from tests.test_datasets_semantic import idx_bytes
 
+pytestmark = pytest.mark.slow  # every test here runs a training script
+
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["--weights", "none", "--backbone", "resnet18", "--device", "cpu", "--num_workers", "0"]
 
@@ -233,7 +235,10 @@ def test_help_explains_every_option_on_stdout(tmp_path):
     assert done.returncode == 0 and done.stderr == ""
     assert done.stdout.startswith("usage: ")
     assert "--iters" in done.stdout and "5000" in done.stdout and "iterations over the union" in done.stdout
-    assert "demo" in done.stdout and "resnet18" in done.stdout  # the demo preset
+    assert "demo" in done.stdout and "efficientnet_lite0" in done.stdout  # the demo preset
+    assert "sec. 3.3)" in done.stdout  # a wrapped constant comment is shown whole
+    never_retrain = " ".join(done.stdout.split("Options that never retrain a saved model")[1].split())
+    assert "data_path," in never_retrain and "cada_dropout," in never_retrain
 
 
 def write_pattern_mnist(root, n_train=30, n_test=20):
@@ -311,12 +316,14 @@ def test_train_cifar10_on_a_cats_vs_dogs_folder_learns(tmp_path):
     (["--method", "revdist", "--cada_batch_size", "0", "--dataset", "demo"], "--cada_batch_size: expected a positive"),
     (["--method", "revdist", "--cada_convs", "-1", "--dataset", "demo"], "--cada_convs: expected a non-negative"),
     (["--method", "revdist", "--cada_linears", "0", "--dataset", "demo"], "--cada_linears: expected a positive"),
-    (["--method", "revdist", "--cada_dropout", "1", "--dataset", "demo"], "--cada_dropout: expected a value at most"),
+    (["--method", "revdist", "--cada_dropout", "1", "--dataset", "demo"], "--cada_dropout: expected a value below 1.0"),
     (["--method", "revdist", "--cada_dropout", "-0.1", "--dataset", "demo"], "--cada_dropout: expected a non-negative"),
     (["--method", "revdist", "--cada_dropout_at", "last", "--dataset", "demo"], "--cada_dropout_at: expected one of"),
     (["--method", "uniad", "--dataset", "demo", "--image_size", "96"], "--backbone/--image_size: UniAD reads EfficientNet-B4"),
-    (["--recompute", "--dataset", "demo"], "--recompute: it saves the convolutional decoders' memory"),
+    (["--recompute", "--dataset", "demo"], "--recompute: an option of revdist, recontrast; --method noco does not use it"),
     (["--image_size", "0", "--dataset", "demo", "--image_size", "64"], "--image_size is given twice (0 and 64)"),
+    (["--method", "patchcore", "--dataset", "demo"], "--method: expected one of noco, revdist, recontrast, uniad"),
+    (["--method", "revdist", "--hm_factor", "0.1", "--dataset", "demo"], "--hm_factor: an option of recontrast;"),
 ])
 def test_bad_input_ends_in_one_clear_line_before_any_folder_is_made(args, message, demo_root, tmp_path):
     if "demo" in args:
@@ -379,12 +386,21 @@ def test_a_checkpoint_is_reused_only_for_the_classes_it_was_trained_on(demo_root
     args = ["--dataset", "demo", "--data_path", str(demo_root), "--image_size", "64", "--epochs", "1", *SMALL]
     csv = results_path(run_script("train_mvtec.py", *args, "--classes", "brick", "--out_dir", str(tmp_path / "a")))
     brick = csv.parent / "checkpoints" / "brick.pt"
-    again = run_script("train_mvtec.py", *args, "--classes", "brick", "--checkpoint", str(brick),
+    moved = tmp_path / "moved"  # the same images under another path: the data enter the fingerprint by content
+    shutil.copytree(demo_root, moved)
+    moved_args = [arg if arg != str(demo_root) else str(moved) for arg in args]
+    again = run_script("train_mvtec.py", *moved_args, "--classes", "brick", "--checkpoint", str(brick),
                        "--out_dir", str(tmp_path / "b"))
+    assert "brick train" not in again.stderr  # reused, not trained
     assert pd.read_csv(results_path(again)).equals(pd.read_csv(csv))  # the same model, evaluated again
+    with open(moved / "brick" / "train" / "good" / "000.png", "ab") as image:  # other data, same class name
+        image.write(b"another camera")
+    other = run_script("train_mvtec.py", *moved_args, "--classes", "brick", "--checkpoint", str(brick),
+                       "--out_dir", str(tmp_path / "c"), expect_ok=False)
+    assert "trained with another configuration (differs in ['training_data'])" in other.stderr
     refused = run_script("train_mvtec.py", *args, "--classes", "grass", "--checkpoint", str(brick),
                          "--out_dir", str(tmp_path / "c"), expect_ok=False)
-    assert "trained with another configuration (differs in ['classes'])" in refused.stderr
+    assert "trained with another configuration (differs in ['classes', 'training_data'])" in refused.stderr
     missing = run_script("train_mvtec.py", *args, "--classes", "grass", "--checkpoint", str(csv.parent),
                          "--out_dir", str(tmp_path / "c"), expect_ok=False)
     assert "expected a .pt file or a run folder with checkpoints/{grass}.pt" in missing.stderr

@@ -1,7 +1,6 @@
 """UniAD against the brief (section 4): the parameter count, the official initialisation, the neighbour
 mask, shapes on a random-init EfficientNet-B4 (and Lite0), the feature jitter, position embeddings on
 queries/keys only (column half first), and learning on tiny generated token grids."""
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,10 +11,12 @@ from sklearn.metrics import roc_auc_score
 from models.backbones import build_encoder
 from models.cada import Alignment
 from models.uniad import UNIAD_LAYERS, TokenEncoder, UniAD, neighbour_mask, token_channels
+from models import uniad
+from utils.optim import optimizer_settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-OFFICIAL = SimpleNamespace(lr=1e-4, betas=[0.9, 0.999], weight_decay=1e-4)
+OFFICIAL = optimizer_settings(lr=1e-4, weight_decay=1e-4, amsgrad=False)  # UniAD's preset
 
 
 def count(module):
@@ -88,7 +89,7 @@ def test_xavier_init_and_architecture_settings(default_model):
     bound = (6 / (256 + 1024)) ** 0.5  # xavier_uniform of the FFN's first weight
     weight = model.encoder[0].ffn.linear1.weight
     assert weight.abs().max() <= bound and weight.abs().max() > 0.95 * bound
-    assert model.grad_clip == 0.1 and small(grad_clip=0.5).grad_clip == 0.5
+    assert uniad.GRAD_CLIP == 0.1
 
 
 def check_official_init(model):
@@ -376,7 +377,7 @@ def test_learns_and_localises_anomalous_tokens():
     torch.manual_seed(0)
     model = UniAD(in_channels=C, hidden=32, grid=(GRID, GRID), encoder_layers=2, decoder_layers=2, heads=4, ffn=64,
                   neighbour_size=3, layers=("x",))
-    optimizer, _ = model.configure_optimizers(SimpleNamespace(lr=1e-3, betas=[0.9, 0.999], weight_decay=1e-4), 200)
+    optimizer, _ = model.configure_optimizers(optimizer_settings(lr=1e-3, weight_decay=1e-4, amsgrad=False), 200)
     held_out = {"x": normal_tokens(16, torch.Generator().manual_seed(9), pattern, basis)}
     before = model.eval().loss(held_out).item()
     model.train()
@@ -384,7 +385,7 @@ def test_learns_and_localises_anomalous_tokens():
         loss = model.loss({"x": normal_tokens(8, generator, pattern, basis)})
         optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), model.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), uniad.GRAD_CLIP)
         optimizer.step()
     model.eval()
     after = model.loss(held_out).item()

@@ -5,8 +5,7 @@ import math
 import os
 from pathlib import Path
 
-from models.backbones import BACKBONES, EFFICIENTNETS
-from models.revdist import BACKBONES as REVDIST_BACKBONES
+from models.backbones import BACKBONES
 from utils.config import ConfigError, _format_value
 
 
@@ -26,10 +25,11 @@ def _numbers(cfg, name):
     return values
 
 
-def check_config(cfg, positive=(), non_negative=(), choices=None, at_most=None, non_empty=()):
+def check_config(cfg, positive=(), non_negative=(), choices=None, at_most=None, below=None, non_empty=()):
     """Raise ConfigError, one line naming the option and what was expected, unless every option in
     `positive` is > 0, in `non_negative` >= 0 (both: finite too), in `at_most` ({name: bound}) <= its
-    bound, in `choices` ({name: allowed values}) one of them, and in `non_empty` (tuples) not empty.
+    bound, in `below` < its bound, in `choices` ({name: allowed values}) one of them, and in `non_empty`
+    (tuples) not empty.
     Tuple options are checked element by element, e.g. `--target_norm: expected positive numbers, got 1.0,-2.0`."""
 
     def fail(name, expected):
@@ -47,6 +47,9 @@ def check_config(cfg, positive=(), non_negative=(), choices=None, at_most=None, 
     for name, bound in (at_most or {}).items():
         if not all(v <= bound for v in _numbers(cfg, name)):
             fail(name, f"{'values' if isinstance(getattr(cfg, name), tuple) else 'a value'} at most {bound}")
+    for name, bound in (below or {}).items():
+        if not all(v < bound for v in _numbers(cfg, name)):
+            fail(name, f"{'values' if isinstance(getattr(cfg, name), tuple) else 'a value'} below {bound}")
     for name, allowed in (choices or {}).items():
         value = getattr(cfg, name)
         allowed_text = ", ".join(map(str, allowed))
@@ -93,28 +96,11 @@ def check_backbone(cfg):
 
 
 def check_structured(cfg, alignments):
-    """train_mvtec.py: --backbone, --align, --target_norm, --image_size and --recompute against --method and
-    --setting."""
+    """train_mvtec.py: --backbone, and --align against --setting (a method's own options are checked by
+    its registry entry, models.method_of)."""
     check_backbone(cfg)
     if unknown := [a for a in cfg.align if a not in alignments]:
         raise ConfigError(f"--align: expected a comma list of {', '.join(alignments)}, got {', '.join(unknown)}")
     if cfg.setting == "separate" and tuple(cfg.align) != ("none",):
         raise ConfigError("--align: alignment calibrates the classes of one unified model; "
                           "with --setting separate (one model per class) it must be none")
-    if cfg.method != "noco" and len(cfg.target_norm) > 1:
-        raise ConfigError(f"--target_norm: a list of norms (the norm study) is for --method noco, not {cfg.method}")
-    if cfg.recompute and cfg.method not in ("revdist", "recontrast"):
-        raise ConfigError(f"--recompute: it saves the convolutional decoders' memory (revdist, recontrast); "
-                          f"{cfg.method} has none to recompute")
-    if cfg.method in ("revdist", "recontrast") and (cfg.crop_size or cfg.image_size) % 32:
-        raise ConfigError(f"--image_size/--crop_size: {cfg.method}'s decoder mirrors a stride-32 encoder, so the input "
-                          f"side must be a multiple of 32, got {cfg.crop_size or cfg.image_size}")
-    side = cfg.crop_size or cfg.image_size
-    if cfg.method == "uniad" and (cfg.backbone not in EFFICIENTNETS or side % 16 or side < 128):
-        raise ConfigError(f"--backbone/--image_size: UniAD reads EfficientNet-B4 (or -Lite0) stages at stride 16 "
-                          f"and its 7x7 neighbour mask needs a token grid over 7, so --backbone "
-                          f"{' or '.join(EFFICIENTNETS)} and a side that is a multiple of 16 and at least 128; "
-                          f"got {cfg.backbone}, {side}")
-    if cfg.method in ("revdist", "recontrast") and cfg.backbone not in REVDIST_BACKBONES:
-        raise ConfigError(f"--backbone: {cfg.method}'s bottleneck and decoder are built for "
-                          f"{', '.join(REVDIST_BACKBONES)}; got {cfg.backbone}")

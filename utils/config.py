@@ -183,7 +183,7 @@ def _apply_presets(config, defaults, presets, given):
             config.update({name: value for name, value in values.items() if name not in given})
 
 
-def parse_config(defaults, argv=None, presets=None, script=None, return_given=False):
+def parse_config(defaults, argv=None, presets=None, script=None, return_given=False, epilog=""):
     """Return `defaults` with the `--name value` overrides of argv (default: sys.argv[1:]) and then
     the presets applied, as a namespace (cfg.lr, ...; `vars(cfg)` is the plain dict saved in
     config.json). With `return_given=True`, return `(cfg, given)` where `given` is the set of the
@@ -200,7 +200,7 @@ def parse_config(defaults, argv=None, presets=None, script=None, return_given=Fa
         _install_script_handlers()
     argv = sys.argv[1:] if argv is None else list(argv)
     if "-h" in argv or "--help" in argv:
-        print(config_help(defaults, presets, script), flush=True)
+        print(config_help(defaults, presets, script, epilog), flush=True)
         raise SystemExit(0)
     config, given = dict(defaults), set()
     i = 0
@@ -261,12 +261,20 @@ def _script_comments(script, presets):
     def beside(first, last, skip=()):
         return " ".join(comments[n] for n in range(first, last + 1) if n in comments and n not in skip)
 
+    lines = source.splitlines()
+
+    def continued(last):
+        """The last line of a statement and the indented comment-only lines under it (a wrapped comment)."""
+        while last < len(lines) and lines[last].startswith(" ") and lines[last].strip().startswith("#"):
+            last += 1
+        return last
+
     constants, preset_comments = {}, []
     for node in tree.body:
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            constants.setdefault(node.target.id, beside(node.lineno, node.end_lineno))
+            constants.setdefault(node.target.id, beside(node.lineno, continued(node.end_lineno)))
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            constants.setdefault(node.targets[0].id, beside(node.lineno, node.end_lineno))  # the first: the constant
+            constants.setdefault(node.targets[0].id, beside(node.lineno, continued(node.end_lineno)))  # the first
             if not presets or preset_comments or not isinstance(node.value, (ast.List, ast.Tuple)):
                 continue
             items = node.value.elts
@@ -300,7 +308,7 @@ def _columns(left, text, column):
     return [left.ljust(column) + lines[0][column:]] + lines[1:]
 
 
-def config_help(defaults, presets=None, script=None):
+def config_help(defaults, presets=None, script=None, epilog=""):
     """The text `--help` prints: usage, the script's purpose, every option with its default and the
     comment beside its constant in the script, then the presets."""
     docstring, comments, preset_comments = _script_comments(script, presets) if script else ("", {}, [])
@@ -326,6 +334,8 @@ def config_help(defaults, presets=None, script=None):
             comment = preset_comments[i] if i < len(preset_comments) else ""
             lines += _columns(header, comment and f"# {comment}", len(header) + 2 if len(header) <= 60 else 6)
             lines += _wrap([f"--{key}\u00a0{_format_value(value)}" for key, value in values.items()], 6)
+    if epilog:
+        lines += [""] + textwrap.wrap(epilog, _WIDTH)
     return "\n".join(line.replace("\u00a0", " ").rstrip() for line in lines)
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from models.cada import calibrate, map_statistics, targets
-from utils.maps import gaussian_blur, image_scores, upsample
+from utils.maps import gaussian_blur, image_scores
 from utils.metrics import compute_metrics
 
 PIXEL_SAMPLES = 2000  # per class, of its normal and of its anomalous test pixels: kept for the pixel-score figure
@@ -23,22 +23,36 @@ class ClassMaps:
     probe: torch.Tensor = None  # per image, whatever collect_maps' probe returned (the figures' NoCo polar data)
 
 
-def collect_maps(model, batches, size, head_input=None, probe=None):
-    """ClassMaps of a frozen model over (model input, labels, masks) batches: its maps upsampled to
-    size x size, before the blur, on the CPU; with head_input(model, model_input), the alignment
-    head's inputs too; with probe(model, model_input, raw maps), whatever it returns per image."""
+def collect_maps(model, batches, head_input=None, probe=None):
+    """ClassMaps of a frozen model over (model input, labels, masks) batches: its maps (anomaly_map gives
+    them at the input size, before the blur), on the CPU; with head_input(model, model_input), the
+    alignment head's inputs too; with probe(model, model_input), whatever it returns per image."""
     maps, labels, masks, features, probed = [], [], [], [], []
     for model_input, label, mask in batches:
-        maps.append(model.anomaly_map(model_input).float())
+        maps.append(model.anomaly_map(model_input).float().cpu())
+        if maps[-1].shape[-2:] != mask.shape[-2:]:
+            raise RuntimeError(f"{type(model).__name__}.anomaly_map gave {tuple(maps[-1].shape[-2:])} maps for "
+                               f"{tuple(mask.shape[-2:])} inputs: every method's maps come at the input size")
         labels.append(label)
         masks.append(mask)
-        if head_input is not None:
-            features.append(head_input(model, model_input).float().cpu())
-        if probe is not None:
-            with torch.no_grad():
-                probed.append(probe(model, model_input, maps[-1]).cpu())
-    return ClassMaps(upsample(torch.cat(maps), size).cpu(), torch.cat(labels), torch.cat(masks),
+        with torch.no_grad():
+            if head_input is not None:
+                features.append(head_input(model, model_input).float().cpu())
+            if probe is not None:
+                probed.append(probe(model, model_input).cpu())
+    return ClassMaps(torch.cat(maps), torch.cat(labels), torch.cat(masks),
                      torch.cat(features) if features else None, torch.cat(probed) if probed else None)
+
+
+def head_training_table(seen):
+    """What the alignment heads learn from, per training image of each class (`seen`: the classes'
+    ClassMaps of their training images, in class order): its map's statistics (mean, max, std), its
+    class index (label) and, where collected, the head's input (features)."""
+    stats = {key: torch.cat([map_statistics(m.maps)[key] for m in seen]) for key in ("mean", "max", "std")}
+    table = {**stats, "label": torch.cat([torch.full((len(m.maps),), float(i)) for i, m in enumerate(seen)])}
+    if seen[0].features is not None:
+        table["features"] = torch.cat([m.features for m in seen])
+    return table
 
 
 def correlation(a, b):

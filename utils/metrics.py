@@ -1,4 +1,4 @@
-"""Anomaly-detection metrics: image and pixel AUROC and AP, AUPRO, image F1-max. Pure functions.
+"""Anomaly-detection metrics: image and pixel AUROC and AP, AUPRO. Pure functions.
 
 AUROC and AP equal scikit-learn's `roc_auc_score` and `average_precision_score`, ties included, but
 are computed without sorting all scores together: the negatives and the (few) positives are sorted
@@ -15,7 +15,7 @@ import torch
 from scipy import ndimage
 
 AUPRO_FPR_LIMIT = 0.3
-METRIC_KEYS = ("I-AUROC", "I-AP", "P-AUROC", "P-AP", "AUPRO", "F1-max")
+METRIC_KEYS = ("I-AUROC", "I-AP", "P-AUROC", "P-AP", "AUPRO")
 # 8-connectivity within each map (no links between maps), as the MVTec AD reference evaluation
 # (Bergmann et al.), which labels regions with scipy.ndimage.label and a 3x3 structure of ones.
 _REGION_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
@@ -29,8 +29,7 @@ def compute_metrics(image_scores, image_labels, pixel_scores=None, pixel_masks=N
 
     image_scores, image_labels: shape (N,), label 1 = anomalous. pixel_scores, pixel_masks: shape
     (N, H, W) or (N, 1, H, W), mask 1 = anomalous pixel; when they are not given, P-AUROC, P-AP and
-    AUPRO are None. F1-max is the image-level maximum F1 over all score thresholds. AUPRO is
-    dataset-level (see `aupro`). Raises ValueError for invalid inputs and for a test set lacking
+    AUPRO are None. AUPRO is dataset-level (see `aupro`). Raises ValueError for invalid inputs and for a test set lacking
     normal or anomalous images (or pixels), on which AUROC is undefined.
     """
     image_scores, image_labels = _as_tensor(image_scores), _as_tensor(image_labels)
@@ -39,8 +38,7 @@ def compute_metrics(image_scores, image_labels, pixel_scores=None, pixel_masks=N
                          f"{tuple(image_scores.shape)} and {tuple(image_labels.shape)}")
     image = _threshold_counts(*_split_sorted(image_scores, image_labels, "image_scores", "image_labels", "image"))
     metrics = dict.fromkeys(METRIC_KEYS)
-    metrics.update({"I-AUROC": _area_under(*_roc_curve(image)), "I-AP": _average_precision(image),
-                    "F1-max": _f1_max(image)})
+    metrics.update({"I-AUROC": _area_under(*_roc_curve(image)), "I-AP": _average_precision(image)})
     if pixel_scores is None and pixel_masks is None:
         return metrics
     pixel_scores, pixel_masks = _pixel_maps(pixel_scores, pixel_masks)
@@ -205,14 +203,6 @@ def _average_precision(counts):
     tp = counts.tp.double()
     new_positives = torch.diff(tp, prepend=tp.new_zeros(1))
     return float((new_positives * tp / (tp + counts.fp)).sum() / tp[-1])
-
-
-def _f1_max(counts):
-    """Maximum F1 = 2 TP / (TP + FP + P) over all thresholds.
-
-    Between two distinct positive scores only FP grows, so the maximum is at a positive score."""
-    tp = counts.tp.double()
-    return float((2 * tp / (tp + counts.fp + tp[-1])).max())
 
 
 def _aupro(counts):

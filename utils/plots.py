@@ -22,7 +22,6 @@ from matplotlib.lines import Line2D  # noqa: E402
 from utils.files import atomic_write  # noqa: E402
 
 DPI = 100
-MAX_COLS = 5        # small multiples per row (map grids excepted: one column per alignment)
 SMALL = 7           # legend / tick font size
 NORMAL_STYLE = dict(marker="o", s=8, color="tab:blue", alpha=0.7, linewidths=0)
 ANOMALOUS_STYLE = dict(marker="x", s=14, color="tab:red", alpha=0.8, linewidths=0.8)
@@ -302,17 +301,18 @@ def roc_curves(path, curves, title=""):
         ax.axis("off")
     for ax, panel in zip(axes, panels):
         lines = curves[panel]
-        for (name, (s, y)), style in zip(lines.items(), _styles(len(lines))):
+        for index, ((name, (s, y)), style) in enumerate(zip(lines.items(), _styles(len(lines)))):
             s, y = _np(s).ravel(), _np(y).ravel() > 0.5
+            width = 1.0 + 2.0 * (len(lines) - 1 - index) / max(len(lines) - 1, 1)  # identical curves stay visible
             if y.all() or not y.any():
                 ax.plot([], [], label=f"{name} (n/a: one label)", **style)
                 continue
             fpr, tpr, _ = roc_curve(y, s)
-            ax.plot(fpr, tpr, linewidth=1.0, **style,
+            ax.plot(fpr, tpr, linewidth=width, clip_on=False, zorder=3, **style,
                     label=f"{name} ({100 * roc_auc_score(y, s):.1f})")
         ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=0.8)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.01)
+        ax.set_xlim(-0.01, 1.01)  # the curves' first and last segments lie on the frame: drawn over it
+        ax.set_ylim(-0.01, 1.01)
         ax.set_title(str(panel), fontsize=10)
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")

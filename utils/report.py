@@ -41,11 +41,23 @@ def polar_coordinates(projected, target):
     return torch.stack([projected.norm(dim=1), cosine.acos()], dim=1).cpu()
 
 
-def noco_polar(model, features, maps):
+def noco_polar(model, features):
     """(B, 2) polar coordinates of each image's projected NoCo feature at its highest-scoring patch."""
     projected = model.project(features).flatten(2)                      # (B, C, h * w)
-    at_max = maps.flatten(1).argmax(dim=1)
+    at_max = model.distance(features).flatten(1).argmax(dim=1)
     return polar_coordinates(projected[torch.arange(len(projected)), :, at_max], model.target)
+
+
+def new_record(norm, unified, tested, test_sets, shown):
+    """What the figures of one model need, filled by keep_evaluation per alignment: `tested` {class:
+    ClassMaps of its test set}, `shown` {class: the indices of the example images drawn}."""
+    classes = list(tested)
+    return {"target_norm": norm, "unified": unified, "scores": {}, "pixels": {},
+            "polar": {c: (tested[c].probe, tested[c].labels) for c in classes if tested[c].probe is not None},
+            "examples": {"classes": [c for c in classes for _ in shown[c]], "maps": {}, "image_stats": {},
+                         "images": displayable(torch.stack([test_sets[c][int(i)]["image"]
+                                                            for c in classes for i in shown[c]])),
+                         "masks": torch.cat([tested[c].masks[shown[c]] for c in classes])}}
 
 
 def keep_evaluation(record, kind, kept, labels):

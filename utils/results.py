@@ -46,6 +46,21 @@ def metrics_row(name, metrics, setting="separate", **extra):
     return row
 
 
+def model_rows(per_class, pooled, model, target_norm, align=None, show_align=False):
+    """The table rows of one evaluated model, each also printed as one line: a row per class of
+    {class: metrics}, then with `pooled` (a unified model) the absolute-unified `mixed` row. `align`
+    (unified models) names the alignment; None marks a separate model, whose rows have no align column."""
+    block = {} if align is None else {"align": align}
+    suffix = f" [{align}]" if show_align else ""
+    rows = []
+    for name, metrics in [*per_class.items(), *([("mixed", pooled)] if pooled is not None else [])]:
+        setting = "separate" if align is None else "absolute-unified" if name == "mixed" else "model-unified"
+        rows.append(metrics_row(name, metrics, setting, model=model, target_norm=target_norm, **block))
+        shown_model = "" if name in (model, "mixed") else f" ({model})"
+        print(f"{name}{shown_model}{suffix}: " + " ".join(f"{k} {100 * metrics[k]:.1f}" for k in METRIC_COLUMNS))
+    return rows
+
+
 def results_table(rows):
     """DataFrame of the rows with a `mean` row after the per-class rows of each setting
     (separate, model-unified); `mixed` rows (absolute-unified) are kept as they are, last.
@@ -209,9 +224,9 @@ class RunFolder:
             self._path, self._final = _create_new_folder(self._path), True
         return self._path
 
-    def finished(self, name, **extra):
-        """Whether rows for the model `name` (with these extra keys, e.g. target_norm) are already there."""
-        return any(row.get("model") == name and all(row.get(k) == v for k, v in extra.items()) for row in self.rows)
+    def finished(self, name):
+        """Whether rows for the model `name` are already there."""
+        return any(row.get("model") == name for row in self.rows)
 
     def _write_config(self, status, results=None):
         if not self.writer:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Subset
-from tqdm import tqdm
 
 from datasets.oneclass import OneClassDataset, SemanticDataset
 from models.backbones import build_encoder
@@ -17,16 +16,18 @@ from utils.features import CachedBatches, EncodedBatches, extract_features
 from utils import report
 from utils.metrics import compute_metrics
 from utils.results import RunFolder, metrics_row, new_run_path, resumed_config
-from utils.training import batch_stream, iterations
+from utils.training import batch_stream, fit, iterations
+
 
 def checked_config(cfg, given, script, datasets):
     """The configuration to run: cfg itself, or with --resume the interrupted run's; checked before any work."""
     cfg = resumed_config(cfg, given)
     check_config(cfg, positive=("batch_size", "lr", "target_norm", "image_size"),
                  non_negative=("epochs", "crop_size", "num_workers", "weight_decay", "cache_memory_gb",
-                               "radius_penalty"),
+                               "radius_penalty", "lr_drop_at"),
                  choices={"method": ("noco",), "dataset": datasets, "resize": ("pil", "cv2"),
-                          "cache_dtype": ("float32", "float16", "bfloat16")})
+                          "optimizer": ("adamw", "adam"),
+                          "cache_dtype": ("float32", "float16", "bfloat16")}, at_most={"lr_drop_at": 1.0})
     check_backbone(cfg)
     if not cfg.resume:
         check_out_dir(cfg.out_dir)
@@ -87,17 +88,11 @@ def run_semantic_noco(cfg, script, default_root="data"):
                          generator=generator).to(device)
             if cfg.target == "mean":
                 with torch.no_grad():
-                    model.set_target(torch.cat([model.project(f).flatten(1) for f in batches.epoch(generator, device)]).mean(0))
-            optimizer, _ = model.configure_optimizers(cfg, total_iters)
-            model.train()
-            stream = batch_stream(batches, generator, device)
-            for it in (progress := tqdm(range(total_iters), desc=f"{class_name} norm {norm:g}", leave=False)):
-                loss = model.loss(next(stream))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if it % 10 == 0 or it == total_iters - 1:
-                    progress.set_postfix(loss=f"{loss.item():.4f}", r=f"{model.radius.item():.2e}")
+                    model.set_target(torch.cat([model.project(f).flatten(1)
+                                                for f in batches.epoch(generator, device)]).mean(0))
+            optimizer, scheduler = model.configure_optimizers(cfg, total_iters)
+            fit(model, batch_stream(batches, generator, device), optimizer, scheduler, total_iters,
+                desc=f"{class_name} norm {norm:g}")
             if cfg.save_checkpoints:
                 run.save_checkpoint({"model": model.state_dict(), "training_config": vars(cfg),
                                      "class_name": class_name}, name)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from utils.features import shuffled_batches
 from utils.results import read_partial_rows
@@ -30,6 +31,36 @@ def batch_stream(source, generator, device, drop_last=False, start=0):
             if drop_last and len(next(iter(batch.values()))) < source.batch_size:
                 continue
             yield batch
+
+
+def fit(model, batches, optimizer, scheduler, total_iters, start=0, loss_of=None, grad_clip=0.0, autocast=None,
+        after_step=None, desc="train", show=True):
+    """The one training loop of every model and alignment head: steps start..total_iters-1 of loss,
+    backward, gradient clipping (grad_clip > 0), optimiser step and schedule step.
+
+    batches    an iterator of batches (batch_stream, or this process's slices of it under torchrun)
+    loss_of    the loss function (default model.loss; DistributedDataParallel's wrapper under torchrun)
+    autocast   a device type ("cuda") to run the loss under bf16 autocast, or None for float32
+    after_step called with the number of finished iterations after each step (training snapshots)
+    """
+    loss_of = loss_of or model.loss
+    model.train()
+    for it in (progress := tqdm(range(start, total_iters), desc=desc, leave=False, disable=not show)):
+        batch = next(batches)
+        with torch.autocast(autocast or "cpu", dtype=torch.bfloat16, enabled=autocast is not None):
+            loss = loss_of(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if it % 10 == 0 or it == total_iters - 1:
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+        if after_step is not None:
+            after_step(it + 1)
+    return model.eval()
 
 
 def iterations(setting, epochs, iters, n_images, batch_size, drop_last):
@@ -65,6 +96,7 @@ def fingerprint(config, ignore):
 
 CHECKPOINT_KEYS = ("model", "training_config", "fingerprint")  # what train_mvtec.py's trained() saves
 SNAPSHOT_KEYS = ("model", "optimizer", "scheduler", "iteration", "rng", "cuda_rng", "fingerprint")  # training_snapshot
+NOT_OPTIONS = {"training_data"}  # what a training configuration holds besides the options: data_fingerprint's hash
 KINDS = {"checkpoint": ("a model checkpoint", CHECKPOINT_KEYS), "snapshot": ("a training snapshot", SNAPSHOT_KEYS)}
 
 
@@ -93,9 +125,9 @@ def load_our_file(path, label, kind, config=None):
         raise ValueError(f"{label}: not {description} of this suite (it holds a {type(state).__name__})")
     saved = state.get("training_config")
     if kind == "checkpoint" and config is not None and isinstance(saved, dict):
-        if set(saved) != set(config):
+        if set(saved) - NOT_OPTIONS != set(config) - NOT_OPTIONS:
             raise ValueError(f"{label}: a checkpoint of another script or version "
-                             f"(options differ: {sorted(set(saved) ^ set(config))})")
+                             f"(options differ: {sorted((set(saved) ^ set(config)) - NOT_OPTIONS)})")
         if saved.get("method") != config.get("method"):
             raise ValueError(f"{label}: a checkpoint of --method {saved.get('method')}, "
                              f"this run is --method {config.get('method')}")
@@ -190,3 +222,63 @@ def restore_snapshot(path, model_fingerprint, model, optimizer, scheduler):
     if saved["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(saved["cuda_rng"])
     return saved["iteration"]
+
+
+def data_fingerprint(datasets):
+    """A short hash of the training images' content as files: each dataset's class name and the sorted
+    names and sizes of its images (not their folder), so that the same data under another path reuses a
+    checkpoint and another folder with the same class names does not."""
+    listing = [(dataset.class_name, sorted((Path(path).name, Path(path).stat().st_size)
+                                           for path, *_ in dataset.samples)) for dataset in datasets]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:12]
+
+
+class Trainer:
+    """Trains a model (base or alignment head) by `fit`, or reuses the one saved under its name when it
+    was trained exactly so (the run being resumed, then --checkpoint); saves training snapshots every
+    `checkpoint_every` iterations and the last checkpoint. Under torchrun (world > 1) the loss runs
+    under DistributedDataParallel on this process's slice of every batch."""
+
+    def __init__(self, run, resume, checkpoint, seed, device, rank=0, world=1, checkpoint_every=0,
+                 save_checkpoints=True, amp=False):
+        self.run, self.sources, self.seed, self.device = run, (resume, checkpoint), seed, device
+        self.rank, self.world, self.checkpoint_every, self.save = rank, world, checkpoint_every, save_checkpoints
+        self.autocast = device.type if amp else None
+
+    def __call__(self, model, name, training_config, ignore, batches, total_iters, cfg, base=True, drop_last=False,
+                 grad_clip=0.0, before_training=None):
+        """`batches` makes the training batches (called only when the model is trained, not reused);
+        `cfg` goes to model.configure_optimizers. Alignment heads (base=False) train in float32, and a head
+        saved under other head options is trained again (a base model so saved is an error)."""
+        state = saved_state(self.sources, name, training_config, ignore, must_match=base)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            return model.eval()
+        from utils import distributed  # it imports the evaluation (and so the models); the models import this module
+        source, generator = batches(), torch.Generator().manual_seed(self.seed)
+        if before_training is not None:
+            before_training(model, source, generator, self.device)
+        optimizer, scheduler = model.configure_optimizers(cfg, total_iters)
+        key, snapshot_name, start = fingerprint(training_config, ignore), f"{name}.train", 0
+        torch.manual_seed(self.seed + self.rank)  # dropout and jitter differ between processes; the batch order not
+        resume = self.sources[0]
+        if resume and (start := restore_snapshot(Path(resume) / "checkpoints" / f"{snapshot_name}.pt", key,
+                                                 model, optimizer, scheduler)):  # the RNG state too
+            print(f"{name}: resuming training at iteration {start} of {total_iters}")
+        stream = batch_stream(source, generator, self.device, drop_last, start=start)
+        if self.world > 1:
+            stream = (distributed.local_slice(batch, self.rank, self.world) for batch in stream)
+
+        def snapshot(done):
+            if self.checkpoint_every and done % self.checkpoint_every == 0 and done < total_iters:
+                self.run.save_checkpoint(training_snapshot(model, optimizer, scheduler, done, key), snapshot_name)
+
+        fit(model, stream, optimizer, scheduler, total_iters, start,
+            distributed.parallel_loss(model, self.device) if self.world > 1 else None, grad_clip,
+            self.autocast if base else None, snapshot, f"{name} train", show=self.rank == 0)
+        distributed.from_rank0(model, self.world)  # every process evaluates the model rank 0 saves
+        if self.save:
+            self.run.save_checkpoint({"model": model.state_dict(), "training_config": training_config,
+                                      "fingerprint": key}, name)
+        self.run.remove_checkpoint(snapshot_name)
+        return model.eval()

@@ -1,0 +1,101 @@
+"""The one face, checked over the method registry (models.METHODS): what a new method must pass."""
+import io
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from models import METHODS, METHOD_OPTIONS, method_of, not_in_fingerprint
+from utils.config import ConfigError
+from utils.evaluation import collect_maps
+from utils.training import data_fingerprint, fingerprint
+
+BASE = dict(backbone="resnet18", weights="none", layers=("layer1", "layer2", "layer3"), encoder_taps="preact",
+            image_size=64, crop_size=0, target="randn", target_p=2.0, nu=1e-3, radius_init=1e-5,
+            decoder_activation="gelu", loss_form="global", recompute=False, hm_factor=0.0, encoder_lr=1e-5,
+            optimizer="adamw", lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-5, adam_eps=1e-8, amsgrad=True,
+            lr_drop_at=0.5, lr_drop_gamma=0.2, target_norm=(1.0,))
+SIZES = {"uniad": dict(backbone="efficientnet_lite0", image_size=128, encoder_taps="standard")}
+
+
+def config(name, **changes):
+    return SimpleNamespace(**{**BASE, **SIZES.get(name, {}), "method": name, **changes})
+
+
+def built(name):
+    cfg = config(name)
+    method = method_of(cfg)
+    torch.manual_seed(0)
+    encoder = method.build_encoder(cfg)
+    model = method.build_model(cfg, encoder, 1.0, torch.Generator().manual_seed(0))
+    images = torch.randn(2, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(1))
+    batch = encoder(images) if method.trains_on == "features" else {"image": images}
+    return cfg, method, encoder, model, batch
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_has_the_one_face(name, one_thread):
+    cfg, method, encoder, model, batch = built(name)
+    model.train()
+    if method.before_training is not None:  # NoCo's mean target reads batches; the default target needs none
+        assert model.target.any()
+    loss = model.loss(batch)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
+
+    model.eval()
+    maps = model.anomaly_map(batch)  # the one map contract: float32 at the input size, before the blur
+    assert maps.shape == (2, cfg.image_size, cfg.image_size) and maps.dtype == torch.float32
+    masks = torch.zeros(2, cfg.image_size, cfg.image_size, dtype=torch.bool)
+    collected = collect_maps(model, [(batch, torch.tensor([0, 1]), masks)],
+                             lambda m, b: method.head_input(m, b, "bottleneck"))
+    assert torch.equal(collected.maps, maps) and collected.features.dim() == 4
+
+    optimizer, scheduler = model.configure_optimizers(cfg, 10)
+    in_groups = [p for group in optimizer.param_groups for p in group["params"]]
+    assert len(in_groups) == len({id(p) for p in in_groups}) == len(trainable)  # each trainable parameter once
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["amsgrad"] and scheduler is not None
+
+    saved = io.BytesIO()
+    torch.save(model.state_dict(), saved)
+    saved.seek(0)
+    again = method.build_model(cfg, encoder, 1.0, torch.Generator().manual_seed(5))
+    again.load_state_dict(torch.load(saved, weights_only=True))
+    assert torch.equal(again.eval().anomaly_map(batch), maps)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_a_fingerprint_changes_with_the_methods_own_options_only(name):
+    method = METHODS[name]
+    cfg = vars(config(name))
+    ignore = not_in_fingerprint(method)
+    key = fingerprint(cfg, ignore)
+    assert fingerprint(dict(reversed(list(cfg.items()))), ignore) == key  # stable under order
+    for option in METHOD_OPTIONS:
+        other = fingerprint({**cfg, option: "changed"}, ignore)
+        assert (other != key) == (option in method.own_options), option
+
+
+def test_an_unknown_method_or_another_methods_option_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match="--method: expected one of noco, revdist, recontrast, uniad"):
+        method_of(config("patchcore"))
+    with pytest.raises(ConfigError, match="--hm_factor: an option of recontrast; --method revdist does not use it"):
+        method_of(config("revdist"), given={"hm_factor"})
+    with pytest.raises(ConfigError, match="--recompute: an option of revdist, recontrast; --method noco"):
+        method_of(config("noco"), given={"recompute", "lr"})
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        method_of(config("revdist", image_size=80))
+
+
+def test_the_data_fingerprint_reads_file_names_and_sizes_not_the_folder(tmp_path):
+    def dataset(folder, sizes):
+        folder.mkdir(parents=True)
+        for index, size in enumerate(sizes):
+            (folder / f"{index:03d}.png").write_bytes(b"x" * size)
+        return SimpleNamespace(class_name="brick", samples=[(p, 0, None) for p in sorted(folder.iterdir())])
+
+    original = data_fingerprint([dataset(tmp_path / "a" / "brick", [10, 20])])
+    assert data_fingerprint([dataset(tmp_path / "moved" / "brick", [10, 20])]) == original
+    assert data_fingerprint([dataset(tmp_path / "other" / "brick", [10, 21])]) != original
