@@ -1,5 +1,5 @@
 """Structured anomaly detection (MVTec AD, MPDD, VisA, BTAD, the demo set, or any folder in MVTec
-layout): NoCo, Reverse Distillation (RevDist), ReContrast and UniAD, one model per class (separate) or
+layout): NoCo, Reverse Distillation (RevDist), ReContrast, UniAD and Dinomaly, one model per class (separate) or
 one model for every class (unified, with optional score alignment: CADA and its variants), with
 image- and pixel-level metrics.
 
@@ -9,6 +9,7 @@ image- and pixel-level metrics.
     python train_mvtec.py --dataset mvtec --method revdist --setting separate   # RD4AD's own per-class table
     python train_mvtec.py --dataset mvtec --method recontrast             # CADA Table 1, ReContrast base
     python train_mvtec.py --dataset mvtec --method revdist --align none,cada    # ... and +CADA
+    python train_mvtec.py --dataset mvtec --method dinomaly               # Dinomaly's multi-class table (ViT-B)
     python train_mvtec.py --data_path my_parts/ --classes screw           # your own folder in MVTec layout
     python train_mvtec.py --dataset demo --target_norm 0.5,1,2,4,8,16,32  # NoCo's norm study
     python train_mvtec.py --resume results/<run folder>                   # finish an interrupted run
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.btad import BTADDataset
+from datasets.common import load_rgb
 from datasets.demo import make_demo
 from datasets.download import download_dataset
 from datasets.mvtec import DATASET_SOURCES, MixedDataset, MVTecDataset, resolve_classes
@@ -38,12 +40,14 @@ from utils.checks import check_config, check_out_dir, check_structured
 from utils.config import ConfigError, parse_config, resolve_device, script_constants, seed_everything
 from utils.features import CachedBatches, EncodedBatches, extract_features
 from utils import cpu, distributed, report
-from utils.evaluation import alignment_statistics, collect_maps, evaluate, head_training_table
+from utils.evaluation import (add_alarm_rates, alignment_statistics, collect_maps, evaluate, head_training_table,
+                              held_out_thresholds)
 from utils.results import RunFolder, model_rows, new_run_path, resumed_config, write_table
+from utils.thresholds import hold_out, save_thresholds
 from utils.training import ImageBatches, Trainer, check_saved_files, data_fingerprint, iterations
 
 # -----------------------------------------------------------------------------
-method = "noco"              # noco | revdist | recontrast | uniad
+method = "noco"              # noco | revdist | recontrast | uniad | dinomaly
 setting = "separate"         # separate: one model per class | unified: one model for all classes
 dataset = "mvtec"            # mvtec | mpdd | visa | btad | demo (any MVTec-layout folder works as mvtec)
 data_path = ""               # the dataset folder (class folders inside); "" = data/<dataset>
@@ -54,9 +58,16 @@ resume = ""                  # the folder of an interrupted run: train and evalu
 checkpoint = ""              # a run folder (or one .pt file) whose trained models are reused if their training
                              # configuration matches
 seed = 0                     # seeds the model's init, NoCo's target and the batch order
+val_fraction = 0.1           # of each class's train/good held out of training for the thresholds (at least 3
+                             # images; 0 = none, no thresholds)
+false_alarm_rate = 0.01      # the thresholds: the fraction of held-out normal images (pixels) scoring above them
 device = "auto"              # auto | cpu | cuda
 weights = "imagenet"         # imagenet (lite0's from its pip package, offline) | none (random init) | <state-dict file>
+                             # (Dinomaly: timm's DINOv2 weights from the Hugging Face hub or its cache)
 backbone = "wide_resnet50_2"  # wide_resnet50_2 | resnet18 | resnet152 | efficientnet_b4 (UniAD's) | efficientnet_lite0
+                             # (not read by dinomaly, whose encoder is --vit)
+vit = "base"                 # Dinomaly's frozen DINOv2-reg4 encoder: small | base | large (or timm's name,
+                             # vit_base_patch14_reg4_dinov2)
 layers = ("layer1", "layer2", "layer3") # NoCo's taps (layer1-4 at strides 4-32; RevDist, ReContrast always tap 1-3)
 encoder_taps = "preact"      # preact: NoCo's pre-activation + leaky-ReLU taps; standard: torchvision's
 image_size = 256             # resize to a square ...
@@ -67,7 +78,7 @@ batch_size = 16              # training and evaluation batch
 num_workers = 2              # DataLoader processes that decode images
 epochs = 50                  # separate setting: passes over a class's training images (0 = untrained)
 iters = 5000                 # unified setting: iterations over the union of the classes (0 = untrained)
-optimizer = "adamw"          # adamw | adam
+optimizer = "adamw"          # adamw | adam | stable_adamw (Dinomaly's: AdamW with update clipping)
 lr = 1e-4                    # learning rate (of the bottleneck and decoder for RevDist and ReContrast)
 encoder_lr = 1e-5            # ReContrast's trainable encoder copy
 betas = (0.9, 0.999)         # Adam(W) betas
@@ -76,6 +87,10 @@ adam_eps = 1e-8              # Adam(W) eps
 amsgrad = True               # Adam(W) amsgrad
 lr_drop_at = 0.0             # fraction of the iterations after which lr is multiplied by lr_drop_gamma (0 = never)
 lr_drop_gamma = 0.2          # the factor of that drop
+lr_schedule = "step"         # step: the lr_drop_at drop, if any | warmup_cosine: lr rises from 0 over warmup_iters,
+                             # then falls along a cosine to final_lr (Dinomaly's; needs lr_drop_at 0)
+warmup_iters = 100           # lr_schedule warmup_cosine: iterations of the linear warm-up
+final_lr = 2e-4              # lr_schedule warmup_cosine: the learning rate at the last iteration
 target = "randn"             # NoCo: randn | rand | ones | mean (of the projected training features)
 target_norm = (1.0,)         # NoCo: more than one value trains one model per norm (the norm study)
 target_p = 2.0               # NoCo: the p-norm the target is rescaled under
@@ -83,14 +98,17 @@ nu = 1e-3                    # NoCo: the soft boundary's nu
 radius_init = 1e-5           # NoCo: the initial radius r
 decoder_activation = "relu"  # RevDist, ReContrast: relu (RD4AD) | gelu (the multi-class setting)
 loss_form = "global"         # RevDist: global (RD4AD's code: flattened maps) | pixel (its paper: per-pixel cosine)
-hm_factor = 0.0              # ReContrast: gradient factor at easy points; its code uses 0 (its run names and
-                             # Dinomaly say 0.1)
+hm_factor = 0.0              # ReContrast, Dinomaly: gradient factor at easy points; ReContrast's code uses 0 (its
+                             # run names say 0.1), Dinomaly's 0.1 (its preset)
+bottleneck_dropout = 0.2     # Dinomaly: dropout of its noisy MLP bottleneck (on its input, hidden and output)
 image_score = "max"          # max | top_mean (mean of the top_fraction highest pixels of the blurred map) |
                              # pooled_max (UniAD's: max of the 16x16 average-pooled map)
 top_fraction = 0.01          # image score top_mean: the fraction of pixels averaged
 blur_sigma = 4.0             # Gaussian blur of the upsampled map (0 = none)
 blur_kernel = 0              # 0: scipy's gaussian_filter (33 taps, reflect) | 5: ReContrast multi-class 5x5,
                              # zero padding
+eval_size = 0                # resize maps (bilinear) and masks (nearest) to this square side before the blur
+                             # (0 = the input size; Dinomaly's evaluation: 256)
 cache_features = True        # frozen-encoder methods: run the encoder once over the training images
 cache_dtype = "float32"      # float32 | float16 | bfloat16
 cache_memory_gb = 8.0        # above this, cached features go to a memory-mapped file
@@ -127,6 +145,11 @@ UNIAD = {"setting": "unified", "backbone": "efficientnet_b4", "image_size": 224,
          "encoder_taps": "standard", "optimizer": "adamw", "lr": 3e-4, "betas": (0.9, 0.999), "weight_decay": 1e-4,
          "amsgrad": False, "adam_eps": 1e-8, "lr_drop_at": 0.0, "iters": 50000, "batch_size": 64, "blur_sigma": 0.0,
          "cada_beta": 10.0, "cada_iters": 20000}  # the CADA paper's UniAD; UniAD maps are not blurred
+DINOMALY = {"setting": "unified", "image_size": 448, "crop_size": 392, "resize": "pil", "iters": 10000,
+            "batch_size": 16, "optimizer": "stable_adamw", "lr": 2e-3, "betas": (0.9, 0.999), "weight_decay": 1e-4,
+            "adam_eps": 1e-10, "amsgrad": True, "lr_drop_at": 0.0, "lr_schedule": "warmup_cosine", "warmup_iters": 100,
+            "final_lr": 2e-4, "hm_factor": 0.1, "image_score": "top_mean", "top_fraction": 0.01, "blur_kernel": 5,
+            "blur_sigma": 4.0, "eval_size": 256}  # dinomaly_mvtec_uni.py (models/dinomaly.py names each source)
 PRESETS = [  # applied in order; an option given on the command line is never replaced
     ({"method": "revdist"}, {"setting": "unified", **RD_INPUT}),
     ({"method": "recontrast"}, {"setting": "unified", **RD_INPUT}),
@@ -138,19 +161,25 @@ PRESETS = [  # applied in order; an option given on the command line is never re
     ({"method": "recontrast", "setting": "unified"}, MULTI_CLASS),
     ({"method": "uniad"}, UNIAD),
     ({"method": "uniad", "setting": "separate"}, {"image_score": "pooled_max"}),
+    ({"method": "dinomaly"}, DINOMALY),
+    ({"method": "dinomaly", "setting": "separate"},  # dinomaly_mvtec_sep.py: 5000 iterations of 16 ~ 320 epochs of
+     {"epochs": 320, "adam_eps": 1e-8}),             # an average MVTec AD class (15.5 batches per epoch), eps 1e-8
     ({"method": "noco", "dataset": "mpdd"}, {"batch_size": 8}),
     ({"method": "noco", "dataset": "visa"}, {"batch_size": 8}),
     ({"setting": "unified"}, {"image_score": "top_mean", "blur_kernel": 5}),  # the CADA paper's evaluation
     ({"dataset": "demo"}, {"backbone": "efficientnet_lite0", "weights": "imagenet", "image_size": 128,
                            "crop_size": 0}),  # a quick first run, with ImageNet weights shipped by pip
     ({"dataset": "demo", "method": "uniad"}, {"backbone": "efficientnet_lite0", "batch_size": 16}),
+    ({"dataset": "demo", "method": "dinomaly"}, {"vit": "small", "weights": "none", "image_size": 112,
+                                                 "crop_size": 0, "eval_size": 0}),  # CPU-sized; offline: no DINOv2
 ]
 # options that do not change the trained model (how it is evaluated, how fast it trains, where files are):
 # a checkpoint is reused across them. The data enter the fingerprint by content (utils.training.data_fingerprint),
 # and a model's own classes and target norm replace --classes and --target_norm in its training configuration.
 NOT_TRAINING = {"out_dir", "resume", "checkpoint", "device", "num_workers", "image_score", "top_fraction",
                 "blur_sigma", "blur_kernel", "cache_features", "cache_memory_gb", "cache_dir", "save_checkpoints",
-                "download", "data_path", "plots", "checkpoint_every", "recompute", "keep_freed_memory"}
+                "download", "data_path", "plots", "checkpoint_every", "recompute", "keep_freed_memory",
+                "false_alarm_rate", "eval_size"}
 HEAD_ONLY = {"align", "align_input", "cada_iters", "cada_lr", "cada_momentum", "cada_weight_decay", "cada_beta",
              "cada_batch_size", "cada_convs", "cada_linears", "cada_dropout", "cada_dropout_at"}
 HELP = (f"Options that never retrain a saved model (--checkpoint, --resume reuse it across them): "
@@ -163,13 +192,16 @@ check_config(cfg, positive=("batch_size", "lr", "encoder_lr", "target_norm", "im
                             "cada_lr", "cada_beta", "cada_batch_size", "cada_linears"),
              non_negative=("epochs", "iters", "crop_size", "num_workers", "weight_decay", "blur_sigma",
                            "cache_memory_gb", "lr_drop_at", "hm_factor", "blur_kernel", "cada_iters", "cada_momentum",
-                           "cada_weight_decay", "checkpoint_every", "cada_convs", "cada_dropout"),
-             choices={"setting": ("separate", "unified"), "resize": ("cv2", "pil"), "optimizer": ("adamw", "adam"),
+                           "cada_weight_decay", "checkpoint_every", "cada_convs", "cada_dropout", "val_fraction",
+                           "false_alarm_rate", "warmup_iters", "final_lr", "bottleneck_dropout", "eval_size"),
+             choices={"setting": ("separate", "unified"), "resize": ("cv2", "pil"),
+                      "optimizer": ("adamw", "adam", "stable_adamw"), "lr_schedule": ("step", "warmup_cosine"),
                       "image_score": ("max", "top_mean", "pooled_max"),
                       "cache_dtype": ("float32", "float16", "bfloat16"), "loss_form": ("global", "pixel"),
                       "decoder_activation": ("relu", "gelu"), "align_input": ("bottleneck", "encoder"),
                       "cada_dropout_at": cada.DROPOUT_PLACES},
-             at_most={"top_fraction": 1.0, "lr_drop_at": 1.0}, below={"cada_dropout": 1.0},
+             at_most={"top_fraction": 1.0, "lr_drop_at": 1.0},
+             below={"cada_dropout": 1.0, "val_fraction": 1.0, "false_alarm_rate": 1.0, "bottleneck_dropout": 1.0},
              non_empty=("target_norm", "align"))
 method = method_of(cfg, given)  # the registry entry: an unknown method or another method's option is refused
 check_structured(cfg, cada.ALIGNMENTS)  # the options that must agree with each other
@@ -201,6 +233,10 @@ source_hint = DATASET_SOURCES.get(cfg.dataset, DATASET_SOURCES["folder"])
 class_names = resolve_classes(root, cfg.classes, Dataset, source_hint)
 train_sets, test_sets = ({c: Dataset(root, c, split, cfg.image_size, cfg.crop_size, resize=cfg.resize,
                                      source_hint=source_hint) for c in class_names} for split in ("train", "test"))
+splits = {c: hold_out(train_sets[c], cfg.val_fraction, cfg.seed) for c in class_names}  # the thresholds' images
+train_sets, held_out = ({c: parts[i] for c, parts in splits.items()} for i in (0, 1))  # held-out ones never train
+for path, *_ in (sample for part in held_out.values() for sample in part.samples):
+    load_rgb(path)  # they are read only after training: a damaged one is found now, before any work
 cfg.data_path, cfg.classes = str(root), tuple(class_names)  # config.json records what ran
 separate = cfg.setting == "separate"
 drop_last = not separate  # the multi-class reference drops the last short batch; NoCo and RD4AD keep it
@@ -287,6 +323,7 @@ for group_name, group in groups:
             test_inputs = test_inputs or {c: list(model_inputs(distributed.shard(test_sets[c], rank, world),
                                                                 f"{c} test")) for c in group}
         tested = {c: maps_of(model, test_sets[c], f"{c} test", test_inputs.get(c), probe) for c in group}
+        held = {c: maps_of(model, held_out[c], f"{c} held-out") for c in group} if cfg.val_fraction else None
         shown = {c: report.example_indices(tested[c].labels) for c in group} if cfg.plots else None
         record = report.new_record(norm, not separate, tested, test_sets, shown) if cfg.plots else None
 
@@ -309,6 +346,15 @@ for group_name, group in groups:
                                       base=False)
             # evaluate the last checkpoint ------------------------------------------------
             per_class, pooled, kept = evaluate(tested, cfg, alignment, pooled=not separate, keep=shown)
+            threshold = None  # from the held-out normal images only, through the same path as the test set
+            if held is not None:
+                threshold, pixel_threshold, n_held = held_out_thresholds(held, cfg, alignment, cfg.false_alarm_rate)
+                if rank == 0:
+                    save_thresholds(run.path, model_name, kind, {
+                        "image": threshold, "pixel": pixel_threshold, "held_out_images": n_held,
+                        "classes": list(group)}, {"false_alarm_rate": cfg.false_alarm_rate,
+                                                  "val_fraction": cfg.val_fraction, "seed": cfg.seed})
+            add_alarm_rates(per_class, pooled, kept, tested, threshold)
             if record is not None:  # what the figures need, kept from this evaluation
                 report.keep_evaluation(record, kind, kept, {c: tested[c].labels for c in group})
             rows += model_rows(per_class, pooled, model_name, norm, None if separate else kind, len(cfg.align) > 1)

@@ -1,4 +1,4 @@
-"""Training-step speed and peak memory of the unified base models (RevDist, ReContrast, UniAD).
+"""Training-step speed and peak memory of the unified base models (RevDist, ReContrast, UniAD, Dinomaly).
 
     python benchmarks/bench_unified.py                     # paper size and CPU size, every base
     python benchmarks/bench_unified.py --sizes paper --steps 3
@@ -14,7 +14,9 @@ frozen encoder's own forward time is measured separately, so that the gain of th
 same for `uniad` (cached 272-channel tokens) and `uniad-nocache` (EfficientNet-B4 in every step).
 RevDist's decoder is the multi-class GELU one; `revdist-relu` is RD4AD's ReLU decoder (cached), the
 one the official RD4AD figure below was measured with. `revdist-recompute` and `recontrast-recompute`
-keep only convolution outputs for the backward pass (train_mvtec.py --recompute).
+keep only convolution outputs for the backward pass (train_mvtec.py --recompute). `dinomaly` runs its frozen
+DINOv2 ViT (B/14 at 392 px, as its paper; S/14 at 112 px for the CPU size) inside every step, as the script does,
+with its preset's StableAdamW and warm-up cosine schedule; its `encoder s` is that ViT's forward.
 The training step is the scripts' own (utils.training.fit); on CUDA it runs with train_mvtec.py's speed
 options `--amp --channels_last` (bf16 autocast, channels-last; the script's default is float32); on a
 CPU, malloc keeps freed memory for reuse (utils/cpu.py; `--plain_malloc` measures without it).
@@ -33,8 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 SIZES = {"paper": ("wide_resnet50_2", 256, 16), "cpu": ("resnet18", 128, 16)}
 UNIAD_SIZES = {"paper": ("efficientnet_b4", 224, 64), "cpu": ("efficientnet_b4", 128, 16)}  # UniAD's own encoder
+DINOMALY_SIZES = {"paper": ("vit_base_dinov2", 392, 16), "cpu": ("vit_small_dinov2", 112, 16)}  # Dinomaly's ViT
 BASES = ("revdist", "revdist-relu", "revdist-nocache", "revdist-recompute", "recontrast", "recontrast-recompute",
-         "uniad", "uniad-nocache")
+         "uniad", "uniad-nocache", "dinomaly")
 # the official code's training step on the latest and the first 2-core development CPU, plain malloc
 # (wide_resnet50_2, 256 px, batch 16; benchmarks/README.md)
 OFFICIAL = {"revdist": "RD4AD main.py: 46.5 s, 8.3 GiB (first CPU: 23.7 s, 8.2 GiB)",
@@ -53,7 +56,8 @@ def measure(base, size, steps, device_name, plain_malloc=False):
     from models import METHODS
     from utils.training import fit
 
-    backbone, image_size, batch_size = (UNIAD_SIZES if base.startswith("uniad") else SIZES)[size]
+    sizes = UNIAD_SIZES if base.startswith("uniad") else DINOMALY_SIZES if base == "dinomaly" else SIZES
+    backbone, image_size, batch_size = sizes[size]
     device = torch.device(device_name)
     cuda = device.type == "cuda"
     memory_format = torch.channels_last if cuda else torch.contiguous_format
@@ -61,7 +65,14 @@ def measure(base, size, steps, device_name, plain_malloc=False):
     images = torch.randn(batch_size, 3, image_size, image_size, device=device).contiguous(memory_format=memory_format)
     cfg = SimpleNamespace(optimizer="adamw", lr=2e-3, encoder_lr=1e-5, betas=(0.9, 0.999), weight_decay=1e-5,
                           adam_eps=1e-10, amsgrad=True, lr_drop_at=0.8, lr_drop_gamma=0.2)
-    if base.startswith("uniad"):
+    if base == "dinomaly":  # its preset: StableAdamW, warm-up cosine; the model holds the frozen ViT
+        from models.dinomaly import Dinomaly
+        cfg = SimpleNamespace(optimizer="stable_adamw", lr=2e-3, betas=(0.9, 0.999), weight_decay=1e-4,
+                              adam_eps=1e-10, amsgrad=True, lr_drop_at=0.0, lr_schedule="warmup_cosine",
+                              warmup_iters=100, final_lr=2e-4)
+        dino = Dinomaly(encoder=backbone.split("_")[1], weights="none")
+        encoder = lambda images: dino.encoder(images)  # noqa: E731
+    elif base.startswith("uniad"):
         encoder = TokenEncoder(build_encoder(backbone, "none", UNIAD_LAYERS)).to(device, memory_format=memory_format)
         cfg.lr, cfg.weight_decay, cfg.adam_eps, cfg.amsgrad, cfg.lr_drop_at = 3e-4, 1e-4, 1e-8, False, 0.0  # its preset
     else:
@@ -87,6 +98,9 @@ def measure(base, size, steps, device_name, plain_malloc=False):
                  UniAD(grid=(image_size // 16, image_size // 16), layers=("tokens",)))
         features = encoder(images)
         batch = (lambda: encoder(images)) if base.endswith("-nocache") else (lambda: features)
+    elif base == "dinomaly":
+        model = dino
+        batch = lambda: {"image": images}  # noqa: E731
     else:
         model = ReContrast(load_backbone(backbone, "none"), backbone, activation="gelu",
                            recompute=base == "recontrast-recompute")

@@ -1,8 +1,8 @@
 """One-class semantic anomaly detection: one class of a classification set is normal.
 
-Protocol (the one-class protocol of NoCo's paper and its predecessors): train on the normal class's train images only; test on the whole
-test split, label 0 for the normal class and 1 for every other class. CIFAR-100 uses its 20
-superclasses (NoCo's code used the 100 fine labels; the standard protocol does not).
+Protocol (the one-class protocol of NoCo's paper and its predecessors): train on the normal class's
+train images only; test on the whole test split, label 0 for the normal class and 1 for every other
+class. CIFAR-100 uses its 20 superclasses (NoCo's code used the 100 fine labels; the standard protocol does not).
 
 `SemanticDataset` is a whole split with all classes, so features computed once for it can be
 sliced per normal class with `OneClassDataset.indices` without reading the images again.

@@ -8,7 +8,8 @@ Every model has one face:
     configure_optimizers(cfg, total_iters) -> (optimizer, scheduler or None)   via utils.optim
     bottleneck_features(batch) -> (B, C, h, w)   what the CADA head reads (methods with a bottleneck)
 A batch is the frozen encoder's feature dict (trains_on "features": the script may cache it) or
-{"image": images} (trains_on "images": the method trains an encoder of its own).
+{"image": images} (trains_on "images": the method trains an encoder of its own, or, as Dinomaly, runs its
+frozen encoder inside every step).
 
 Adding a method: one model file with that face, one Method entry below, its presets in
 train_mvtec.py and its rows in the README; tests/test_methods.py then checks its face.
@@ -18,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from models import uniad
+from models import dinomaly, uniad
 from models.backbones import EFFICIENTNETS, build_encoder, load_backbone
 from models.noco import NoCo
 from models.recontrast import ReContrast
@@ -37,6 +38,7 @@ class Method:
     check: Callable = None       # (cfg) -> None; raises ConfigError for options that do not fit the method
     grad_clip: float = 0.0       # clip the gradient norm to this in training (0: no clipping)
     before_training: Callable = None  # (model, batches, generator, device): e.g. NoCo's "mean" target
+    unused: tuple = ()           # shared options it does not read: refused when given, out of its fingerprint
 
 
 def input_side(cfg):
@@ -59,7 +61,8 @@ def _noco_model(cfg, encoder, norm, generator):
 @torch.no_grad()
 def _noco_mean_target(model, batches, generator, device):
     if model.target_kind == "mean":  # the mean projected training feature
-        model.set_target(torch.cat([model.project(f).mean(dim=(2, 3)) for f in batches.epoch(generator, device)]).mean(0))
+        projected = [model.project(f).mean(dim=(2, 3)) for f in batches.epoch(generator, device)]
+        model.set_target(torch.cat(projected).mean(0))
 
 
 def _deepest_encoder_layer(model, batch, align_input):
@@ -102,6 +105,26 @@ def _uniad_model(cfg, encoder, norm, generator):
     return uniad.UniAD(uniad.token_channels(cfg.backbone), grid=(side, side), layers=("tokens",))
 
 
+# Dinomaly ---------------------------------------------------------------------------------------
+def _dinomaly_check(cfg):
+    side = input_side(cfg)
+    if side % 14:
+        raise ConfigError(f"--image_size/--crop_size: Dinomaly's DINOv2 encoder cuts 14 x 14 patches, so the input "
+                          f"side must be a multiple of 14, got {side}")
+    if cfg.vit not in dinomaly.ENCODERS and cfg.vit not in dinomaly.ENCODERS.values():
+        raise ConfigError(f"--vit: expected one of {', '.join(dinomaly.ENCODERS)} or "
+                          f"{', '.join(dinomaly.ENCODERS.values())}, got {cfg.vit!r}")
+
+
+def _dinomaly_model(cfg, vit, norm, generator):
+    return dinomaly.Dinomaly(encoder=vit, bottleneck_dropout=cfg.bottleneck_dropout, hm_factor=cfg.hm_factor)
+
+
+def _dinomaly_head_input(model, batch, align_input):
+    """Its bottleneck's output (eval mode) or the deepest tapped encoder block, patch tokens as (B, C, h, w)."""
+    return model.bottleneck_features(batch) if align_input == "bottleneck" else model.encoder_features(batch)
+
+
 METHODS = {method.name: method for method in (
     Method("noco", "features", ("target", "target_norm", "target_p", "nu", "radius_init", "layers", "encoder_taps"),
            _noco_encoder, _noco_model, _deepest_encoder_layer, before_training=_noco_mean_target),
@@ -118,6 +141,9 @@ METHODS = {method.name: method for method in (
     Method("uniad", "features", (),  # four EfficientNet-B4 stages resized to stride 16 and concatenated: 272 channels
            lambda cfg: uniad.TokenEncoder(build_encoder(cfg.backbone, cfg.weights, uniad.UNIAD_LAYERS)),
            _uniad_model, _bottleneck_or_encoder, check=_uniad_check, grad_clip=uniad.GRAD_CLIP),
+    Method("dinomaly", "images", ("vit", "bottleneck_dropout", "hm_factor"),  # its frozen ViT runs in every step
+           lambda cfg: dinomaly.build_vit(cfg.vit, cfg.weights), _dinomaly_model, _dinomaly_head_input,
+           check=_dinomaly_check, grad_clip=dinomaly.GRAD_CLIP, unused=("backbone",)),  # --vit is its encoder
 )}
 METHOD_OPTIONS = sorted({option for method in METHODS.values() for option in method.own_options})
 
@@ -128,6 +154,9 @@ def method_of(cfg, given=()):
     if cfg.method not in METHODS:
         raise ConfigError(f"--method: expected one of {', '.join(METHODS)}, got {cfg.method!r}")
     method = METHODS[cfg.method]
+    for option in sorted(set(given) & set(method.unused)):
+        hint = f" (its encoder is --vit: {', '.join(dinomaly.ENCODERS)})" if option == "backbone" else ""
+        raise ConfigError(f"--{option}: --method {method.name} does not read it{hint}")
     for option in sorted(set(given) & set(METHOD_OPTIONS) - set(method.own_options)):
         users = [m.name for m in METHODS.values() if option in m.own_options]
         raise ConfigError(f"--{option}: an option of {', '.join(users)}; --method {method.name} does not use it")
@@ -137,5 +166,5 @@ def method_of(cfg, given=()):
 
 
 def not_in_fingerprint(method):
-    """The options of other methods: they cannot change this method's trained model."""
-    return set(METHOD_OPTIONS) - set(method.own_options)
+    """The options of other methods and those it does not read: they cannot change its trained model."""
+    return set(METHOD_OPTIONS) - set(method.own_options) | set(method.unused)

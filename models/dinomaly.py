@@ -58,12 +58,13 @@ caller's job (EVAL_SIZE, BLUR_KERNEL, BLUR_SIGMA, TOP_FRACTION).
 bottleneck_features: the bottleneck's output in eval mode (no dropout), patch tokens only, (B, C, h, w);
 encoder_features: the deepest tap's patch tokens, (B, C, h, w).
 
-Optimisation (dinomaly_mvtec_uni.py: train): StableAdamW (below, written from optimizers/StableAdamW.py)
-lr 2e-3, betas (0.9, 0.999), weight decay 1e-4, eps 1e-10, amsgrad, update clipping threshold 1 (cfg.optimizer
-"stable_adamw"; torch's "adamw" and "adam" are accepted too);
-WarmupCosineLR: lr 0 -> 2e-3 linearly over the first 100 iterations (np.linspace(0, 2e-3, 100)), then
-cosine from 2e-3 to 2e-4 over the remaining iterations, 2e-4 from total_iters on; 10,000 iterations of
-batch 16; gradient norm clipped to 0.1 (`grad_clip`: the training loop clips, the model does not).
+Optimisation (dinomaly_mvtec_uni.py: train), built by utils.optim.build_optimizer like every model's:
+StableAdamW (utils/optim.py, written from optimizers/StableAdamW.py) lr 2e-3, betas (0.9, 0.999), weight decay
+1e-4, eps 1e-10, amsgrad, update clipping threshold 1 (cfg.optimizer "stable_adamw"; "adamw", "adam" too);
+WarmupCosineLR (cfg.lr_schedule "warmup_cosine", utils/optim.py): lr 0 -> 2e-3 linearly over the first 100
+iterations (np.linspace(0, 2e-3, 100)), then cosine from 2e-3 to 2e-4 over the remaining iterations, 2e-4 from
+total_iters on; 10,000 iterations of batch 16; gradient norm clipped to 0.1 (`grad_clip`: the training loop
+clips, the model does not).
 Input: resize to 448 x 448, centre crop 392, ImageNet mean / std (dataset.py: get_data_transforms).
 
 Deviations from the official code:
@@ -86,12 +87,13 @@ Deviations from the official code:
     lacking it loads with the current encoder.
   - Not in the model: the 256-px evaluation resize, the blur and the image score (the caller's, above).
 """
-import math
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from utils.optim import build_optimizer
 
 # --- encoder (dinomaly_mvtec_uni.py: train, encoder_name; models/vit_encoder.py: load) ---
 ENCODERS = {"small": "vit_small_patch14_reg4_dinov2", "base": "vit_base_patch14_reg4_dinov2",
@@ -321,89 +323,6 @@ def global_cosine_hm_percent(pairs, p, factor):
     return loss / len(pairs)
 
 
-def warmup_cosine_lr(it, base, final, total_iters, warmup_iters):
-    """utils.py: WarmCosineScheduler's learning rate at iteration `it` (0-based): np.linspace(0, base,
-    warmup_iters)[it] during the warm-up, then final + (base - final) * (1 + cos(pi * i / n)) / 2 with
-    i = it - warmup_iters and n = total_iters - warmup_iters, and `final` from total_iters on."""
-    if it >= total_iters:
-        return final
-    if it < warmup_iters:
-        return base / (warmup_iters - 1) * it if warmup_iters > 1 else 0.0
-    return final + 0.5 * (base - final) * (1 + math.cos(math.pi * (it - warmup_iters) / (total_iters - warmup_iters)))
-
-
-class WarmupCosineLR(torch.optim.lr_scheduler.LRScheduler):
-    """warmup_cosine_lr from each group's initial lr (the base value) to final_lr; stepped once per
-    iteration after optimizer.step() (the official loop's order: iteration 0 runs at lr 0)."""
-
-    def __init__(self, optimizer, final_lr, total_iters, warmup_iters, last_epoch=-1):
-        self.final_lr, self.total_iters, self.warmup_iters = final_lr, total_iters, warmup_iters
-        super().__init__(optimizer, last_epoch)
-
-    def get_lr(self):
-        return [warmup_cosine_lr(self.last_epoch, base, self.final_lr, self.total_iters, self.warmup_iters)
-                for base in self.base_lrs]
-
-
-class StableAdamW(torch.optim.Optimizer):
-    """The official optimizers/StableAdamW.py (AdamW with AdaFactor-style update clipping, after Wortsman
-    et al. 2023, as that file implements it), per parameter tensor with a gradient:
-        p <- p * (1 - lr * weight_decay)                                   (decoupled decay, first)
-        m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  v_max <- max(v_max, v) with amsgrad
-        denom = sqrt(v_max or v) / sqrt(1 - b2^t) + eps
-        s = max(1, RMS(g / denom) / clip_threshold)       RMS(x) = ||x||_2 / sqrt(numel(x))
-        p <- p - lr / (1 - b1^t) / s * m / denom
-    Note the clipped ratio is g / denom (the official code's), not Wortsman et al.'s g^2 / v."""
-
-    def __init__(self, params, lr=LR, betas=BETAS, eps=ADAM_EPS, weight_decay=WEIGHT_DECAY, amsgrad=AMSGRAD,
-                 clip_threshold=UPDATE_CLIP):
-        if lr < 0 or eps < 0 or weight_decay < 0 or clip_threshold <= 0 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"invalid StableAdamW settings: lr {lr}, betas {betas}, eps {eps}, "
-                             f"weight_decay {weight_decay}, clip_threshold {clip_threshold}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                                      amsgrad=amsgrad, clip_threshold=clip_threshold))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("StableAdamW does not support sparse gradients")
-                grad = p.grad
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                    if group["amsgrad"]:
-                        state["max_exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                second = exp_avg_sq
-                if group["amsgrad"]:
-                    torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
-                    second = state["max_exp_avg_sq"]
-                denom = (second.sqrt() / math.sqrt(1 - beta2 ** state["step"])).add_(group["eps"])
-                ratio_rms = (grad / denom).norm(2) / math.sqrt(grad.numel())
-                clip = torch.clamp(ratio_rms / group["clip_threshold"], min=1.0)
-                step_size = group["lr"] / (1 - beta1 ** state["step"]) / clip
-                p.sub_(exp_avg / denom * step_size)
-        return loss
-
-
-OPTIMIZERS = {"stable_adamw": StableAdamW, "adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
-
-
 class Dinomaly(nn.Module):
     """Dinomaly on a frozen DINOv2 encoder. `encoder`: a name of ENCODERS (built with `weights`, see
     build_vit) or a built timm DINOv2 VisionTransformer (frozen here). target_layers: the tapped blocks
@@ -513,22 +432,12 @@ class Dinomaly(nn.Module):
         return self._spatial(taps[-1], grid)
 
     def configure_optimizers(self, cfg, total_iters):
-        """cfg.optimizer: "stable_adamw" (the official StableAdamW, below) or torch's "adamw" / "adam", over the
-        bottleneck and decoder with cfg.lr, cfg.betas, cfg.adam_eps, cfg.weight_decay, cfg.amsgrad; and
-        WarmupCosineLR (0 -> cfg.lr over cfg.warmup_iters, cosine to cfg.final_lr at total_iters), stepped once
-        per iteration. cfg.lr_drop_at must be 0 (this schedule replaces the step drop). The loop clips the
+        """utils.optim.build_optimizer over the bottleneck and decoder: Dinomaly's settings are cfg.optimizer
+        "stable_adamw" and cfg.lr_schedule "warmup_cosine" (0 -> cfg.lr over cfg.warmup_iters, cosine to
+        cfg.final_lr at total_iters, stepped once per iteration; cfg.lr_drop_at 0). The loop clips the
         gradient norm to self.grad_clip."""
-        if getattr(cfg, "lr_drop_at", 0):
-            raise ValueError("Dinomaly's learning rate follows its warm-up cosine schedule (final_lr, warmup_iters); "
-                             f"lr_drop_at must be 0, got {cfg.lr_drop_at}")
-        name = getattr(cfg, "optimizer", "stable_adamw")
-        if name not in OPTIMIZERS:
-            raise ValueError(f"Dinomaly's optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
         self.total_iters = total_iters
-        optimizer = OPTIMIZERS[name]([p for p in self.parameters() if p.requires_grad], lr=cfg.lr,
-                                     betas=tuple(cfg.betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
-                                     amsgrad=bool(cfg.amsgrad))
-        return optimizer, WarmupCosineLR(optimizer, cfg.final_lr, total_iters, cfg.warmup_iters)
+        return build_optimizer([p for p in self.parameters() if p.requires_grad], cfg, total_iters)
 
 
 def _drop_encoder(module, state_dict, prefix, local_metadata):

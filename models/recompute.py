@@ -5,9 +5,9 @@ recomputation region: the autograd graph keeps only the outputs of the block's c
 its BatchNorms, activations and sums are computed again from them when the backward pass reaches
 the block (torch.utils.checkpoint's selective activation checkpointing). Convolutions, most of the
 arithmetic, never run twice, unless `keep_convolutions=False`: then a block keeps only its input
-and runs whole again (ReContrast's trainable encoder, whose BatchNorms are frozen). One region per block matters: a region's recomputed tensors all come
-back at once, so a single region around a whole decoder would need as much memory at the start of
-the backward pass as no recomputation at all.
+and runs whole again (ReContrast's trainable encoder, whose BatchNorms are frozen). One region per
+block matters: a region's recomputed tensors all come back at once, so a single region around a
+whole decoder would need as much memory at the start of the backward pass as no recomputation at all.
 
 Recomputing a BatchNorm in training mode would update its running statistics a second time
 (momentum 0.1 would act as 0.19) and so change the model that is trained. A block's BatchNorm

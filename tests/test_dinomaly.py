@@ -20,8 +20,8 @@ import torch.nn.functional as F
 timm = pytest.importorskip("timm")
 
 import models.dinomaly as dinomaly  # noqa: E402
-from models.dinomaly import (Dinomaly, StableAdamW, WarmupCosineLR, build_vit, global_cosine_hm_percent,  # noqa: E402
-                             warmup_cosine_lr)
+from models.dinomaly import Dinomaly, build_vit, global_cosine_hm_percent  # noqa: E402
+from utils.optim import StableAdamW, WarmupCosineLR, warmup_cosine_lr  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -32,7 +32,8 @@ OFFICIAL_COUNTS = {  # size: (bottleneck, decoder, trainable)
     "large": (8_393_728, 100_769_792, 109_163_520),
 }
 OFFICIAL = SimpleNamespace(optimizer="stable_adamw", lr=2e-3, final_lr=2e-4, warmup_iters=100, betas=(0.9, 0.999),
-                           weight_decay=1e-4, adam_eps=1e-10, amsgrad=True, lr_drop_at=0.0)
+                           weight_decay=1e-4, adam_eps=1e-10, amsgrad=True, lr_drop_at=0.0,
+                           lr_schedule="warmup_cosine", lr_drop_gamma=0.2)
 TINY = dict(img_size=56, embed_dim=32, num_heads=2)
 
 

@@ -6,16 +6,21 @@ import pytest
 import torch
 
 from models import METHODS, METHOD_OPTIONS, method_of, not_in_fingerprint
+from utils.optim import WarmupCosineLR
 from utils.config import ConfigError
 from utils.evaluation import collect_maps
+from utils.optim import OPTIMIZERS
 from utils.training import data_fingerprint, fingerprint
 
 BASE = dict(backbone="resnet18", weights="none", layers=("layer1", "layer2", "layer3"), encoder_taps="preact",
             image_size=64, crop_size=0, target="randn", target_p=2.0, nu=1e-3, radius_init=1e-5,
             decoder_activation="gelu", loss_form="global", recompute=False, hm_factor=0.0, encoder_lr=1e-5,
             optimizer="adamw", lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-5, adam_eps=1e-8, amsgrad=True,
-            lr_drop_at=0.5, lr_drop_gamma=0.2, target_norm=(1.0,))
-SIZES = {"uniad": dict(backbone="efficientnet_lite0", image_size=128, encoder_taps="standard")}
+            lr_drop_at=0.5, lr_drop_gamma=0.2, target_norm=(1.0,), lr_schedule="step", warmup_iters=100, final_lr=2e-4,
+            vit="base", bottleneck_dropout=0.2)
+SIZES = {"uniad": dict(backbone="efficientnet_lite0", image_size=128, encoder_taps="standard"),
+         "dinomaly": dict(vit="small", image_size=56, optimizer="stable_adamw", lr_schedule="warmup_cosine",
+                          warmup_iters=3, lr_drop_at=0.0, hm_factor=0.1)}  # random ViT-S: a 4 x 4 token grid
 
 
 def config(name, **changes):
@@ -56,7 +61,7 @@ def test_every_method_has_the_one_face(name, one_thread):
     optimizer, scheduler = model.configure_optimizers(cfg, 10)
     in_groups = [p for group in optimizer.param_groups for p in group["params"]]
     assert len(in_groups) == len({id(p) for p in in_groups}) == len(trainable)  # each trainable parameter once
-    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["amsgrad"] and scheduler is not None
+    assert type(optimizer) is OPTIMIZERS[cfg.optimizer] and optimizer.defaults["amsgrad"] and scheduler is not None
 
     saved = io.BytesIO()
     torch.save(model.state_dict(), saved)
@@ -81,7 +86,7 @@ def test_a_fingerprint_changes_with_the_methods_own_options_only(name):
 def test_an_unknown_method_or_another_methods_option_is_refused_in_one_line():
     with pytest.raises(ConfigError, match="--method: expected one of noco, revdist, recontrast, uniad"):
         method_of(config("patchcore"))
-    with pytest.raises(ConfigError, match="--hm_factor: an option of recontrast; --method revdist does not use it"):
+    with pytest.raises(ConfigError, match="--hm_factor: an option of recontrast, dinomaly; --method revdist does not"):
         method_of(config("revdist"), given={"hm_factor"})
     with pytest.raises(ConfigError, match="--recompute: an option of revdist, recontrast; --method noco"):
         method_of(config("noco"), given={"recompute", "lr"})
@@ -99,3 +104,25 @@ def test_the_data_fingerprint_reads_file_names_and_sizes_not_the_folder(tmp_path
     original = data_fingerprint([dataset(tmp_path / "a" / "brick", [10, 20])])
     assert data_fingerprint([dataset(tmp_path / "moved" / "brick", [10, 20])]) == original
     assert data_fingerprint([dataset(tmp_path / "other" / "brick", [10, 21])]) != original
+
+
+def test_dinomaly_reads_its_vit_not_the_backbone_and_its_head_reads_the_bottleneck(one_thread):
+    with pytest.raises(ConfigError, match="--backbone: --method dinomaly does not read it .its encoder is --vit"):
+        method_of(config("dinomaly"), given={"backbone"})
+    with pytest.raises(ConfigError, match="multiple of 14, got 64"):
+        method_of(config("dinomaly", image_size=64))
+    with pytest.raises(ConfigError, match="--vit: expected one of small, base, large"):
+        method_of(config("dinomaly", vit="huge"))
+    assert "backbone" in not_in_fingerprint(METHODS["dinomaly"]) - not_in_fingerprint(METHODS["noco"])
+    cfg = vars(config("dinomaly"))
+    ignore = not_in_fingerprint(METHODS["dinomaly"])
+    assert fingerprint({**cfg, "backbone": "resnet18"}, ignore) == fingerprint(cfg, ignore)
+    cfg, method, encoder, model, batch = built("dinomaly")
+    assert method.grad_clip == 0.1 and method.trains_on == "images" and model.hm_factor == 0.1
+    model.eval()
+    bottleneck, deepest = (method.head_input(model, batch, where) for where in ("bottleneck", "encoder"))
+    assert bottleneck.shape == deepest.shape == (2, 384, 4, 4)  # (B, C, h, w): what a CADA head's conv reads
+    torch.testing.assert_close(bottleneck, model.bottleneck_features(batch), rtol=0, atol=0)
+    assert not torch.allclose(bottleneck, deepest)
+    optimizer, scheduler = model.configure_optimizers(cfg, 10)
+    assert isinstance(scheduler, WarmupCosineLR) and optimizer.param_groups[0]["lr"] == 0.0  # warm-up from 0

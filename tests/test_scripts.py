@@ -63,7 +63,8 @@ def test_train_mvtec_on_the_demo_set_writes_the_table_config_and_checkpoints(dem
     assert csv.parent.name.startswith(f"train_mvtec_{demo_root.name}_noco_separate_")  # named after the folder
     table = pd.read_csv(csv)
     assert not list(csv.parent.glob("*.png")) and not (csv.parent / "plot_data").exists()  # no --plots, no figures
-    assert list(table.columns) == ["setting", "class", "I-AUROC", "I-AP", "P-AUROC", "P-AP", "AUPRO"]
+    assert list(table.columns) == ["setting", "class", "I-AUROC", "I-AP", "P-AUROC", "P-AP", "AUPRO", "FAR@thr",
+                                   "recall@thr"]
     assert table["class"].tolist() == ["brick", "grass", "mean"] and set(table["setting"]) == {"separate"}
     values = table.drop(columns=["setting", "class"]).to_numpy()
     assert np.isfinite(values).all() and (values >= 0).all() and (values <= 100).all()
@@ -176,6 +177,25 @@ def test_uniad_trains_on_cached_tokens_in_both_settings_and_with_cada(demo_root,
     table = pd.read_csv(results_path(separate))
     assert table["class"].tolist() == ["brick", "mean"]
     assert json.loads((results_path(separate).parent / "config.json").read_text())["config"]["image_score"] == "pooled_max"
+
+
+def test_dinomaly_on_the_demo_preset_with_cada(demo_root, tmp_path):
+    done = run_script("train_mvtec.py", "--method", "dinomaly", "--dataset", "demo", "--data_path", str(demo_root),
+                      "--weights", "none", "--iters", "3", "--batch_size", "4", "--classes", "brick,grass",
+                      "--align", "none,cada", "--cada_iters", "3", "--device", "cpu", "--num_workers", "0",
+                      "--out_dir", str(tmp_path))
+    csv = results_path(done)
+    table = pd.read_csv(csv)
+    assert table["align"].tolist() == ["none"] * 4 + ["cada"] * 4
+    assert table["class"].tolist() == ["brick", "grass", "mean", "mixed"] * 2
+    assert table.drop(columns=["setting", "align", "class"]).dropna(axis=1, how="all").notna().all().all()
+    config = json.loads((csv.parent / "config.json").read_text())["config"]
+    assert (config["vit"], config["image_size"], config["crop_size"], config["setting"]) == ("small", 112, 0, "unified")
+    assert (config["optimizer"], config["lr_schedule"], config["warmup_iters"], config["final_lr"]) == (
+        "stable_adamw", "warmup_cosine", 100, 2e-4)
+    assert (config["hm_factor"], config["adam_eps"], config["image_score"], config["blur_kernel"]) == (
+        0.1, 1e-10, "top_mean", 5)
+    assert sorted(p.name for p in (csv.parent / "checkpoints").iterdir()) == ["unified.pt", "unified_cada.pt"]
 
 
 def interrupt_when(args, out_dir, pattern):
@@ -323,7 +343,9 @@ def test_train_cifar10_on_a_cats_vs_dogs_folder_learns(tmp_path):
     (["--recompute", "--dataset", "demo"], "--recompute: an option of revdist, recontrast; --method noco does not use it"),
     (["--image_size", "0", "--dataset", "demo", "--image_size", "64"], "--image_size is given twice (0 and 64)"),
     (["--method", "patchcore", "--dataset", "demo"], "--method: expected one of noco, revdist, recontrast, uniad"),
-    (["--method", "revdist", "--hm_factor", "0.1", "--dataset", "demo"], "--hm_factor: an option of recontrast;"),
+    (["--method", "revdist", "--hm_factor", "0.1", "--dataset", "demo"], "--hm_factor: an option of recontrast,"),
+    (["--method", "dinomaly", "--dataset", "demo"], "--backbone: --method dinomaly does not read it (its encoder is"),
+    (["--lr_schedule", "warmup_cosine", "--lr_drop_at", "0.5", "--dataset", "demo"], "--lr_drop_at 0.5: --lr_sched"),
 ])
 def test_bad_input_ends_in_one_clear_line_before_any_folder_is_made(args, message, demo_root, tmp_path):
     if "demo" in args:

@@ -96,9 +96,12 @@ def check_backbone(cfg):
 
 
 def check_structured(cfg, alignments):
-    """train_mvtec.py: --backbone, and --align against --setting (a method's own options are checked by
-    its registry entry, models.method_of)."""
+    """train_mvtec.py: --backbone, --lr_schedule against --lr_drop_at, and --align against --setting (a
+    method's own options are checked by its registry entry, models.method_of)."""
     check_backbone(cfg)
+    if cfg.lr_schedule == "warmup_cosine" and cfg.lr_drop_at:
+        raise ConfigError(f"--lr_drop_at {cfg.lr_drop_at}: --lr_schedule warmup_cosine replaces the step drop; "
+                          "give --lr_drop_at 0 or --lr_schedule step")
     if unknown := [a for a in cfg.align if a not in alignments]:
         raise ConfigError(f"--align: expected a comma list of {', '.join(alignments)}, got {', '.join(unknown)}")
     if cfg.setting == "separate" and tuple(cfg.align) != ("none",):

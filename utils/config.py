@@ -183,7 +183,7 @@ def _apply_presets(config, defaults, presets, given):
             config.update({name: value for name, value in values.items() if name not in given})
 
 
-def parse_config(defaults, argv=None, presets=None, script=None, return_given=False, epilog=""):
+def parse_config(defaults, argv=None, presets=None, script=None, return_given=False, epilog="", positional=None):
     """Return `defaults` with the `--name value` overrides of argv (default: sys.argv[1:]) and then
     the presets applied, as a namespace (cfg.lr, ...; `vars(cfg)` is the plain dict saved in
     config.json). With `return_given=True`, return `(cfg, given)` where `given` is the set of the
@@ -194,6 +194,10 @@ def parse_config(defaults, argv=None, presets=None, script=None, return_given=Fa
     error (KeyError, TypeError). `script`: the script's path (`__file__`), for `--help`, which
     prints its docstring's first paragraph and the comment beside each constant.
 
+    `positional`: the name of a tuple option that collects the arguments given without a name (predict.py's
+    image files); without it such an argument is refused. A bool option then takes the next argument as its
+    value only when it reads as a bool.
+
     Called by a script (argv None), it also makes bad input end in one line instead of a traceback,
     and Ctrl-C end in `interrupted` with exit status 130."""
     if argv is None:
@@ -202,10 +206,14 @@ def parse_config(defaults, argv=None, presets=None, script=None, return_given=Fa
     if "-h" in argv or "--help" in argv:
         print(config_help(defaults, presets, script, epilog), flush=True)
         raise SystemExit(0)
-    config, given = dict(defaults), set()
+    config, given, loose = dict(defaults), set(), []
     i = 0
     while i < len(argv):
         token = argv[i]
+        if not token.startswith("--") and positional is not None:
+            loose.append(token)
+            i += 1
+            continue
         if not token.startswith("--"):
             raise ConfigError(f"unexpected argument {token!r}: options are given as --name value")
         name, has_value, value = token[2:].partition("=")
@@ -213,6 +221,8 @@ def parse_config(defaults, argv=None, presets=None, script=None, return_given=Fa
             raise ConfigError(f"unknown option --{name}; valid options: " + ", ".join(f"--{k}" for k in defaults))
         if not has_value:
             next_is_value = i + 1 < len(argv) and not argv[i + 1].startswith("--")
+            if positional is not None and isinstance(defaults[name], bool) and next_is_value:
+                next_is_value = argv[i + 1].lower() in _TRUE + _FALSE
             if isinstance(defaults[name], bool) and not next_is_value:
                 value = "true"
             elif next_is_value:
@@ -225,6 +235,9 @@ def parse_config(defaults, argv=None, presets=None, script=None, return_given=Fa
         config[name] = _convert(name, value, defaults[name])
         given.add(name)
         i += 1
+    if loose:
+        config[positional] = config[positional] + tuple(loose)
+        given.add(positional)
     _apply_presets(config, defaults, presets, given)
     cfg = SimpleNamespace(**config)
     return (cfg, given) if return_given else cfg

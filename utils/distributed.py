@@ -48,9 +48,10 @@ class LossModule(nn.Module):
 
 def parallel_loss(model, device):
     """model.loss as DistributedDataParallel computes it (gradients averaged over the processes)."""
-    if device.type == "cuda":  # timm's conversion keeps the activation inside timm's BatchNormAct layers; torch's drops it
+    if device.type == "cuda":  # timm's conversion keeps the activation of timm's BatchNormAct layers; torch's drops it
         model = timm.layers.convert_sync_batchnorm(model)
-    wrapped = nn.parallel.DistributedDataParallel(LossModule(model), device_ids=[device] if device.type == "cuda" else None)
+    device_ids = [device] if device.type == "cuda" else None
+    wrapped = nn.parallel.DistributedDataParallel(LossModule(model), device_ids=device_ids)
     return wrapped
 
 

@@ -4,10 +4,12 @@ every class (the absolute-unified `mixed` row). Pure functions of tensors; no fi
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from models.cada import calibrate, map_statistics, targets
-from utils.maps import gaussian_blur, image_scores
+from utils.maps import gaussian_blur, image_scores, upsample
 from utils.metrics import compute_metrics
+from utils.thresholds import alarm_rates, threshold_at
 
 PIXEL_SAMPLES = 2000  # per class, of its normal and of its anomalous test pixels: kept for the pixel-score figure
 
@@ -86,9 +88,19 @@ def alignment_statistics(tested, alignment):
 
 
 def scored(maps, cfg):
-    """Blur (cfg.blur_sigma, cfg.blur_kernel) and image scores (cfg.image_score, cfg.top_fraction)."""
+    """Resize to cfg.eval_size (if set), blur (cfg.blur_sigma, cfg.blur_kernel), image scores (cfg.image_score,
+    cfg.top_fraction)."""
+    if getattr(cfg, "eval_size", 0):  # Dinomaly's evaluation_batch(resize_mask=256): bilinear, before the blur
+        maps = upsample(maps, cfg.eval_size)
     maps = gaussian_blur(maps, cfg.blur_sigma, kernel_size=cfg.blur_kernel).cpu()
     return maps, image_scores(maps, cfg.image_score, cfg.top_fraction)
+
+
+def eval_masks(masks, cfg):
+    """(N, H, W) bool masks at the size scored() gives the maps: nearest-neighbour to cfg.eval_size, if set."""
+    if not getattr(cfg, "eval_size", 0):
+        return masks
+    return F.interpolate(masks[:, None].float(), size=(cfg.eval_size,) * 2, mode="nearest")[:, 0].bool()
 
 
 def aligned_maps(class_maps, alignment, class_index):
@@ -132,14 +144,41 @@ def evaluate(tested, cfg, alignment=None, pooled=True, keep=None, pixels=PIXEL_S
     per_class, kept, pool = {}, {}, {"scores": [], "labels": [], "maps": [], "masks": []}
     for index, (name, class_maps) in enumerate(tested.items()):
         maps, scores = scored(aligned_maps(class_maps, alignment, index), cfg)
-        per_class[name] = compute_metrics(scores, class_maps.labels, maps, class_maps.masks)
+        masks = eval_masks(class_maps.masks, cfg)
+        per_class[name] = compute_metrics(scores, class_maps.labels, maps, masks)
         kept[name] = {"scores": scores}
         if keep is not None:
-            kept[name].update(figure_data(maps, class_maps.masks, keep[name], pixels, index))
+            kept[name].update(figure_data(maps, masks, keep[name], pixels, index))
         if pooled:
-            for key, value in zip(pool, (scores, class_maps.labels, maps, class_maps.masks)):
+            for key, value in zip(pool, (scores, class_maps.labels, maps, masks)):
                 pool[key].append(value)
     if not pooled:
         return per_class, None, kept
     pool = {key: torch.cat(values) for key, values in pool.items()}
     return per_class, compute_metrics(pool["scores"], pool["labels"], pool["maps"], pool["masks"]), kept
+
+
+def held_out_thresholds(held, cfg, alignment, false_alarm_rate):
+    """(image threshold, pixel threshold, number of images) from the held-out normal images of one model's
+    classes ({class: ClassMaps}, in the order of its test classes), scored exactly as the test set is
+    (aligned_maps, blur, image score): one threshold over every class of the model (utils.thresholds)."""
+    scores, pixels = [], []
+    for index, class_maps in enumerate(held.values()):
+        maps, image = scored(aligned_maps(class_maps, alignment, index), cfg)
+        scores.append(image)
+        pixels.append(maps.flatten())
+    scores = torch.cat(scores)
+    return threshold_at(scores, false_alarm_rate), threshold_at(torch.cat(pixels), false_alarm_rate), len(scores)
+
+
+def add_alarm_rates(per_class, pooled, kept, tested, threshold):
+    """Each metrics dict of `evaluate` gains FAR@thr and recall@thr at the image `threshold` (None: both
+    None, the table's columns stay empty); the pooled dict is measured on every class's images at once."""
+    labels = {name: class_maps.labels for name, class_maps in tested.items()}
+    for name, metrics in per_class.items():
+        metrics.update(alarm_rates(kept[name]["scores"], labels[name], threshold) if threshold is not None
+                       else {"FAR@thr": None, "recall@thr": None})
+    if pooled is not None:
+        pooled.update(alarm_rates(torch.cat([kept[name]["scores"] for name in per_class]),
+                                  torch.cat(list(labels.values())), threshold) if threshold is not None
+                      else {"FAR@thr": None, "recall@thr": None})

@@ -70,3 +70,32 @@ def image_scores(maps, reduction="max", top_fraction=0.01):
         size = min(UNIAD_POOL, *maps.shape[-2:])
         return F.avg_pool2d(maps[:, None], size, stride=1).flatten(1).amax(dim=1)
     raise ValueError(f"image score reduction must be 'max', 'top_mean' or 'pooled_max', got {reduction!r}")
+
+
+class GaussianBlur(torch.nn.Module):
+    """gaussian_blur(maps, sigma, kernel_size=kernel_size) as a module of fixed taps (for predict.py and its
+    ONNX export): the same separable kernel, scipy's reflect padding (kernel_size 0) or zero padding."""
+
+    def __init__(self, sigma=4.0, kernel_size=0, truncate=4.0):
+        super().__init__()
+        self.sigma, self.kernel_size = sigma, kernel_size
+        if sigma <= 0:
+            taps = torch.ones(1)
+        elif kernel_size:
+            offsets = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
+            taps = torch.exp(-0.5 * (offsets / sigma) ** 2)
+            taps = (taps / taps.sum()).float()
+        else:
+            taps = gaussian_kernel(sigma, truncate)
+        self.radius = (taps.numel() - 1) // 2
+        self.register_buffer("taps", taps)
+
+    def forward(self, maps):
+        if self.sigma <= 0:
+            return maps
+        x, taps = maps[:, None], self.taps.to(maps)
+        if self.kernel_size:
+            x = F.conv2d(x, taps.view(1, 1, 1, -1), padding=(0, self.radius))
+            return F.conv2d(x, taps.view(1, 1, -1, 1), padding=(self.radius, 0))[:, 0]
+        x = F.conv2d(_symmetric_pad(x, self.radius, 3), taps.view(1, 1, 1, -1))
+        return F.conv2d(_symmetric_pad(x, self.radius, 2), taps.view(1, 1, -1, 1))[:, 0]

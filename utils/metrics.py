@@ -29,8 +29,8 @@ def compute_metrics(image_scores, image_labels, pixel_scores=None, pixel_masks=N
 
     image_scores, image_labels: shape (N,), label 1 = anomalous. pixel_scores, pixel_masks: shape
     (N, H, W) or (N, 1, H, W), mask 1 = anomalous pixel; when they are not given, P-AUROC, P-AP and
-    AUPRO are None. AUPRO is dataset-level (see `aupro`). Raises ValueError for invalid inputs and for a test set lacking
-    normal or anomalous images (or pixels), on which AUROC is undefined.
+    AUPRO are None. AUPRO is dataset-level (see `aupro`). Raises ValueError for invalid inputs and for a
+    test set lacking normal or anomalous images (or pixels), on which AUROC is undefined.
     """
     image_scores, image_labels = _as_tensor(image_scores), _as_tensor(image_labels)
     if image_scores.ndim != 1 or image_scores.shape != image_labels.shape:

@@ -237,7 +237,8 @@ def polar_plot(path, norms, angles, labels, title="", target_norm=None):
                        2 * radius / height], projection="polar")
     ax.set_thetamin(0)
     ax.set_thetamax(180)
-    ax.scatter(angles[~labels], norms[~labels], label="normal", zorder=3, **{**NORMAL_STYLE, "s": 10})  # over the crosses
+    # normal images drawn over the anomalous crosses
+    ax.scatter(angles[~labels], norms[~labels], label="normal", zorder=3, **{**NORMAL_STYLE, "s": 10})
     ax.scatter(angles[labels], norms[labels], label="anomalous", **{**ANOMALOUS_STYLE, "s": 18})
     if target_norm is not None:
         theta = np.linspace(0, np.pi, 181)

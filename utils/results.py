@@ -5,7 +5,8 @@ A table has the columns of TABLE_COLUMNS. `setting` says which rows are which:
   model-unified     one model for all classes, each class's test images alone: a row per class and `mean`
   absolute-unified  the same model, every test image of every class pooled: the `mixed` row
 Unified runs add an `align` column (none, cada, ...): one such block of rows per alignment.
-Pixel columns stay empty for semantic tasks.
+Pixel columns stay empty for semantic tasks. train_mvtec.py adds THRESHOLD_COLUMNS: the test set's
+false-alarm rate and recall at the threshold set on held-out normal images (empty without them).
 
 `RunFolder` is one run's folder. It is created only when the first result is ready, by exclusive
 creation under a name no concurrent run holds (see RunFolder.path); after each model the rows so far
@@ -30,6 +31,7 @@ from utils.files import atomic_write
 
 TABLE_COLUMNS = ["setting", "class", "I-AUROC", "I-AP", "P-AUROC", "P-AP", "AUPRO"]
 METRIC_COLUMNS = TABLE_COLUMNS[2:]
+THRESHOLD_COLUMNS = ["FAR@thr", "recall@thr"]  # train_mvtec.py: the test set's rates at the held-out threshold
 PARTIAL_NAME = "results.partial.csv"
 
 
@@ -40,7 +42,7 @@ def save_checkpoint(state, path):
 def metrics_row(name, metrics, setting="separate", **extra):
     """One table row in percent from a compute_metrics dict (missing or None metrics stay empty)."""
     row = {"setting": setting, "class": name, **extra}
-    for column in METRIC_COLUMNS:
+    for column in METRIC_COLUMNS + [c for c in THRESHOLD_COLUMNS if c in metrics]:
         value = metrics.get(column)
         row[column] = None if value is None else 100.0 * value
     return row
@@ -57,7 +59,8 @@ def model_rows(per_class, pooled, model, target_norm, align=None, show_align=Fal
         setting = "separate" if align is None else "absolute-unified" if name == "mixed" else "model-unified"
         rows.append(metrics_row(name, metrics, setting, model=model, target_norm=target_norm, **block))
         shown_model = "" if name in (model, "mixed") else f" ({model})"
-        print(f"{name}{shown_model}{suffix}: " + " ".join(f"{k} {100 * metrics[k]:.1f}" for k in METRIC_COLUMNS))
+        shown = METRIC_COLUMNS + [c for c in THRESHOLD_COLUMNS if metrics.get(c) is not None]
+        print(f"{name}{shown_model}{suffix}: " + " ".join(f"{k} {100 * metrics[k]:.1f}" for k in shown))
     return rows
 
 
@@ -72,15 +75,16 @@ def results_table(rows):
         for align, block in zip(aligns, blocks):
             block.insert(1, "align", align)
         return pd.concat(blocks, ignore_index=True)
-    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    columns = TABLE_COLUMNS + [c for c in THRESHOLD_COLUMNS if any(c in row for row in rows)]
+    table = pd.DataFrame(rows, columns=columns)
     parts = []
     for setting in ("separate", "model-unified"):
         per_class = table[table["setting"] == setting]
         if len(per_class):
-            means = per_class[METRIC_COLUMNS].astype(float).mean(axis=0, skipna=True)
+            means = per_class[columns[2:]].astype(float).mean(axis=0, skipna=True)
             parts += [per_class, pd.DataFrame([{"setting": setting, "class": "mean", **means.to_dict()}])]
     parts.append(table[~table["setting"].isin(["separate", "model-unified"])])
-    return pd.concat([p for p in parts if len(p)], ignore_index=True)[TABLE_COLUMNS]
+    return pd.concat([p for p in parts if len(p)], ignore_index=True)[columns]
 
 
 def write_table(table, path, float_format="%.2f"):
@@ -103,7 +107,8 @@ def run_metadata(device, started, processes=1):
     import numpy, scipy, sklearn, torchvision
     device = torch.device(device)
     return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"cpu ({platform.processor() or platform.machine()})"),
         "processes": processes,  # torchrun: how many trained and evaluated together
         "git_commit": _git_commit(),
         "wall_time_s": round(time.time() - started, 1),
@@ -154,26 +159,27 @@ def resumed_config(cfg, given):
     return type(cfg)(**{**read_run_config(cfg.resume, like=vars(cfg)), **{k: getattr(cfg, k) for k in given}})
 
 
-def read_run_config(run_dir, like=None):
-    """The configuration saved in <run_dir>/config.json, for --resume; a clear error when it is not a
-    run. With `like` (a config dict), JSON lists become tuples where `like` has tuples, and a saved
-    configuration with other options (a run of another script) is refused."""
+def read_run_config(run_dir, like=None, option="resume"):
+    """The configuration saved in <run_dir>/config.json, for --resume (a complete run is refused) or
+    another `option` (predict.py's --run); a clear error when it is not a run. With `like` (a config
+    dict), JSON lists become tuples where `like` has tuples, and a saved configuration with other
+    options (a run of another script) is refused."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"--resume {run_dir}: not a run folder (it has no config.json)")
+        raise FileNotFoundError(f"--{option} {run_dir}: not a run folder (it has no config.json)")
     try:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as error:  # ValueError: JSONDecodeError, and bytes that are not UTF-8
-        raise ValueError(f"--resume {run_dir}: config.json is damaged (not JSON: {error})") from None
+        raise ValueError(f"--{option} {run_dir}: config.json is damaged (not JSON: {error})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
-        raise ValueError(f"--resume {run_dir}: config.json is not a run configuration of this suite "
+        raise ValueError(f"--{option} {run_dir}: config.json is not a run configuration of this suite "
                          "(no \"config\" section)")
-    if meta.get("status") == "complete":
+    if option == "resume" and meta.get("status") == "complete":
         raise ValueError(f"--resume {run_dir}: that run is complete ({meta.get('results')}); nothing to resume")
     config = meta["config"]
     if like is not None:
         if set(config) != set(like):
-            raise ValueError(f"--resume {run_dir}: that run was made by another script or version "
+            raise ValueError(f"--{option} {run_dir}: that run was made by another script or version "
                              f"(options differ: {sorted(set(config) ^ set(like))})")
         config = {k: tuple(v) if isinstance(like[k], tuple) else v for k, v in config.items()}
     return config
@@ -233,7 +239,8 @@ class RunFolder:
             return
         meta = {"status": status, "results": results, "config": self.config,
                 **run_metadata(self.device, self.started, self.processes)}
-        atomic_write(self.path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
+        text = json.dumps(meta, indent=2, default=str)
+        atomic_write(self.path / "config.json", lambda tmp: Path(tmp).write_text(text))
 
     def remove_checkpoint(self, name):
         """Delete checkpoints/<name>.pt (a training snapshot, once training ends) if there is one."""

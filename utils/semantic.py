@@ -50,9 +50,11 @@ def run_semantic_noco(cfg, script, default_root="data"):
     cfg.data_path, cfg.classes = str(root), tuple(s.normal_class for s in train_sets)  # config.json records what ran
     run = RunFolder(cfg.resume or new_run_path(cfg.out_dir, script, cfg.dataset, cfg.method), vars(cfg), device,
                     started, resume=bool(cfg.resume))
-    model_name = {(s.normal_class, norm): f"class{s.normal_index}" + (f"_norm{norm:g}" if len(cfg.target_norm) > 1 else "")
+    several = len(cfg.target_norm) > 1
+    model_name = {(s.normal_class, norm): f"class{s.normal_index}" + (f"_norm{norm:g}" if several else "")
                   for s in train_sets for norm in cfg.target_norm}
-    train_sets = [s for s in train_sets if not all(run.finished(model_name[s.normal_class, n]) for n in cfg.target_norm)]
+    train_sets = [s for s in train_sets
+                  if not all(run.finished(model_name[s.normal_class, n]) for n in cfg.target_norm)]
 
     # frozen features, once: every class and every target norm reuses them -----------
     encoder = build_encoder(cfg.backbone, cfg.weights, cfg.layers, cfg.encoder_taps).to(device)

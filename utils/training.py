@@ -200,7 +200,8 @@ def training_snapshot(model, optimizer, scheduler, iteration, model_fingerprint)
     states, the iteration reached and the random number generators' states."""
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": None if scheduler is None else scheduler.state_dict(), "iteration": iteration,
-            "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "fingerprint": model_fingerprint}
 
 

@@ -1,0 +1,220 @@
+"""predict.py's side of a trained run: read the run folder back (config.json, checkpoints, thresholds.json),
+rebuild the method through the registry, and score images exactly as train_mvtec.py's evaluation does
+(maps, alignment calibration, blur, image score) in one module, `Scorer`, that also exports to ONNX.
+
+`load_run` checks everything before any model is built: a run of other code options (config.json's
+options differ from train_mvtec.py's constants), a method the registry lacks, a missing checkpoint or
+threshold is refused in one line (ValueError)."""
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from datasets.common import IMAGE_EXTENSIONS, ImageTransform, list_images, load_rgb
+from models import METHODS, cada
+from models.cada import calibrate
+from utils.config import ConfigError, seed_everything
+from utils.maps import GaussianBlur, image_scores
+from utils.results import read_run_config
+from utils.thresholds import read_thresholds
+from utils.training import load_our_file
+
+TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "train_mvtec.py"
+OPTION_TYPES = (bool, int, float, str, tuple)
+
+
+def script_defaults(script=TRAIN_SCRIPT):
+    """The option constants of a train script as its parse_config sees them, read from its source (the
+    script is not run): its lower-case top-level assignments of literals above the parse_config call."""
+    tree = ast.parse(Path(script).read_text(encoding="utf-8"))
+    defaults = {}
+    for node in tree.body:
+        if not isinstance(node, (ast.Import, ast.ImportFrom)) and "parse_config(" in ast.unparse(node):
+            break
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+            if not name.startswith("_") and not name.isupper() and type(value) in OPTION_TYPES:
+                defaults[name] = value
+    return defaults
+
+
+@dataclass
+class Run:
+    """A trained run as predict.py uses it: its configuration, the model and alignment to score with,
+    their checkpoints' states and the thresholds of that alignment."""
+    path: Path
+    cfg: SimpleNamespace
+    model_name: str
+    classes: list
+    align: str
+    model_state: dict
+    head_state: dict
+    thresholds: dict
+
+
+def load_run(run_dir, align="", class_name=""):
+    """Read and check a run folder (see the module docstring). align "": cada when that head was trained,
+    else none; class_name: which class's model in a separate-setting run (required there)."""
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir, like=script_defaults(), option="run")
+    cfg = SimpleNamespace(**config)
+    if cfg.method not in METHODS:
+        raise ConfigError(f"--run {run_dir}: trained with --method {cfg.method}, which this version's registry "
+                          f"(models.METHODS: {', '.join(METHODS)}) does not have")
+    if len(cfg.target_norm) > 1:
+        raise ConfigError(f"--run {run_dir}: a norm study (one model per --target_norm); predict scores with "
+                          "one model: retrain with one norm")
+    if cfg.setting == "separate":
+        if class_name not in cfg.classes:
+            raise ConfigError(f"--class_name: a separate-setting run has one model per class; give one of "
+                              f"{', '.join(cfg.classes)}" + (f" (got {class_name!r})" if class_name else ""))
+        model_name, classes = class_name, [class_name]
+    else:
+        if class_name:
+            raise ConfigError("--class_name: a unified run has one model for every class; drop it")
+        model_name, classes = "unified", list(cfg.classes)
+    align = align or ("cada" if "cada" in cfg.align else "none")
+    if align not in cfg.align:
+        raise ConfigError(f"--align {align}: this run trained {', '.join(cfg.align)}")
+    if align == "class_aware":
+        raise ConfigError("--align class_aware: it needs each image's class, which predict does not know; "
+                          "use cada, classifier or none")
+    saved = read_thresholds(run_dir)
+    thresholds = saved["models"].get(model_name, {}).get(align)
+    if not thresholds:
+        raise ValueError(f"--run {run_dir}: thresholds.json has no threshold for {model_name} [{align}]")
+    files = [run_dir / "checkpoints" / f"{model_name}.pt"]
+    if align in cada.TRAINED:
+        files.append(run_dir / "checkpoints" / f"{model_name}_{align}.pt")
+    if missing := [str(f.relative_to(run_dir)) for f in files if not f.is_file()]:
+        raise ValueError(f"--run {run_dir}: no {', '.join(missing)} (trained with --save_checkpoints false, "
+                         "or deleted)")
+    states = [load_our_file(f, f"--run {run_dir}: {f.relative_to(run_dir)}", "checkpoint", config) for f in files]
+    return Run(run_dir, cfg, model_name, classes, align, states[0]["model"],
+               states[1]["model"] if len(states) > 1 else None, thresholds)
+
+
+class Scorer(nn.Module):
+    """Images (B, 3, S, S), normalised as the run's transform does -> (final maps (B, S, S), image scores
+    (B,)): encoder, model, alignment calibration (CADA eq. 5), blur and image score, as train_mvtec.py's
+    evaluation computes them. `parts` also gives the raw maps and the alignment's (u, gamma)."""
+
+    def __init__(self, method, encoder, model, alignment, cfg):
+        super().__init__()
+        self.method, self.encoder, self.model, self.alignment = method, encoder, model, alignment
+        self.align_input, self.image_score, self.top_fraction = cfg.align_input, cfg.image_score, cfg.top_fraction
+        self.blur = GaussianBlur(cfg.blur_sigma, cfg.blur_kernel)
+
+    def model_input(self, images):
+        return self.encoder(images) if self.method.trains_on == "features" else {"image": images}
+
+    def parts(self, images):
+        inputs = self.model_input(images)
+        raw = self.model.anomaly_map(inputs).float()
+        if self.alignment is None:
+            return raw, None, None, raw
+        features = (self.method.head_input(self.model, inputs, self.align_input)
+                    if self.alignment.head is not None else None)
+        u, gamma = self.alignment.statistics(features)
+        return raw, u, gamma, calibrate(raw, u, gamma)
+
+    def forward(self, images):
+        aligned = self.blur(self.parts(images)[-1])
+        return aligned, image_scores(aligned, self.image_score, self.top_fraction)
+
+
+def build_scorer(run, device):
+    """The run's method rebuilt through the registry with its checkpoint(s) loaded, as a Scorer in eval mode.
+    A random-init encoder (--weights none) is rebuilt from the run's seed, as train_mvtec.py built it."""
+    cfg, method = run.cfg, METHODS[run.cfg.method]
+    seed_everything(cfg.seed)
+    encoder = method.build_encoder(cfg).to(device).eval()
+    model = method.build_model(cfg, encoder, cfg.target_norm[0], torch.Generator().manual_seed(cfg.seed))
+    model.load_state_dict(run.model_state)
+    model = model.to(device).eval()
+    alignment = None
+    if run.align != "none":
+        side = cfg.crop_size or cfg.image_size
+        with torch.no_grad():
+            blank = torch.zeros(1, 3, side, side, device=device)
+            probe = Scorer(method, encoder, model, None, cfg).model_input(blank)
+            channels = method.head_input(model, probe, cfg.align_input).shape[1] if run.head_state else 0
+        alignment = cada.Alignment(run.align, channels, len(run.classes), cfg.cada_beta, cfg.cada_convs,
+                                   cfg.cada_linears, cfg.cada_dropout, cfg.cada_dropout_at)
+        alignment.load_state_dict(run.head_state)
+        alignment = alignment.to(device).eval()
+    return Scorer(method, encoder, model, alignment, cfg).to(device).eval()
+
+
+def image_files(sources):
+    """The image files of `sources` (files, and folders: their images, sorted, not recursive), in order.
+    A path that does not exist is refused; a file of any name is kept (an unreadable one fails later,
+    as a row of its own)."""
+    files = []
+    for source in map(Path, sources):
+        if source.is_dir():
+            files += list_images(source)
+        elif source.exists():
+            files.append(source)
+        else:
+            raise FileNotFoundError(f"{source}: no such file or folder")
+    if not files:
+        raise ConfigError(f"no image to score (give image files or folders holding {', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+class ImageFiles(Dataset):
+    """Items (index, normalised image or an empty tensor, error message or ""): an unreadable file is
+    reported, not raised, so the others are still scored."""
+
+    def __init__(self, files, transform):
+        self.files, self.transform = files, transform
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, index):
+        try:
+            return index, self.transform.image(load_rgb(self.files[index])), ""
+        except ValueError as error:
+            return index, torch.empty(0), str(error)
+
+
+def collate(items):
+    indices, images, errors = zip(*items)
+    good = [image for image in images if image.numel()]
+    return list(indices), torch.stack(good) if good else None, list(errors)
+
+
+def run_transform(cfg):
+    return ImageTransform(cfg.image_size, cfg.crop_size, cfg.resize)
+
+
+def export_onnx(scorer, side, path):
+    """Write `scorer` (on the CPU) as one ONNX model, input "image" (B, 3, side, side), outputs "map" (B, side,
+    side) and "score" (B,), the batch dynamic; a method torch.onnx cannot export is refused in one line."""
+    import warnings
+    from utils.files import atomic_write
+    scorer = scorer.cpu().eval()
+    batch = {"image": {0: "batch"}, "map": {0: "batch"}, "score": {0: "batch"}}
+
+    def write(tmp):
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the tracer's notes on shapes read as Python numbers (fixed: side)
+            torch.onnx.export(scorer, (torch.zeros(2, 3, side, side),), tmp, input_names=["image"],
+                              output_names=["map", "score"], dynamic_axes=batch, opset_version=17, dynamo=False)
+
+    try:
+        return atomic_write(path, write)
+    except Exception as error:  # torch.onnx raises many kinds for an operator it cannot translate
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(f"--export onnx: method {scorer.method.name} cannot be exported "
+                         f"({type(error).__name__}: {first[:200]})") from None
