@@ -32,7 +32,7 @@ def test_two_processes_equal_one_process_on_the_same_total_batch_and_write_one_t
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("results: ") == 1  # one voice
     (two,) = (tmp_path / "two").iterdir()  # one run folder, one table, one checkpoint
-    assert sorted(p.name for p in two.iterdir()) == ["checkpoints", "config.json", "results.csv"]
+    assert sorted(p.name for p in two.iterdir()) == ["checkpoints", "config.json", "results.csv", "thresholds.json"]
     assert results_path(done).parent == two
     reference, parallel = trained_state(one), trained_state(two)
     for name in reference:

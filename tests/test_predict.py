@@ -158,3 +158,12 @@ def test_the_onnx_export_gives_the_pytorch_maps_and_decisions(method, revdist_ru
     assert np.abs(onnx_maps - maps.numpy()).max() < 1e-4
     threshold = trained.thresholds["image"]
     assert ((onnx_scores > threshold) == (scores.numpy() > threshold)).all()
+
+
+def test_a_folder_given_to_predict_yields_its_images_and_its_subfolders_images(tmp_path):
+    from utils.inference import image_files
+    for relative in ("top.png", "good/000.png", "scratch/000.png", "scratch/notes.txt"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"x")
+    found = [str(p.relative_to(tmp_path)) for p in image_files([tmp_path])]
+    assert found == ["top.png", "good/000.png", "scratch/000.png"]  # an MVTec test/ folder: one folder per defect

@@ -155,13 +155,14 @@ def build_scorer(run, device):
 
 
 def image_files(sources):
-    """The image files of `sources` (files, and folders: their images, sorted, not recursive), in order.
+    """The image files of `sources` (files, and folders: their images and their subfolders', sorted), in order.
     A path that does not exist is refused; a file of any name is kept (an unreadable one fails later,
     as a row of its own)."""
     files = []
     for source in map(Path, sources):
-        if source.is_dir():
-            files += list_images(source)
+        if source.is_dir():  # an MVTec-layout test/ holds its images in one folder per defect
+            files += [path for folder in [source, *sorted(p for p in source.rglob("*") if p.is_dir())]
+                      for path in list_images(folder)]
         elif source.exists():
             files.append(source)
         else:
