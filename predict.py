@@ -78,9 +78,10 @@ for indices, batch, errors in tqdm(loader, desc="predict", unit="batch"):
         continue
     with torch.no_grad():
         raw, u, gamma, calibrated = scorer.parts(batch.to(device))
-        final = scorer.blur(calibrated)
+        final = scorer.finished(calibrated)
         scores = image_scores(final, trained.cfg.image_score, trained.cfg.top_fraction).cpu()
-        raw_scores = image_scores(scorer.blur(raw), trained.cfg.image_score, trained.cfg.top_fraction).cpu()
+        raw_scores = (image_scores(scorer.finished(raw), trained.cfg.image_score, trained.cfg.top_fraction).cpu()
+                      if aligned else scores)
     final = final.cpu()
     good = [index for index, error in zip(indices, errors) if not error]
     for row, index in enumerate(good):
@@ -91,6 +92,7 @@ for indices, batch, errors in tqdm(loader, desc="predict", unit="batch"):
         if cfg.maps:
             stem = f"{index:05d}_{files[index].stem}"
             pixels = ((batch[row:row + 1] * std + mean).clamp(0, 1) * 255).round()[0].permute(1, 2, 0).numpy()
+            pixels = cv2.resize(pixels, tuple(final.shape[-2:][::-1]))  # the maps' size (--eval_size) if another
             heat = cv2.applyColorMap((final[row] / (HEAT_SCALE * pixel_threshold)).clamp(0, 1).mul(255).round()
                                      .to(torch.uint8).numpy(), cv2.COLORMAP_JET)
             overlay = (0.5 * pixels[:, :, ::-1] + 0.5 * heat).round().astype(np.uint8)  # OpenCV writes BGR

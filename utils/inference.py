@@ -18,7 +18,7 @@ from datasets.common import IMAGE_EXTENSIONS, ImageTransform, list_images, load_
 from models import METHODS, cada
 from models.cada import calibrate
 from utils.config import ConfigError, seed_everything
-from utils.maps import GaussianBlur, image_scores
+from utils.maps import GaussianBlur, image_scores, upsample
 from utils.results import read_run_config
 from utils.thresholds import read_thresholds
 from utils.training import load_our_file
@@ -112,6 +112,11 @@ class Scorer(nn.Module):
         self.method, self.encoder, self.model, self.alignment = method, encoder, model, alignment
         self.align_input, self.image_score, self.top_fraction = cfg.align_input, cfg.image_score, cfg.top_fraction
         self.blur = GaussianBlur(cfg.blur_sigma, cfg.blur_kernel)
+        self.eval_size = cfg.eval_size  # the evaluation's resize before the blur (Dinomaly's 256; 0 = none)
+
+    def finished(self, maps):
+        """Maps as the evaluation scores them: resized to eval_size (if set), then blurred."""
+        return self.blur(upsample(maps, self.eval_size) if self.eval_size else maps)
 
     def model_input(self, images):
         return self.encoder(images) if self.method.trains_on == "features" else {"image": images}
@@ -127,7 +132,7 @@ class Scorer(nn.Module):
         return raw, u, gamma, calibrate(raw, u, gamma)
 
     def forward(self, images):
-        aligned = self.blur(self.parts(images)[-1])
+        aligned = self.finished(self.parts(images)[-1])
         return aligned, image_scores(aligned, self.image_score, self.top_fraction)
 
 
