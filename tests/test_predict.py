@@ -37,6 +37,8 @@ def test_the_held_out_split_is_seeded_disjoint_and_never_takes_every_image(demo_
     assert hold_out(train, 0.1, seed=0)[1].samples == held.samples != hold_out(train, 0.1, seed=1)[1].samples
     assert len(hold_out(train, 0.5, seed=0)[1].samples) == 12 and hold_out(train, 0.0, seed=0)[1].samples == []
     assert data_fingerprint([kept]) != data_fingerprint([train])  # another training set: another checkpoint
+    train.samples, train.labels = train.samples[:4], train.labels[:4]
+    assert len(hold_out(train, 0.1, seed=0)[0].samples) == 2  # at most half of a small class
     train.samples, train.labels = train.samples[:2], train.labels[:2]
     assert len(hold_out(train, 0.1, seed=0)[0].samples) == 1  # never all of them
     train.samples, train.labels = train.samples[:1], train.labels[:1]

@@ -395,7 +395,7 @@ def test_unified_run_on_a_folder_whose_classes_differ_in_size_and_channels(tmp_p
     write_image(big / "test" / "good" / "0.png", seed=50, size=(70, 90))
     write_image(big / "test" / "dent" / "0.png", seed=51, size=(70, 90))
     write_mask(big / "ground_truth" / "dent" / "0_mask.png", size=(70, 90))
-    # four training images a class: none held out for thresholds (three of four would be)
+    # four training images a class: none held out for thresholds (two of four would be)
     done = run_script("train_mvtec.py", "--method", "revdist", "--val_fraction", "0", "--data_path",
                       str(tmp_path / "parts"), "--image_size",
                       "64", "--iters", "2", "--batch_size", "4", "--out_dir", str(tmp_path / "out"), *SMALL)

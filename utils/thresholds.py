@@ -22,10 +22,11 @@ FILE_NAME = "thresholds.json"
 
 def held_out_count(n_images, fraction):
     """How many of a class's n training images are held out: 0 for fraction 0, else
-    max(MIN_HELD_OUT, round(fraction * n)), never all of them (at least one image trains)."""
+    max(MIN_HELD_OUT, round(fraction * n)) but never more than half of them (a class of 4 keeps 2 to train on,
+    not 1; the minimum is meant for the threshold's sake, not to starve a small class)."""
     if fraction <= 0:
         return 0
-    return min(n_images - 1, max(MIN_HELD_OUT, round(fraction * n_images)))
+    return min(n_images // 2, max(MIN_HELD_OUT, round(fraction * n_images)))
 
 
 def _subset(dataset, indices):
