@@ -1,0 +1,46 @@
+"""benchmarks/seed_table.py: mean [min-max] over seeds and the per-seed absolute-unified gap."""
+import json
+
+import pytest
+
+from benchmarks.seed_table import main
+
+CONFIG = {"method": "revdist", "setting": "unified", "weights": "imagenet", "backbone": "efficientnet_lite0",
+          "vit": "base", "image_size": 128, "crop_size": 0, "iters": 300, "epochs": 10}
+
+
+def write_run(folder, seed, rows, **config):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"config": {**CONFIG, "seed": seed, **config}}))
+    lines = ["setting,align,class,I-AUROC,P-AUROC"] + [",".join(map(str, row)) for row in rows]
+    (folder / "results.csv").write_text("\n".join(lines) + "\n")
+
+
+def unified_rows(mean_none, mixed_none, mixed_cada):
+    return [("model-unified", "none", "mean", mean_none, 90.0), ("absolute-unified", "none", "mixed", mixed_none, 80.0),
+            ("model-unified", "cada", "mean", mean_none, 90.0), ("absolute-unified", "cada", "mixed", mixed_cada, 85.0)]
+
+
+def test_seeds_are_summarised_and_the_gap_is_given_per_seed(tmp_path, capsys):
+    write_run(tmp_path / "s0", 0, unified_rows(80.0, 70.0, 76.0))
+    write_run(tmp_path / "s1", 1, unified_rows(84.0, 72.0, 80.0))
+    write_run(tmp_path / "other", 0, unified_rows(50.0, 50.0, 50.0), weights="none")  # a group of its own
+    main([str(tmp_path), "--metrics", "I-AUROC,P-AUROC"])
+    out = capsys.readouterr().out
+    assert "**revdist, unified, efficientnet_lite0, imagenet, 128, 300 iters; seeds 0, 1**" in out
+    assert "| none | mean | 82.0 [80.0-84.0] | 90.0 [90.0-90.0] |" in out
+    assert "| cada | mixed | 78.0 [76.0-80.0] | 85.0 [85.0-85.0] |" in out
+    assert "| none | 10.0 / 10.0 | 12.0 / 10.0 | 11.0 / 10.0 |" in out  # mean - mixed of seed 0, seed 1, their mean
+    assert "| cada | 4.0 / 5.0 | 4.0 / 5.0 | 4.0 / 5.0 |" in out
+    assert "revdist, unified, efficientnet_lite0, none, 128, 300 iters; seeds 0**" in out
+
+
+def test_two_runs_of_one_seed_and_bad_paths_are_refused_in_one_line(tmp_path):
+    write_run(tmp_path / "a", 0, unified_rows(80.0, 70.0, 76.0))
+    write_run(tmp_path / "b", 0, unified_rows(80.0, 70.0, 76.0))
+    with pytest.raises(SystemExit, match="two runs with the same seed"):
+        main([str(tmp_path), "--metrics", "I-AUROC"])
+    with pytest.raises(SystemExit, match="no such file or folder"):
+        main([str(tmp_path / "missing")])
+    with pytest.raises(SystemExit, match="--metrics AUPRO: not a column"):
+        main([str(tmp_path / "a"), "--metrics", "AUPRO"])
