@@ -5,8 +5,9 @@
         --backbone wide_resnet50_2 --weights imagenet --classes all      # no config.json beside it
     python benchmarks/compare_paper.py results/<run>/results.csv --force     # a run unlike the paper's
     python benchmarks/compare_paper.py results/<run>/results.csv --paper_numbers other_numbers.csv
+    python benchmarks/compare_paper.py results/<Real-IAD run as --dataset mvtec>/results.csv --dataset realiad
 
-What the run is comes from its config.json (beside the CSV); --dataset, --method, --backbone, --weights,
+What the run is comes from its config.json (beside the CSV); --dataset, --method, --backbone, --vit, --weights,
 --classes and --options override it. Each of our rows (setting, align, class) and metric is matched with
 every published row of the same dataset and method; a number printed in several tables is shown once per
 table. Metrics our table leaves empty are not compared.
@@ -15,9 +16,11 @@ Only like is compared with like. benchmarks/paper_settings.csv gives, per (sourc
 backbone, weights and input size the paper used, and benchmarks/paper_classes.csv each dataset's classes.
 A `mean` or `mixed` row is comparable only when the run had exactly the paper's classes; a class row when
 that class ran; any row only when backbone and weights are the paper's, and image_size and crop_size where
-the run states them (config.json does; without it, --options image_size=...;crop_size=... may). When no row
-is comparable the script says in one line what differs and prints no differences; --force prints them,
-every table labelled as forced and not comparable.
+the run states them (config.json does; without it, --options image_size=...;crop_size=... may). Dinomaly's
+encoder is its ViT, config key `vit` (its config.json's `backbone` is a default it never reads): for method
+dinomaly the settings' backbone column is compared with `vit` (timm's vit_base_patch14_reg4_dinov2 = base).
+When no row is comparable the script says in one line what differs and prints no differences; --force prints
+them, every table labelled as forced and not comparable.
 
 Run options pick the published row. paper_settings.csv's `options` are the paper's defaults; a row of
 paper_numbers.csv with `options` (CADA Table 3's ablations) was run with those values instead, empty meaning
@@ -31,6 +34,17 @@ The published numbers (benchmarks/paper_numbers.csv, one number a row, in %) are
   CADA  "Absolute-Unified Multi-Class Anomaly Detection via Class-Agnostic Distribution Alignment":
         Tables 1 (MVTec AD), 2 (VisA), 3 (ablations of the head and the image score, MVTec AD, RevDist,
         absolute-unified), 4 (CADA variants) and 5 (mean/std statistics, with noisy BTAD)
+  Dinomaly  Guo et al., "Dinomaly: The Less Is More Philosophy in Multi-Class Unsupervised Anomaly Detection"
+        (CVPR 2025, arXiv 2405.14325). Its result tables (paper and official README) are images, so only the
+        numbers printed as text are typed, all multi-class (model-unified mean) I-AUROC of Dinomaly ViT-B/14:
+        `abstract`  the abstract (arXiv and README.md of github guojiajeremy/Dinomaly at c5c76d0): MVTec AD,
+                    VisA, Real-IAD, trained as its dinomaly_*_uni.py do (iters 10000, 10000, 50000)
+        `README`    README.md's "Trained model weights" table (one checkpoint per dataset, R448-C392, "2x
+                    default training iterations"): iters=20000 (MVTec AD, VisA), 100000 (Real-IAD)
+        Not typed: the abstract's ViT-L figures, every other metric (I-AP, P-AUROC, P-AP, AUPRO; I-/P-F1max,
+        which we do not compute), per-class and class-separated numbers. Our scripts have no Real-IAD loader:
+        its rows match a run on Real-IAD rearranged into MVTec layout (--dataset mvtec) when --dataset realiad
+        is passed here.
 In the CADA paper RevDist+CADA's MVTec AD absolute-unified P-AUROC/P-AP is 95.6/53.1 in Tables 1 and 3 but
 96.0/54.7 in Tables 4 and 5; both are kept. Table 3 prints its default row (1 conv + 2 linear, dropout 0.25,
 top 1 %) once in each of its three groups; it is typed once.
@@ -54,12 +68,14 @@ COLUMNS = ["source", "table", *KEYS, "options", "metric", "ours", "paper", "diff
 REQUIRED = ["backbone", "weights"]  # a run must have the paper's values, and say them
 SIZES = ["image_size", "crop_size"]  # ... and these, where it says them (config.json always does)
 SETTINGS = REQUIRED + SIZES
-REASON_ORDER = ["classes", "class", *SETTINGS]  # the order in which what differs is told
+ENCODER_KEYS = {"dinomaly": "vit"}  # the run key that names a method's encoder when it is not `backbone`
+VIT_NAMES = {f"vit_{size}_patch14_reg4_dinov2": size for size in ("small", "base", "large")}  # --vit's timm names
+REASON_ORDER = ["classes", "class", "backbone", "vit", "weights", *SIZES]  # the order in which what differs is told
 POOLED = ("mean", "mixed")  # rows over every class of the run
 HEAD_OPTIONS = ("cada_convs", "cada_linears", "cada_dropout")
 WITHOUT_HEAD = ("none", "class_aware")  # the alignments that train no head (models/cada.py: TRAINED)
 DATASET_NAMES = {"mvtec": "MVTec AD", "visa": "VisA", "btad": "BTAD", "mpdd": "MPDD", "fmnist": "Fashion-MNIST",
-                 "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "cats_vs_dogs": "Cats-vs-Dogs"}
+                 "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "cats_vs_dogs": "Cats-vs-Dogs", "realiad": "Real-IAD"}
 
 
 def read_table(path, required, what):
@@ -145,14 +161,16 @@ def class_difference(ran, paper_classes, row_class):
     return f"classes {shown} of {len(paper_classes)} ({'; '.join(notes)})"
 
 
-def differences(run, settings, paper_classes, row_class):
+def differences(run, settings, paper_classes, row_class, method=None):
     """What differs between the run and the paper's run of a row, one phrase each."""
     found = [class_difference(run.get("classes"), paper_classes, row_class)]
     for name in SETTINGS:
-        if run.get(name) is None:
-            found.append(f"{name} unknown (paper: {settings[name]})" if name in REQUIRED else "")
-        elif not same(run[name], settings[name]):
-            found.append(f"{name} {run[name]} (paper: {settings[name]})")
+        key = ENCODER_KEYS.get(method, name) if name == "backbone" else name
+        ran = VIT_NAMES.get(run.get(key), run.get(key)) if key == "vit" else run.get(key)
+        if ran is None:
+            found.append(f"{key} unknown (paper: {settings[name]})" if name in REQUIRED else "")
+        elif not same(ran, settings[name]):
+            found.append(f"{key} {ran} (paper: {settings[name]})")
     return tuple(phrase for phrase in found if phrase)
 
 
@@ -186,7 +204,7 @@ def match(results, dataset, method, run=None, paper_numbers=None, paper_settings
         defaults = source_settings["options"]
         expected = {**defaults, **parse_options(row["options"], numbers_path)}
         kept.append(options_match(run or {}, expected, defaults, row["align"]))
-        reasons.append(() if run is None else differences(run, source_settings, classes[dataset], row["class"]))
+        reasons.append(() if run is None else differences(run, source_settings, classes[dataset], row["class"], method))
     table = table.loc[pd.Series(kept, index=table.index, dtype=bool)]
     table["reasons"] = [r for r, keep in zip(reasons, kept) if keep]
     table["diff"] = (table["ours"].astype(float) - table["paper"].astype(float)).round(1) + 0.0  # no -0.0
@@ -230,9 +248,12 @@ def union(reason_tuples):
 
 
 def where(source, rows, dataset, method):
+    """'CADA Tables 1, 3', 'NoCo Table II', 'Dinomaly abstract' (a table without a number goes by its name)."""
     tables = list(dict.fromkeys(rows["table"]))
-    return (f"{source} Table{'s' if len(tables) > 1 else ''} {', '.join(tables)} "
-            f"({DATASET_NAMES.get(dataset, dataset)}, {method})")
+    numbered = [t for t in tables if t.isdigit() or set(t) <= set("IVXL")]
+    named = ([f"Table{'s' if len(numbered) > 1 else ''} {', '.join(numbered)}"] if numbered else []) + [
+        t for t in tables if t not in numbered]
+    return f"{source} {', '.join(named)} ({DATASET_NAMES.get(dataset, dataset)}, {method})"
 
 
 def main(argv=None):
@@ -243,7 +264,8 @@ def main(argv=None):
     parser.add_argument("--paper_classes", default=str(PAPER_CLASSES), help="the papers' classes per dataset")
     parser.add_argument("--dataset", help="the run's dataset (default: from config.json beside the CSV)")
     parser.add_argument("--method", help="the run's method (default: from config.json)")
-    parser.add_argument("--backbone", help="the run's backbone (default: from config.json)")
+    parser.add_argument("--backbone", help="the run's backbone (default: from config.json; not read for dinomaly)")
+    parser.add_argument("--vit", help="the run's Dinomaly ViT: small, base, large (default: from config.json)")
     parser.add_argument("--weights", help="the run's weights: imagenet, none or a file (default: from config.json)")
     parser.add_argument("--classes", help="the classes that ran: a comma list or all (default: from config.json)")
     parser.add_argument("--options", help="run options, name=value;name=value (default: from config.json, "
@@ -254,16 +276,17 @@ def main(argv=None):
         if not Path(args.results).is_file():
             raise ValueError(f"{args.results}: no such file (expected a results table)")
         config = run_config(args.results)
-        given = {name: getattr(args, name) for name in ("dataset", "method", "backbone", "weights")
+        given = {name: getattr(args, name) for name in ("dataset", "method", "backbone", "vit", "weights")
                  if getattr(args, name)}
         if args.classes:
             given["classes"] = "all" if args.classes == "all" else args.classes.split(",")
         given.update(parse_options(args.options, "--options"))
+        encoder = ENCODER_KEYS.get(given.get("method"), "backbone")
         if config is None and not ({"dataset", "method"} <= given.keys() and (
-                args.force or {"backbone", "weights", "classes"} <= given.keys())):
+                args.force or {encoder, "weights", "classes"} <= given.keys())):
             raise ValueError(f"{Path(args.results).parent / 'config.json'}: no such file; pass --dataset, --method, "
-                             "--backbone, --weights and --classes (a comma list, or all) to say what the table is "
-                             "(with --force, --dataset and --method suffice)")
+                             "--backbone (--vit for dinomaly), --weights and --classes (a comma list, or all) to say "
+                             "what the table is (with --force, --dataset and --method suffice)")
         run = {"method": "noco", **(config or {}), **given}
         dataset, method = run["dataset"], run["method"]
         rows = match(args.results, dataset, method, run, args.paper_numbers, args.paper_settings, args.paper_classes)

@@ -206,9 +206,9 @@ def test_data_file_keys_unique_and_values_in_range():
     assert set(paper["metric"]) <= {"I-AUROC", "I-AP", "P-AUROC", "P-AP"}
     assert set(paper["setting"]) == {"separate", "model-unified", "absolute-unified"}
     assert set(paper["align"].fillna("")) == {"", "none", "cada", "cada_sigma", "class_aware", "classifier"}
-    assert paper.loc[paper["source"] == "NoCo", "align"].isna().all()
-    assert set(paper.loc[paper["options"].notna(), "table"]) == {"3"}
-    assert len(paper) == 227
+    assert paper.loc[paper["source"].isin(["NoCo", "Dinomaly"]), "align"].isna().all()
+    assert set(paper.loc[paper["options"].notna(), "table"]) == {"3", "README"}
+    assert len(paper) == 233
 
 
 def test_settings_cover_every_published_row():
@@ -220,13 +220,14 @@ def test_settings_cover_every_published_row():
     assert set(map(tuple, paper[keys].values)) == set(map(tuple, settings[keys].values))
     counts = classes.groupby("dataset")["class"].nunique().to_dict()
     assert counts == {"mvtec": 15, "visa": 12, "btad": 3, "mpdd": 6, "fmnist": 10, "cifar10": 10, "cifar100": 20,
-                      "cats_vs_dogs": 2}
+                      "cats_vs_dogs": 2, "realiad": 30}
     assert classes.loc[classes["dataset"] == "mvtec", "class"].tolist() == MVTEC
     backbones = dict(zip(zip(settings["source"], settings["dataset"], settings["method"]), settings["backbone"]))
     assert backbones["CADA", "mvtec", "uniad"] == "efficientnet_b4"
     assert backbones["NoCo", "cifar10", "noco"] == "resnet152"
     assert backbones["NoCo", "visa", "noco"] == "wide_resnet50_2"
-    assert set(backbones.values()) == {"wide_resnet50_2", "efficientnet_b4", "resnet152"}
+    assert backbones["Dinomaly", "visa", "dinomaly"] == "base"  # its ViT (config key vit)
+    assert set(backbones.values()) == {"wide_resnet50_2", "efficientnet_b4", "resnet152", "base"}
     assert set(settings["weights"]) == {"imagenet"}
     # an ablation row may only change an option its paper states a default for (no typo goes unnoticed)
     defaults = {source: {item.split("=")[0] for item in text.split(";") if item}
@@ -262,6 +263,9 @@ def test_class_lists_are_the_suites():
     ("II", "fmnist", "noco", "separate", None, "mean", "I-AUROC", 95.4),
     ("III", "mvtec", "noco", "separate", None, "capsule", "I-AUROC", 97.7),
     ("III", "mvtec", "noco", "separate", None, "transistor", "I-AUROC", 99.3),
+    ("abstract", "mvtec", "dinomaly", "model-unified", None, "mean", "I-AUROC", 99.6),
+    ("abstract", "visa", "dinomaly", "model-unified", None, "mean", "I-AUROC", 98.7),
+    ("abstract", "realiad", "dinomaly", "model-unified", None, "mean", "I-AUROC", 89.3),
 ])
 def test_typed_numbers(table, dataset, method, setting, align, cls, metric, value):
     paper = read_numbers()
@@ -341,3 +345,77 @@ def test_script_bad_input_one_line_exit_2(tmp_path, case):
         assert small.stdout.startswith("not comparable with CADA Tables 1, 3, 4, 5 (MVTec AD, revdist): image_size 64")
     if case == "bad_columns":
         assert "I-AUROC" in lines[0]
+
+
+# config.json of a `--method dinomaly` run with the preset (ViT-B/14 reg4, 448 -> 392): `backbone` is the script's
+# default, which Dinomaly does not read
+DINOMALY_RUN = {"dataset": "mvtec", "method": "dinomaly", "setting": "unified", "classes": MVTEC,
+                "backbone": "wide_resnet50_2", "vit": "base", "weights": "imagenet", "image_size": 448,
+                "crop_size": 392, "iters": 10000, "eval_size": 256, "image_score": "top_mean", "top_fraction": 0.01,
+                "align": ["none"]}
+DINOMALY_ROWS = HEADER + "".join(f"model-unified,none,{c},99.00,99.50,98.00,60.00,94.00\n" for c in MVTEC) + (
+    "model-unified,none,mean,99.20,99.70,98.30,68.00,94.50\n"
+    "absolute-unified,none,mixed,97.00,99.00,98.00,60.00,90.00\n")
+
+
+def test_typed_dinomaly_readme_weights_rows():
+    paper = read_numbers()
+    readme = paper[(paper["source"] == "Dinomaly") & (paper["table"] == "README")].set_index("dataset")
+    assert readme["value"].to_dict() == {"mvtec": 99.7, "visa": 98.9, "realiad": 89.7}
+    assert readme["options"].to_dict() == {"mvtec": "iters=20000", "visa": "iters=20000", "realiad": "iters=100000"}
+    assert set(readme["metric"]) == {"I-AUROC"} and set(readme["class"]) == {"mean"}
+
+
+def test_dinomaly_paper_run_gets_differences(tmp_path):
+    csv = write_run(tmp_path / "run", DINOMALY_ROWS, DINOMALY_RUN)
+    table = compare(csv, "mvtec", "dinomaly", run=DINOMALY_RUN)
+    assert table[["table", "setting", "class", "metric"]].values.tolist() == [
+        ["abstract", "model-unified", "mean", "I-AUROC"]]  # per-class, mixed and the other metrics: not published
+    assert table["paper"].item() == 99.6 and table["diff"].item() == -0.4 and table["reason"].item() == ""
+    timm_name = compare(csv, "mvtec", "dinomaly", run={**DINOMALY_RUN, "vit": "vit_base_patch14_reg4_dinov2"})
+    assert timm_name.equals(table)
+    result = run_script(csv)
+    assert result.returncode == 0, result.stderr
+    assert "Dinomaly abstract (MVTec AD, dinomaly)\n" in result.stdout and "-0.4" in result.stdout
+    assert "not compared" not in result.stdout and "FORCED" not in result.stdout
+    # the README's released weights were trained twice as long
+    twice = compare(csv, "mvtec", "dinomaly", run={**DINOMALY_RUN, "iters": 20000})
+    assert twice[["table", "options", "paper", "diff"]].values.tolist() == [["README", "iters=20000", 99.7, -0.5]]
+    assert compare(csv, "mvtec", "dinomaly", run={**DINOMALY_RUN, "eval_size": 0}).empty  # not its evaluation
+
+
+@pytest.mark.parametrize("change,reason", [
+    ({"vit": "small"}, "vit small (paper: base)"),
+    ({"weights": "none"}, "weights none (paper: imagenet)"),
+])
+def test_dinomaly_run_of_another_encoder_is_refused_in_one_line(tmp_path, change, reason):
+    csv = write_run(tmp_path / "run", DINOMALY_ROWS, {**DINOMALY_RUN, **change})
+    result = run_script(csv)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"not comparable with Dinomaly abstract (MVTec AD, dinomaly): {reason}; --force compares anyway"]
+    forced = compare(csv, "mvtec", "dinomaly", run={**DINOMALY_RUN, **change}, force=True)
+    assert forced["reason"].tolist() == [reason] and forced["diff"].tolist() == [-0.4]
+
+
+def test_dinomaly_real_iad_by_dataset_override(tmp_path):
+    realiad = pd.read_csv(PAPER_CLASSES, dtype=str).query("dataset == 'realiad'")["class"].tolist()
+    rows = HEADER + "".join(f"model-unified,none,{c},90.0,,,,\n" for c in [*realiad, "mean"])
+    csv = write_run(tmp_path / "run", rows, {**DINOMALY_RUN, "classes": realiad, "iters": 50000})  # run as mvtec
+    result = run_script(csv, "--dataset", "realiad")
+    assert result.returncode == 0, result.stderr
+    assert "Dinomaly abstract (Real-IAD, dinomaly)" in result.stdout and "+0.7" in result.stdout
+    as_mvtec = run_script(csv).stdout.strip().splitlines()
+    assert len(as_mvtec) == 1 and as_mvtec[0].startswith("no published numbers for dataset mvtec with method dinomaly")
+
+
+def test_dinomaly_table_without_config_needs_vit(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_text(DINOMALY_ROWS)
+    args = ["--dataset", "mvtec", "--method", "dinomaly", "--weights", "imagenet", "--classes", "all"]
+    backbone = run_script(path, *args, "--backbone", "wide_resnet50_2")
+    assert backbone.returncode == 2 and "--vit for dinomaly" in backbone.stderr and backbone.stdout == ""
+    vit = run_script(path, *args, "--vit", "base")
+    assert vit.returncode == 0 and "-0.4" in vit.stdout and "FORCED" not in vit.stdout
+    small = run_script(path, *args, "--vit", "small")
+    assert small.stdout.startswith("not comparable with Dinomaly abstract (MVTec AD, dinomaly): vit small (paper: ")
