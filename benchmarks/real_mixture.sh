@@ -18,17 +18,18 @@ declare -A RUNS=(
   [recontrast_unified]="--method recontrast --iters 300 --align $ALIGN $LITE"
   [uniad_unified]="--method uniad --iters 300 --batch_size 16 --align $ALIGN $LITE"
 )
-ORDER="revdist_unified recontrast_unified uniad_unified noco revdist_separate recontrast_separate"
-for seed in 0 1 2; do
+for group in "revdist_unified recontrast_unified uniad_unified" "noco revdist_separate recontrast_separate"; do
   for weights in $WEIGHTS; do
-    for name in $ORDER; do
-      dir=$OUT/${weights}_seed${seed}/$name
-      if compgen -G "$dir/*/results.csv" > /dev/null; then continue; fi
-      rm -rf "$dir"; mkdir -p "$dir"
-      start=$(date +%s)
-      python train_mvtec.py ${RUNS[$name]} $COMMON --weights "$weights" --seed "$seed" --out_dir "$dir" \
-        > "$dir.log" 2>&1 || { echo "FAILED $dir (see $dir.log)"; continue; }
-      echo "$weights seed $seed $name: $(( $(date +%s) - start )) s"
+    for seed in 0 1 2; do
+      for name in $group; do
+        dir=$OUT/${weights}_seed${seed}/$name
+        if compgen -G "$dir/*/results.csv" > /dev/null; then continue; fi
+        rm -rf "$dir"; mkdir -p "$dir"
+        start=$(date +%s)
+        python train_mvtec.py ${RUNS[$name]} $COMMON --weights "$weights" --seed "$seed" --out_dir "$dir" \
+          > "$dir.log" 2>&1 || { echo "FAILED $dir (see $dir.log)"; continue; }
+        echo "$weights seed $seed $name: $(( $(date +%s) - start )) s"
+      done
     done
   done
 done
