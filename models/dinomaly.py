@@ -209,7 +209,8 @@ class DinoEncoder(nn.Module):
             return prefix_table, patch_table
         channels = patch_table.shape[-1]
         square = patch_table.float().reshape(1, old[0], old[1], channels).permute(0, 3, 1, 2)
-        scale = tuple((new + POS_INTERPOLATE_OFFSET) / size for new, size in zip(grid, old))
+        # int(): traced for torch.onnx, the grid's sides are tensors, which bicubic's scale factors cannot be
+        scale = tuple((int(new) + POS_INTERPOLATE_OFFSET) / size for new, size in zip(grid, old))
         resized = F.interpolate(square, scale_factor=scale, mode="bicubic", antialias=False)
         if tuple(resized.shape[-2:]) != tuple(grid):
             raise ValueError(f"position table resized to {tuple(resized.shape[-2:])}, expected {tuple(grid)}")

@@ -20,6 +20,13 @@ from utils.training import data_fingerprint
 TINY = ["--dataset", "demo", "--image_size", "64", *SMALL]
 REVDIST = ["--method", "revdist", "--iters", "4", "--batch_size", "8", "--classes", "brick,grass", "--align",
            "none,cada", "--cada_iters", "5"]
+# one tiny unified run per base, every alignment predict.py exports trained in it (class_aware needs the class)
+BASE_ALIGNS = ("none", "cada", "classifier")
+UNIFIED = ["--weights", "none", "--device", "cpu", "--num_workers", "0", "--iters", "2", "--cada_iters", "3",
+           "--classes", "brick,grass", "--align", ",".join(BASE_ALIGNS)]
+BASES = {"uniad": ["--backbone", "efficientnet_lite0"],  # the demo preset's 128 px: UniAD's 7x7 mask needs >= 128
+         "recontrast": ["--backbone", "resnet18", "--image_size", "64", "--batch_size", "8"],
+         "dinomaly": ["--image_size", "56", "--batch_size", "4"]}  # the demo preset's ViT-S at 4 x 4 patches
 
 
 @pytest.fixture(scope="module")
@@ -134,11 +141,31 @@ def test_a_run_folder_without_its_checkpoint_or_of_other_options_is_refused_befo
                                                   expect_ok=False).stderr
 
 
+def scoring_images(demo_root, trained, per_class=3):
+    from utils.inference import run_transform
+    transform = run_transform(trained.cfg)
+    return torch.stack([transform.image(Image.open(path).convert("RGB")) for c in trained.classes
+                        for path, *_ in MVTecDataset(demo_root, c, "test").samples[:per_class]])
+
+
+def assert_onnx_gives_pytorch(onnx_path, scorer, images, threshold):
+    """ONNX Runtime's maps within 1e-4 of the PyTorch scorer's and the same decisions at the image threshold."""
+    import onnxruntime
+    with torch.no_grad():
+        maps, scores = (out.numpy() for out in scorer(images))
+    onnx_maps, onnx_scores = onnxruntime.InferenceSession(str(onnx_path)).run(None, {"image": images.numpy()})
+    assert onnx_maps.shape == maps.shape and onnx_scores.shape == scores.shape
+    # a head trained 3 steps may predict gamma <= u: eq. 5 then divides by MIN_SPREAD and the maps reach 1e7,
+    # where float32's spacing alone is above 1e-4, so the bound is relative to the maps' scale above 1
+    assert np.abs(onnx_maps - maps).max() <= 1e-4 * max(1.0, np.abs(maps).max())
+    assert ((onnx_scores > threshold) == (scores > threshold)).all()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["noco", "revdist"])
 def test_the_onnx_export_gives_the_pytorch_maps_and_decisions(method, revdist_run, demo_root, tmp_path):
-    ort = pytest.importorskip("onnxruntime")
-    from utils.inference import build_scorer, load_run, run_transform
+    pytest.importorskip("onnxruntime")
+    from utils.inference import build_scorer, load_run
     if method == "revdist":
         run_dir, class_name = revdist_run, ""
     else:
@@ -148,18 +175,63 @@ def test_the_onnx_export_gives_the_pytorch_maps_and_decisions(method, revdist_ru
     done = predict("--run", str(run_dir), "--class_name", class_name, "--export", "onnx", "--out_dir",
                    str(tmp_path / "onnx")) if class_name else predict("--run", str(run_dir), "--export", "onnx",
                                                                       "--out_dir", str(tmp_path / "onnx"))
-    onnx_path = results_path(done)
     trained = load_run(run_dir, "", class_name)
+    assert_onnx_gives_pytorch(results_path(done), build_scorer(trained, torch.device("cpu")),
+                              scoring_images(demo_root, trained, per_class=5), trained.thresholds["image"])
+
+
+@pytest.fixture(scope="module")
+def unified_run(demo_root, tmp_path_factory):
+    """base -> the folder of its one tiny unified run with BASE_ALIGNS, trained on first use."""
+    runs = {}
+
+    def run(base):
+        if base not in runs:
+            out = tmp_path_factory.mktemp(base)
+            done = run_script("train_mvtec.py", "--method", base, "--dataset", "demo", "--data_path", str(demo_root),
+                              *UNIFIED, *BASES[base], "--out_dir", str(out))
+            runs[base] = results_path(done).parent
+        return runs[base]
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("base,align", [(base, align) for base in BASES for align in BASE_ALIGNS])
+def test_every_base_and_alignment_exports_to_onnx_with_the_pytorch_maps_and_decisions(
+        base, align, unified_run, demo_root, tmp_path, one_thread):
+    pytest.importorskip("onnxruntime")
+    from utils.inference import build_scorer, export_onnx, load_run
+    run_dir = unified_run(base)
+    trained = load_run(run_dir, align)
     scorer = build_scorer(trained, torch.device("cpu"))
-    test = MVTecDataset(demo_root, "grass", "test")
-    images = torch.stack([run_transform(trained.cfg).image(Image.open(path).convert("RGB"))
-                          for path, *_ in test.samples[:5]])
-    with torch.no_grad():
-        maps, scores = scorer(images)
-    onnx_maps, onnx_scores = ort.InferenceSession(str(onnx_path)).run(None, {"image": images.numpy()})
-    assert np.abs(onnx_maps - maps.numpy()).max() < 1e-4
-    threshold = trained.thresholds["image"]
-    assert ((onnx_scores > threshold) == (scores.numpy() > threshold)).all()
+    if align == "cada":  # predict.py's default for a run with a cada head: its command line, once per base
+        onnx_path = results_path(predict("--run", str(run_dir), "--export", "onnx", "--out_dir", str(tmp_path)))
+        assert onnx_path.name == "unified_cada.onnx"
+    else:  # the calls predict.py makes, without a process of its own
+        onnx_path = export_onnx(scorer, trained.cfg.crop_size or trained.cfg.image_size, tmp_path / "model.onnx")
+    assert_onnx_gives_pytorch(onnx_path, scorer, scoring_images(demo_root, trained), trained.thresholds["image"])
+
+
+@pytest.mark.slow
+def test_the_exported_classifier_alignment_picks_each_images_class_by_argmax(unified_run, demo_root, tmp_path,
+                                                                             one_thread):
+    pytest.importorskip("onnxruntime")
+    from utils.inference import build_scorer, export_onnx, load_run
+    trained = load_run(unified_run("recontrast"), "classifier")
+    scorer = build_scorer(trained, torch.device("cpu"))
+    images, alignment = scoring_images(demo_root, trained), scorer.alignment
+    assert (alignment.class_stats[0] - alignment.class_stats[1]).abs().max() > 1e-3  # a wrong pick shows in the map
+    with torch.no_grad():  # the 3-step head picks one class for every image: move its boundary into the batch
+        features = scorer.method.head_input(scorer.model, scorer.model_input(images), scorer.align_input)
+        logits = alignment.head(features)
+        margins = (logits[:, 1] - logits[:, 0]).sort().values
+        gap = (margins[1:] - margins[:-1]).argmax()
+        assert margins[gap + 1] - margins[gap] > 1e-3
+        alignment.head.mlp[-1].bias[1] -= (margins[gap] + margins[gap + 1]) / 2
+        picked = alignment.head(features).argmax(dim=1)
+    assert 0 < picked.sum() < len(picked)
+    onnx_path = export_onnx(scorer, trained.cfg.crop_size or trained.cfg.image_size, tmp_path / "split.onnx")
+    assert_onnx_gives_pytorch(onnx_path, scorer, images, trained.thresholds["image"])
 
 
 def test_a_folder_given_to_predict_yields_its_images_and_its_subfolders_images(tmp_path):
