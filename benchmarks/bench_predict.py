@@ -3,13 +3,18 @@ images: the run's test images of every class it trained on.
 
     python benchmarks/bench_predict.py --run results/<run>               # the run's alignment (cada if trained)
     python benchmarks/bench_predict.py --run results/<run> --align none --repeats 3
+    python benchmarks/bench_predict_sizes.py    # trains a small run per method at its paper input size, then this
 
 predict: decode, transform, encoder, model, calibration, blur and image score per batch (utils.inference).
 evaluation: the same decode and transform (the test dataset), then collect_maps and the scoring of
-utils.evaluation (aligned_maps, blur, image score) as train_mvtec.py runs them. Both in one process,
-the best of `--repeats` passes each; it prints images per second and the largest score difference.
+utils.evaluation (aligned_maps, blur, image score) as train_mvtec.py runs them. Both in one process, the best
+of `--repeats` passes each (the two run in turn); it prints images per second and the largest score difference,
+absolute and relative to the largest score (with `--json`, also one line of JSON with them, the run's method,
+encoder and input side). The scores agree to float32 rounding, which depends on how the images are batched:
+predict's batches run across the classes, the evaluation's within each class.
 """
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -24,13 +29,16 @@ from utils.evaluation import aligned_maps, collect_maps, scored  # noqa: E402
 from utils.inference import ImageFiles, build_scorer, collate, load_run, run_transform  # noqa: E402
 
 
-def best_of(repeats, work):
-    times, result = [], None
+def best_of(repeats, *passes):
+    """The shortest time and the result of each pass, over `repeats` rounds that run them in turn (so that a
+    machine shared with other work slows them alike)."""
+    times, results = [[] for _ in passes], [None] * len(passes)
     for _ in range(repeats):
-        started = time.perf_counter()
-        result = work()
-        times.append(time.perf_counter() - started)
-    return min(times), result
+        for index, work in enumerate(passes):
+            started = time.perf_counter()
+            results[index] = work()
+            times[index].append(time.perf_counter() - started)
+    return [(min(spent), result) for spent, result in zip(times, results)]
 
 
 def main():
@@ -40,6 +48,7 @@ def main():
     parser.add_argument("--class_name", default="")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json", action="store_true", help="end with one line of JSON (bench_predict_sizes.py)")
     args = parser.parse_args()
     trained = load_run(args.run, args.align, args.class_name)
     cfg, device = trained.cfg, torch.device("cpu")
@@ -65,13 +74,22 @@ def main():
             scores.append(scored(aligned_maps(class_maps, scorer.alignment, index), cfg)[1])
         return torch.cat(scores)
 
-    predict_s, predict_scores = best_of(args.repeats, predict_pass)
-    evaluation_s, evaluation_scores = best_of(args.repeats, evaluation_pass)
-    print(f"{len(files)} images, {cfg.method} [{trained.align}], {cfg.backbone} at {cfg.crop_size or cfg.image_size} "
-          f"px, {torch.get_num_threads()} threads")
+    (predict_s, predict_scores), (evaluation_s, evaluation_scores) = best_of(args.repeats, predict_pass,
+                                                                             evaluation_pass)
+    encoder = f"vit_{cfg.vit}" if cfg.method == "dinomaly" else cfg.backbone  # Dinomaly reads --vit, not --backbone
+    side, difference = cfg.crop_size or cfg.image_size, (predict_scores - evaluation_scores).abs().max().item()
+    relative = difference / max(evaluation_scores.abs().max().item(), 1e-30)  # scores of random weights can be huge
+    print(f"{len(files)} images, {cfg.method} [{trained.align}], {encoder} at {side} px"
+          + (f" (maps scored at {cfg.eval_size} px)" if cfg.eval_size else "") + f", {torch.get_num_threads()} threads")
     print(f"predict     {len(files) / predict_s:8.1f} images/s")
     print(f"evaluation  {len(files) / evaluation_s:8.1f} images/s")
-    print(f"largest score difference {(predict_scores - evaluation_scores).abs().max().item():.2e}")
+    print(f"largest score difference {difference:.2e} ({relative:.1e} of the largest score)")
+    if args.json:
+        print(json.dumps({"method": cfg.method, "align": trained.align, "encoder": encoder, "input_px": side,
+                          "eval_size": cfg.eval_size, "images": len(files), "threads": torch.get_num_threads(),
+                          "predict_images_per_s": len(files) / predict_s,
+                          "evaluation_images_per_s": len(files) / evaluation_s,
+                          "largest_score_difference": difference, "relative_score_difference": relative}))
 
 
 if __name__ == "__main__":

@@ -2,13 +2,17 @@
 
     python benchmarks/bench_unified.py                     # paper size and CPU size, every base
     python benchmarks/bench_unified.py --sizes paper --steps 3
+    python benchmarks/bench_unified.py --bases revdist --sizes paper --backbones efficientnet_lite0,wide_resnet50_2
+    python benchmarks/bench_unified.py --bases dinomaly,revdist --sizes paper --steps 1   # ViT-B/14, 392 px
     python benchmarks/bench_unified.py --device cuda
 
-For each base and size, a fresh process builds the model (random init: the timing does not depend
-on the weights), runs one warm-up step and then `--steps` timed training steps (forward, loss,
-backward, optimiser step) on a fixed random batch, and reports seconds per step, images per second
-and peak memory: the process's peak RSS on a CPU, torch.cuda.max_memory_allocated on CUDA. The
-frozen encoder's own forward time is measured separately, so that the gain of the feature cache
+For each base and size, a fresh process builds the model as train_mvtec.py does (the registry, models.METHODS,
+with the script's configuration for that method and size: its presets, read by benchmarks/script_config.py;
+`--weights none`, random init, by default: the timing does not depend on the weights), runs `--warmup` untimed
+steps (1) and then `--steps` timed training steps (forward, loss, backward, optimiser step) on a fixed random
+batch, and reports seconds per step, images per second and peak memory: the process's peak RSS on a CPU,
+torch.cuda.max_memory_allocated on CUDA. The frozen encoder's own forward time (after as many warm-up forwards)
+is measured separately, so that the gain of the feature cache
 (RevDist trains on cached layer 1-3 features and never runs the encoder while training) is visible:
 `revdist` is the step with the cache, `revdist-nocache` the step that runs the encoder too; the
 same for `uniad` (cached 272-channel tokens) and `uniad-nocache` (EfficientNet-B4 in every step).
@@ -17,6 +21,7 @@ one the official RD4AD figure below was measured with. `revdist-recompute` and `
 keep only convolution outputs for the backward pass (train_mvtec.py --recompute). `dinomaly` runs its frozen
 DINOv2 ViT (B/14 at 392 px, as its paper; S/14 at 112 px for the CPU size) inside every step, as the script does,
 with its preset's StableAdamW and warm-up cosine schedule; its `encoder s` is that ViT's forward.
+`--backbones` gives a row per train_mvtec.py --backbone (efficientnet_lite0 too) for every base but Dinomaly.
 The training step is the scripts' own (utils.training.fit); on CUDA it runs with train_mvtec.py's speed
 options `--amp --channels_last` (bf16 autocast, channels-last; the script's default is float32); on a
 CPU, malloc keeps freed memory for reuse (utils/cpu.py; `--plain_malloc` measures without it).
@@ -28,14 +33,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SIZES = {"paper": ("wide_resnet50_2", 256, 16), "cpu": ("resnet18", 128, 16)}
-UNIAD_SIZES = {"paper": ("efficientnet_b4", 224, 64), "cpu": ("efficientnet_b4", 128, 16)}  # UniAD's own encoder
-DINOMALY_SIZES = {"paper": ("vit_base_dinov2", 392, 16), "cpu": ("vit_small_dinov2", 112, 16)}  # Dinomaly's ViT
+# each base's training configuration is train_mvtec.py's (benchmarks/script_config.py) for these options:
+# "paper" gives none (its presets: wide_resnet50_2 at 256 px, EfficientNet-B4 at 224 px with batch 64 for UniAD,
+# ViT-B/14 at 448 -> 392 px for Dinomaly), "cpu" a size a 2-core CPU trains in seconds per step
+SIZES = {"paper": {},
+         "cpu": {"revdist": {"backbone": "resnet18", "image_size": 128, "crop_size": 0},
+                 "recontrast": {"backbone": "resnet18", "image_size": 128, "crop_size": 0},
+                 "uniad": {"image_size": 128, "crop_size": 0, "batch_size": 16},  # its own encoder, EfficientNet-B4
+                 "dinomaly": {"vit": "small", "image_size": 112, "crop_size": 0, "batch_size": 16}}}
+VARIANTS = {"": {}, "relu": {"decoder_activation": "relu"}, "recompute": {"recompute": True}, "nocache": {}}
 BASES = ("revdist", "revdist-relu", "revdist-nocache", "revdist-recompute", "recontrast", "recontrast-recompute",
          "uniad", "uniad-nocache", "dinomaly")
 # the official code's training step on the latest and the first 2-core development CPU, plain malloc
@@ -44,46 +54,51 @@ OFFICIAL = {"revdist": "RD4AD main.py: 46.5 s, 8.3 GiB (first CPU: 23.7 s, 8.2 G
             "recontrast": "ReContrast multi-class: 96.4 s, 14.4 GiB (first CPU: 53.6 s, 14.7 GiB)"}
 
 
-def measure(base, size, steps, device_name, plain_malloc=False):
+def base_options(base, size, backbone="", weights="none", device_name="cpu"):
+    """train_mvtec.py's command-line options of one benchmark row (its presets fill in the rest)."""
+    method, _, variant = base.partition("-")
+    options = {"method": method, "weights": weights, **VARIANTS[variant], **SIZES[size].get(method, {})}
+    if backbone and method != "dinomaly":  # Dinomaly's encoder is its ViT (--vit), not a --backbone
+        options["backbone"] = backbone
+    if device_name.startswith("cuda"):  # the script's speed options on a GPU
+        options.update(device=device_name, amp=True, channels_last=True)
+    return [item for name, value in options.items() for item in (f"--{name}", value)]
+
+
+def measure(base, size, steps, device_name, plain_malloc=False, backbone="", weights="none", warmup=1):
     if device_name == "cpu" and not plain_malloc:
         from utils.cpu import keep_freed_memory
         keep_freed_memory()
     import torch
-    from models.backbones import build_encoder, load_backbone
-    from models.recontrast import ReContrast
-    from models.revdist import RevDist
-    from models.uniad import UNIAD_LAYERS, TokenEncoder, UniAD
     from models import METHODS
+    from script_config import train_config
     from utils.training import fit
 
-    sizes = UNIAD_SIZES if base.startswith("uniad") else DINOMALY_SIZES if base == "dinomaly" else SIZES
-    backbone, image_size, batch_size = sizes[size]
+    cfg = train_config(base_options(base, size, backbone, weights, device_name))
+    method = METHODS[cfg.method]
+    if method.check is not None:
+        method.check(cfg)  # e.g. a backbone the method cannot read: refused as the script refuses it
+    side = cfg.crop_size or cfg.image_size
     device = torch.device(device_name)
     cuda = device.type == "cuda"
-    memory_format = torch.channels_last if cuda else torch.contiguous_format
+    memory_format = torch.channels_last if cuda and cfg.channels_last else torch.contiguous_format
     torch.manual_seed(0)
-    images = torch.randn(batch_size, 3, image_size, image_size, device=device).contiguous(memory_format=memory_format)
-    cfg = SimpleNamespace(optimizer="adamw", lr=2e-3, encoder_lr=1e-5, betas=(0.9, 0.999), weight_decay=1e-5,
-                          adam_eps=1e-10, amsgrad=True, lr_drop_at=0.8, lr_drop_gamma=0.2)
-    if base == "dinomaly":  # its preset: StableAdamW, warm-up cosine; the model holds the frozen ViT
-        from models.dinomaly import Dinomaly
-        cfg = SimpleNamespace(optimizer="stable_adamw", lr=2e-3, betas=(0.9, 0.999), weight_decay=1e-4,
-                              adam_eps=1e-10, amsgrad=True, lr_drop_at=0.0, lr_schedule="warmup_cosine",
-                              warmup_iters=100, final_lr=2e-4)
-        dino = Dinomaly(encoder=backbone.split("_")[1], weights="none")
-        encoder = lambda images: dino.encoder(images)  # noqa: E731
-    elif base.startswith("uniad"):
-        encoder = TokenEncoder(build_encoder(backbone, "none", UNIAD_LAYERS)).to(device, memory_format=memory_format)
-        cfg.lr, cfg.weight_decay, cfg.adam_eps, cfg.amsgrad, cfg.lr_drop_at = 3e-4, 1e-4, 1e-8, False, 0.0  # its preset
-    else:
-        encoder = build_encoder(backbone, "none", ("layer1", "layer2", "layer3")).to(device, memory_format=memory_format)
+    images = torch.randn(cfg.batch_size, 3, side, side, device=device).contiguous(memory_format=memory_format)
+    # built as the script builds them: the registry's encoder (the frozen one, or the backbone ReContrast copies,
+    # or Dinomaly's ViT) and model, with --weights (none: random init; the timing does not depend on them)
+    encoder = method.build_encoder(cfg).to(device, memory_format=memory_format)
+    model = method.build_model(cfg, encoder, cfg.target_norm[0], torch.Generator().manual_seed(cfg.seed))
+    model = model.to(device, memory_format=memory_format).train()
+    encode = (model.frozen_encoder if cfg.method == "recontrast" else model.encoder if cfg.method == "dinomaly"
+              else encoder)  # the frozen encoder, whose forward alone is timed too
 
     def sync():
         if cuda:
             torch.cuda.synchronize()
 
     def timed(function, repeats):
-        function()  # warm-up
+        for _ in range(warmup):
+            function()
         sync()
         start = time.perf_counter()
         for _ in range(repeats):
@@ -91,35 +106,28 @@ def measure(base, size, steps, device_name, plain_malloc=False):
         sync()
         return (time.perf_counter() - start) / repeats
 
-    encoder_s = timed(lambda: encoder(images), steps)
-    if base.startswith(("revdist", "uniad")):
-        model = (RevDist(backbone, activation="relu" if base == "revdist-relu" else "gelu",
-                         recompute=base == "revdist-recompute") if base.startswith("revdist") else
-                 UniAD(grid=(image_size // 16, image_size // 16), layers=("tokens",)))
-        features = encoder(images)
+    with torch.no_grad():
+        encoder_s = timed(lambda: encode(images), steps)
+    if method.trains_on == "features":  # the cached features (the script's default), or the encoder every step
+        with torch.no_grad():
+            features = encoder(images)
         batch = (lambda: encoder(images)) if base.endswith("-nocache") else (lambda: features)
-    elif base == "dinomaly":
-        model = dino
+    else:  # ReContrast trains its encoder copy; Dinomaly runs its frozen ViT inside every step
         batch = lambda: {"image": images}  # noqa: E731
-    else:
-        model = ReContrast(load_backbone(backbone, "none"), backbone, activation="gelu",
-                           recompute=base == "recontrast-recompute")
-        batch = lambda: {"image": images}  # noqa: E731
-    model = model.to(device, memory_format=memory_format).train()
-    optimizer, scheduler = model.configure_optimizers(cfg, 1000)
-
-    grad_clip = METHODS[base.split("-")[0]].grad_clip
+    optimizer, scheduler = model.configure_optimizers(cfg, cfg.iters)  # the run's schedule (unified: --iters)
 
     def step():  # one iteration of the scripts' own loop
-        fit(model, iter([batch()]), optimizer, scheduler, 1, grad_clip=grad_clip, autocast="cuda" if cuda else None,
-            show=False)
+        fit(model, iter([batch()]), optimizer, scheduler, 1, grad_clip=method.grad_clip,
+            autocast=device.type if cfg.amp and cuda else None, show=False)
 
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     step_s = timed(step, steps)
-    peak = torch.cuda.max_memory_allocated(device) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"base": base, "size": size, "backbone": backbone, "image_size": image_size, "batch_size": batch_size,
-            "step_s": step_s, "images_per_s": batch_size / step_s, "encoder_s": encoder_s, "peak_gib": peak / 2 ** 30,
+    peak = (torch.cuda.max_memory_allocated(device) if cuda else
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # kilobytes on Linux
+    return {"base": base, "size": size, "backbone": f"vit_{cfg.vit}" if cfg.method == "dinomaly" else cfg.backbone,
+            "weights": cfg.weights, "image_size": side, "batch_size": cfg.batch_size, "step_s": step_s,
+            "images_per_s": cfg.batch_size / step_s, "encoder_s": encoder_s, "peak_gib": peak / 2 ** 30,
             "device": str(device), "threads": torch.get_num_threads()}
 
 
@@ -127,29 +135,46 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bases", default=",".join(BASES))
     parser.add_argument("--sizes", default="paper,cpu")
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--backbones", default="",
+                        help="comma list: a row per --backbone for every base but dinomaly (whose encoder is its "
+                             "ViT), e.g. wide_resnet50_2,resnet18,efficientnet_lite0; empty: each size's own")
+    parser.add_argument("--weights", default="none", help="train_mvtec.py's --weights (none: random init)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps (and encoder forwards) per row")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps (and encoder forwards) before them")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--plain_malloc", action="store_true", help="on a CPU, let malloc return freed memory")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # base:size, run in this process
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # base:size:backbone, run in this process
     args = parser.parse_args()
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be at least 1 and --warmup at least 0")
     if args.one:
-        base, size = args.one.split(":")
-        print(json.dumps(measure(base, size, args.steps, args.device, args.plain_malloc)))
+        base, size, backbone = args.one.split(":")
+        print(json.dumps(measure(base, size, args.steps, args.device, args.plain_malloc, backbone, args.weights,
+                                 args.warmup)))
         return
-    print(f"{'base':<16} {'size':<6} {'backbone':<16} {'px':>4} {'batch':>5} {'s/step':>8} {'img/s':>7} "
+    unknown = [base for base in args.bases.split(",") if base not in BASES]
+    unknown += [size for size in args.sizes.split(",") if size not in SIZES]
+    if unknown:
+        parser.error(f"unknown base or size {', '.join(unknown)}: bases {', '.join(BASES)}; sizes {', '.join(SIZES)}")
+    print(f"{'base':<20} {'size':<6} {'backbone':<18} {'px':>4} {'batch':>5} {'s/step':>8} {'img/s':>7} "
           f"{'encoder s':>9} {'peak GiB':>8}  official")
     for size in args.sizes.split(","):
         for base in args.bases.split(","):
-            done = subprocess.run([sys.executable, __file__, "--one", f"{base}:{size}", "--steps", str(args.steps),
-                                   "--device", args.device] + ["--plain_malloc"] * args.plain_malloc,
-                                  capture_output=True, text=True, cwd=ROOT)
-            if done.returncode:
-                print(f"{base} {size}: failed\n{done.stderr[-2000:]}")
-                continue
-            r = json.loads(done.stdout.strip().splitlines()[-1])
-            official = OFFICIAL.get(base, "") if size == "paper" and args.device == "cpu" else ""
-            print(f"{r['base']:<16} {r['size']:<6} {r['backbone']:<16} {r['image_size']:>4} {r['batch_size']:>5} "
-                  f"{r['step_s']:>8.2f} {r['images_per_s']:>7.2f} {r['encoder_s']:>9.2f} {r['peak_gib']:>8.2f}  {official}")
+            backbones = [""] if base == "dinomaly" else args.backbones.split(",")
+            for backbone in backbones:
+                done = subprocess.run([sys.executable, __file__, "--one", f"{base}:{size}:{backbone}",
+                                       "--steps", str(args.steps), "--warmup", str(args.warmup), "--device",
+                                       args.device, "--weights", args.weights] + ["--plain_malloc"] * args.plain_malloc,
+                                      capture_output=True, text=True, cwd=ROOT)
+                if done.returncode:
+                    print(f"{base} {size} {backbone}: failed\n{done.stderr[-2000:]}", flush=True)
+                    continue
+                r = json.loads(done.stdout.strip().splitlines()[-1])
+                official = (OFFICIAL.get(base, "") if size == "paper" and args.device == "cpu"
+                            and r["backbone"] == "wide_resnet50_2" else "")
+                print(f"{r['base']:<20} {r['size']:<6} {r['backbone']:<18} {r['image_size']:>4} {r['batch_size']:>5} "
+                      f"{r['step_s']:>8.2f} {r['images_per_s']:>7.2f} {r['encoder_s']:>9.2f} {r['peak_gib']:>8.2f}  "
+                      f"{official}", flush=True)
 
 
 if __name__ == "__main__":
