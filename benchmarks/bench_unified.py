@@ -36,6 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from utils.config import ConfigError  # noqa: E402
 
 # each base's training configuration is train_mvtec.py's (benchmarks/script_config.py) for these options:
 # "paper" gives none (its presets: wide_resnet50_2 at 256 px, EfficientNet-B4 at 224 px with batch 64 for UniAD,
@@ -149,8 +150,11 @@ def main():
         parser.error("--steps must be at least 1 and --warmup at least 0")
     if args.one:
         base, size, backbone = args.one.split(":")
-        print(json.dumps(measure(base, size, args.steps, args.device, args.plain_malloc, backbone, args.weights,
-                                 args.warmup)))
+        try:
+            print(json.dumps(measure(base, size, args.steps, args.device, args.plain_malloc, backbone, args.weights,
+                                     args.warmup)))
+        except ConfigError as error:
+            sys.exit(f"error: {error}")
         return
     unknown = [base for base in args.bases.split(",") if base not in BASES]
     unknown += [size for size in args.sizes.split(",") if size not in SIZES]
