@@ -2,12 +2,15 @@
 
     python benchmarks/seed_table.py /tmp/ev/runs                    # every results.csv below the folder(s)
     python benchmarks/seed_table.py runA runB runC --metrics I-AUROC,P-AUROC,AUPRO --classes
+    python benchmarks/seed_table.py /tmp/ev/runs --summary          # one table of every group, one gap table
 
 Runs are grouped by what they trained (method, setting, encoder, weights, input size, iterations or epochs,
 read from each run's config.json); a group's runs should differ only in --seed. For each group it prints the
 `mean` and `mixed` rows (every class row too with --classes) as mean [min-max] over its seeds, and for
 unified groups the gap `mean` - `mixed` of each seed per alignment: how much of the `none` gap an alignment
-leaves, seed by seed. Nothing is selected: every run found is counted.
+leaves, seed by seed. With --summary it prints instead one table, a row per group and alignment (`mean` and
+`mixed` of each metric), and one table of the first metric's gap, a row per group and seed, a column per
+alignment. Nothing is selected: every run found is counted.
 """
 import argparse
 import json
@@ -78,11 +81,49 @@ def gap_table(group, metrics):
     return "\n".join(lines)
 
 
+METHOD_ORDER = ("noco", "revdist", "recontrast", "uniad", "dinomaly")
+
+
+def summary_tables(tables, metrics):
+    """Two markdown tables over every group: mean [min-max] of `mean` and `mixed` per alignment; the gap per seed.
+    Group keys equal in every run are named once above the tables, not repeated in a column."""
+    runs = pd.concat(tables)
+    for key, group in runs.groupby(list(GROUP_KEYS), sort=False):
+        if group.groupby("seed")["run"].nunique().max() > 1:
+            raise ValueError(f"{', '.join(map(str, key))}: two runs with the same seed: {sorted(group['run'].unique())}")
+    runs["order"] = runs["method"].map({m: i for i, m in enumerate(METHOD_ORDER)}).fillna(len(METHOD_ORDER))
+    runs = runs.sort_values(["weights", "order", "setting"], kind="stable")
+    shared = [k for k in GROUP_KEYS if runs[k].nunique() == 1 and k != "weights"]
+    keys = ["weights"] + [k for k in GROUP_KEYS if k not in shared + ["weights"]]
+    header = "Every row: " + ", ".join(f"{k} {runs[k].iloc[0]}" for k in shared) if shared else ""
+    columns = [f"{row} {m}" for m in metrics for row in ("mean", "mixed")]
+    lines = ["| " + " | ".join(keys) + " | align | seeds | " + " | ".join(columns) + " |",
+             "|" + "---|" * (len(keys) + 2 + len(columns))]
+    gaps = {}
+    for key, group in runs.groupby(keys + ["align"], sort=False):
+        seeds = ",".join(map(str, sorted(group["seed"].unique())))
+        cells = [spread(group[group["class"] == row][m]) for m in metrics for row in ("mean", "mixed")]
+        lines.append("| " + " | ".join(map(str, key)) + f" | {seeds} | " + " | ".join(cells) + " |")
+        by_seed = group.pivot_table(index="seed", columns="class", values=metrics[0])
+        if "mixed" in by_seed:
+            for seed, gap in (by_seed["mean"] - by_seed["mixed"]).items():
+                gaps.setdefault((*key[:-1], seed), {})[key[-1]] = gap
+    aligns = list(dict.fromkeys(a for row in gaps.values() for a in row))
+    gap_lines = [f"Gap `mean` - `mixed` in {metrics[0]}, per seed:", "",
+                 "| " + " | ".join(keys) + " | seed | " + " | ".join(aligns) + " |",
+                 "|" + "---|" * (len(keys) + 1 + len(aligns))]
+    for key, row in gaps.items():
+        gap_lines.append("| " + " | ".join(map(str, key)) + " | "
+                         + " | ".join(f"{row[a]:.1f}" if a in row else "" for a in aligns) + " |")
+    return [b for b in (header, "\n".join(lines), "\n".join(gap_lines) if gaps else "") if b]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="run folders, results.csv files or folders holding runs")
     parser.add_argument("--metrics", default="I-AUROC,P-AUROC,AUPRO")
     parser.add_argument("--classes", action="store_true", help="print every class row, not only mean and mixed")
+    parser.add_argument("--summary", action="store_true", help="one table of every group and one gap table")
     args = parser.parse_args(argv)
     csvs = []
     for path in map(Path, args.paths):
@@ -100,7 +141,8 @@ def main(argv=None):
         unknown = [m for m in metrics if m not in tables[0]]
         if unknown:
             sys.exit(f"error: --metrics {','.join(unknown)}: not a column of {csvs[0]}")
-        print("\n\n".join(group_tables(tables, metrics, args.classes)))
+        blocks = summary_tables(tables, metrics) if args.summary else group_tables(tables, metrics, args.classes)
+        print("\n\n".join(blocks))
     except (OSError, KeyError, ValueError) as error:
         sys.exit(f"error: {error}")
 

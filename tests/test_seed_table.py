@@ -44,3 +44,18 @@ def test_two_runs_of_one_seed_and_bad_paths_are_refused_in_one_line(tmp_path):
         main([str(tmp_path / "missing")])
     with pytest.raises(SystemExit, match="--metrics AUPRO: not a column"):
         main([str(tmp_path / "a"), "--metrics", "AUPRO"])
+
+
+def test_summary_is_one_row_per_group_and_alignment_and_one_gap_row_per_seed(tmp_path, capsys):
+    write_run(tmp_path / "s0", 0, unified_rows(80.0, 70.0, 76.0))
+    write_run(tmp_path / "s1", 1, unified_rows(84.0, 72.0, 80.0))
+    write_run(tmp_path / "sep", 0, [("separate", "none", "mean", 88.0, 91.0)], setting="separate")
+    main([str(tmp_path), "--metrics", "I-AUROC,P-AUROC", "--summary"])
+    out = capsys.readouterr().out
+    assert "Every row: method revdist, encoder efficientnet_lite0, image_size 128" in out
+    assert "| imagenet | separate | 10 epochs | none | 0 | 88.0 |  | 91.0 |  |" in out  # no pooled row per class
+    assert ("| imagenet | unified | 300 iters | cada | 0,1 | 82.0 [80.0-84.0] | 78.0 [76.0-80.0] | 90.0 [90.0-90.0] "
+            "| 85.0 [85.0-85.0] |") in out
+    assert out.index("| imagenet | separate") < out.index("| imagenet | unified")
+    assert "| imagenet | unified | 300 iters | 0 | 10.0 | 4.0 |" in out  # the gap in I-AUROC: none, cada
+    assert "| imagenet | unified | 300 iters | 1 | 12.0 | 4.0 |" in out
