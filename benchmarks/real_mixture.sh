@@ -15,7 +15,7 @@ CLAIM=""
 trap 'if [ -n "$CLAIM" ]; then rmdir "$CLAIM"; fi' EXIT
 claim() {  # true when this copy may run $1: not finished, and not claimed by another copy
   if compgen -G "$1/*/results.csv" > /dev/null; then return 1; fi
-  mkdir "$1.claim" 2> /dev/null || return 1
+  mkdir -p "$(dirname "$1")"; mkdir "$1.claim" 2> /dev/null || return 1
   CLAIM=$1.claim; rm -rf "$1"; mkdir -p "$1"
 }
 release() { rmdir "$CLAIM"; CLAIM=""; }
