@@ -222,12 +222,13 @@ seed_everything(cfg.seed)  # also fixes a random-init (--weights none) encoder
 # data -------------------------------------------------------------------------
 run_name = Path(cfg.data_path).name if cfg.data_path else cfg.dataset
 root = Path(cfg.data_path or f"data/{cfg.dataset}")
-if cfg.dataset == "demo":
-    make_demo(root)
-elif cfg.download:
-    download_dataset(cfg.dataset, root)
-if cfg.dataset == "visa" and (root / "split_csv").is_dir():  # raw VisA: prepared once into MVTec layout
-    root = prepare_visa(root, root / "visa_pytorch")
+with distributed.rank0_first(rank, world):  # one process writes the files, the others then find them
+    if cfg.dataset == "demo":
+        make_demo(root)
+    elif cfg.download:
+        download_dataset(cfg.dataset, root)
+    if cfg.dataset == "visa" and (root / "split_csv").is_dir():  # raw VisA: prepared once into MVTec layout
+        root = prepare_visa(root, root / "visa_pytorch")
 Dataset = BTADDataset if cfg.dataset == "btad" else MVTecDataset
 source_hint = DATASET_SOURCES.get(cfg.dataset, DATASET_SOURCES["folder"])
 class_names = resolve_classes(root, cfg.classes, Dataset, source_hint)

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -92,3 +93,26 @@ def test_gathered_maps_come_back_in_the_dataset_order(world, monkeypatch):
     joined = distributed.gathered(shards[0], n, world)
     assert torch.equal(joined.maps, whole.maps) and torch.equal(joined.labels, whole.labels)
     assert torch.equal(joined.features, whole.features) and joined.probe is None
+
+
+def write_in_rank_order(rank, world, folder):
+    """One torchrun-like process: rank 0 writes a file slowly inside rank0_first; every rank records whether the
+    file was complete when its own block began."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world)
+    try:
+        with distributed.rank0_first(rank, world):
+            seen = (folder / "made").exists()
+            if rank == 0:
+                time.sleep(1.0)  # a dataset being written
+                (folder / "made").write_text("done")
+        (folder / f"seen{rank}").write_text(str(seen))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_rank0_writes_the_data_before_the_other_processes_read_it(tmp_path):
+    """The demo set, a download: written by rank 0 while the others wait (two writers raced before: a half-written
+    PNG)."""
+    torch.multiprocessing.spawn(write_in_rank_order, args=(2, tmp_path), nprocs=2)
+    assert (tmp_path / "seen0").read_text() == "False"  # rank 0 made it
+    assert (tmp_path / "seen1").read_text() == "True"   # rank 1 began after it was complete

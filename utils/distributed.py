@@ -9,6 +9,7 @@ process computes; only rank 0 writes files and prints. NCCL on GPUs, gloo on CPU
 """
 import os
 import sys
+from contextlib import contextmanager
 
 import timm
 import torch
@@ -33,6 +34,17 @@ def setup(device_name):
     if rank:  # one voice: the other processes work silently
         sys.stdout = open(os.devnull, "w")
     return rank, world, device
+
+
+@contextmanager
+def rank0_first(rank, world):
+    """Rank 0 runs the block first (writing a dataset: the demo set, a download); the others wait for it and then
+    run the block on what it wrote, instead of reading files another process is still writing."""
+    if world > 1 and rank:
+        dist.barrier()
+    yield
+    if world > 1 and not rank:
+        dist.barrier()
 
 
 class LossModule(nn.Module):
