@@ -6,7 +6,9 @@
 # started side by side share the list, one run each at a time (OMP_NUM_THREADS=1 each on a 2-core CPU).
 #   bash benchmarks/real_mixture.sh <mixture folder> <output folder> [weights ...]   (default: imagenet none)
 set -euo pipefail
+if [ $# -lt 2 ]; then echo "usage: bash benchmarks/real_mixture.sh <mixture folder> <output folder> [weights ...]"; exit 2; fi
 MIXTURE=$1; OUT=$2; shift 2
+if [ ! -d "$MIXTURE" ]; then echo "error: $MIXTURE: no such folder (how to make the mixture: benchmarks/README.md)"; exit 2; fi
 WEIGHTS=${*:-imagenet none}
 ALIGN="none,cada,cada_sigma,class_aware,classifier"
 COMMON="--data_path $MIXTURE --image_size 128 --crop_size 0 --device cpu"
@@ -38,9 +40,13 @@ for seed in 0 1 2; do  # a whole seed before the next, so a stopped script leave
       dir=$OUT/${weights}_seed${seed}/$name
       claim "$dir" || continue
       start=$(date +%s)
+      status=0
       python train_mvtec.py ${RUNS[$name]} --weights "$weights" --seed "$seed" --out_dir "$dir" \
-        > "$dir.log" 2>&1 || { echo "FAILED $dir (see $dir.log)"; release; continue; }
-      echo "$weights seed $seed $name: $(( $(date +%s) - start )) s"; release
+        > "$dir.log" 2>&1 || status=$?
+      if [ $status -ge 128 ]; then echo "interrupted: $dir (started again, the script redoes it)"; exit $status; fi
+      if [ $status -ne 0 ]; then echo "FAILED $dir (see $dir.log)"; else
+        echo "$weights seed $seed $name: $(( $(date +%s) - start )) s"; fi
+      release
     done
   done
 done
