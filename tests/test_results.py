@@ -84,3 +84,26 @@ def test_a_failed_write_leaves_nothing_behind_and_files_follow_the_umask(tmp_pat
     finally:
         os.umask(old)
     assert stat.S_IMODE(target.stat().st_mode) == 0o644 and target.read_text() == "new"
+
+
+def counted(i_auroc, p_auroc, images, pixels):
+    return {**metrics(i_auroc, p_auroc), "anomalous images": images, "anomalous pixels": pixels}
+
+
+def test_every_unified_alignment_block_has_the_ideal_row_beside_mixed_and_a_separate_table_has_none(capsys):
+    from utils.results import model_rows
+    per_class = {"a": counted(0.6, 0.5, 1, 100), "b": counted(0.9, 0.8, 3, 300)}
+    rows = [row for align in ("none", "cada") for row in model_rows(per_class, metrics(0.7, 0.6), "unified", None,
+                                                                    align=align, show_align=True)]
+    table = results_table(rows)
+    assert table["class"].tolist() == ["a", "b", "mean", "mixed", "ideal"] * 2
+    assert table["align"].tolist() == ["none"] * 5 + ["cada"] * 5
+    ideal = table[table["class"] == "ideal"]
+    assert (ideal["setting"] == "absolute-unified").all()
+    assert ideal["I-AUROC"].tolist() == pytest.approx([82.5] * 2)  # (60 + 3 * 90) / 4
+    assert ideal["P-AUROC"].tolist() == pytest.approx([72.5] * 2)
+    assert ideal[["I-AP", "P-AP", "AUPRO"]].isna().all(axis=None)
+    assert table.loc[2, "I-AUROC"] == pytest.approx(75.0)  # the plain mean stays the per-class mean
+    assert "ideal [cada]: I-AUROC 82.5 P-AUROC 72.5\n" in capsys.readouterr().out
+    separate = results_table(model_rows(per_class, None, "a", None))
+    assert separate["class"].tolist() == ["a", "b", "mean"]

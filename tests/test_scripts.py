@@ -111,9 +111,10 @@ def test_unified_run_has_per_class_rows_their_mean_and_the_pooled_mixed_row(meth
                       "--image_size", "64", "--iters", "3", "--batch_size", "8", "--out_dir", str(tmp_path), *SMALL)
     csv = results_path(done)
     table = pd.read_csv(csv)
-    assert table["class"].tolist() == ["brick", "grass", "gravel", "mean", "mixed"]
-    assert table["setting"].tolist() == ["model-unified"] * 4 + ["absolute-unified"]
-    assert table.drop(columns=["setting", "class"]).notna().all().all()
+    assert table["class"].tolist() == ["brick", "grass", "gravel", "mean", "mixed", "ideal"]
+    assert table["setting"].tolist() == ["model-unified"] * 4 + ["absolute-unified"] * 2
+    assert table[table["class"] != "ideal"].drop(columns=["setting", "class"]).notna().all().all()
+    assert table.loc[5, ["I-AUROC", "P-AUROC"]].notna().all()  # the perfect-alignment reference
     config = json.loads((csv.parent / "config.json").read_text())["config"]
     assert config["setting"] == "unified" and config["image_score"] == "top_mean" and config["iters"] == 3
     assert config["resize"] == "pil" and config["optimizer"] == "adamw" and config["lr"] == 2e-3
@@ -137,9 +138,9 @@ def test_alignments_share_one_base_model_and_write_a_row_block_each(demo_root, t
     csv = results_path(done)
     table = pd.read_csv(csv)
     assert list(table.columns[:3]) == ["setting", "align", "class"]
-    assert table["align"].tolist() == ["none"] * 5 + ["cada"] * 5 + ["class_aware"] * 5
-    assert table["class"].tolist() == ["brick", "grass", "gravel", "mean", "mixed"] * 3
-    assert table.drop(columns=["setting", "align", "class"]).notna().all().all()
+    assert table["align"].tolist() == ["none"] * 6 + ["cada"] * 6 + ["class_aware"] * 6
+    assert table["class"].tolist() == ["brick", "grass", "gravel", "mean", "mixed", "ideal"] * 3
+    assert table[table["class"] != "ideal"].drop(columns=["setting", "align", "class"]).notna().all().all()
     assert sorted(p.name for p in (csv.parent / "checkpoints").iterdir()) == ["unified.pt", "unified_cada.pt"]
     stats = pd.read_csv(csv.parent / "alignment_stats.csv")
     assert stats[["align", "class"]].values.tolist() == [[a, c] for a in ("cada", "class_aware")
@@ -166,8 +167,8 @@ def test_uniad_trains_on_cached_tokens_in_both_settings_and_with_cada(demo_root,
                       "--out_dir", str(tmp_path / "u"))
     csv = results_path(done)
     table = pd.read_csv(csv)
-    assert table["class"].tolist() == ["brick", "grass", "mean", "mixed"] * 2
-    assert table.drop(columns=["setting", "align", "class"]).notna().all().all()
+    assert table["class"].tolist() == ["brick", "grass", "mean", "mixed", "ideal"] * 2
+    assert table[table["class"] != "ideal"].drop(columns=["setting", "align", "class"]).notna().all().all()
     config = json.loads((csv.parent / "config.json").read_text())["config"]
     assert (config["backbone"], config["lr"], config["weight_decay"], config["blur_sigma"]) == ("efficientnet_lite0", 3e-4, 1e-4, 0.0)
     assert (config["cada_beta"], config["cada_iters"]) == (10.0, 3)
@@ -186,8 +187,8 @@ def test_dinomaly_on_the_demo_preset_with_cada(demo_root, tmp_path):
                       "--out_dir", str(tmp_path))
     csv = results_path(done)
     table = pd.read_csv(csv)
-    assert table["align"].tolist() == ["none"] * 4 + ["cada"] * 4
-    assert table["class"].tolist() == ["brick", "grass", "mean", "mixed"] * 2
+    assert table["align"].tolist() == ["none"] * 5 + ["cada"] * 5
+    assert table["class"].tolist() == ["brick", "grass", "mean", "mixed", "ideal"] * 2
     assert table.drop(columns=["setting", "align", "class"]).dropna(axis=1, how="all").notna().all().all()
     config = json.loads((csv.parent / "config.json").read_text())["config"]
     assert (config["vit"], config["image_size"], config["crop_size"], config["setting"]) == ("small", 112, 0, "unified")
@@ -402,8 +403,9 @@ def test_unified_run_on_a_folder_whose_classes_differ_in_size_and_channels(tmp_p
     csv = results_path(done)
     assert csv.parent.name.startswith("train_mvtec_parts_revdist_unified_")
     table = pd.read_csv(csv)
-    assert table["class"].tolist() == ["gray_widget", "rgb_bolt", "mean", "mixed"]
-    assert table.drop(columns=["setting", "class", "FAR@thr", "recall@thr"]).notna().all().all()
+    assert table["class"].tolist() == ["gray_widget", "rgb_bolt", "mean", "mixed", "ideal"]
+    rates = ["FAR@thr", "recall@thr"]
+    assert table[table["class"] != "ideal"].drop(columns=["setting", "class", *rates]).notna().all().all()
     assert table[["FAR@thr", "recall@thr"]].isna().all().all()  # no held-out images, no threshold
 
 

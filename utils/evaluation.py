@@ -1,6 +1,8 @@
 """The one evaluation of train_mvtec.py: a model's raw test maps per class, optionally calibrated by
 an alignment, then blurred, scored and measured per class (rows and their mean) and pooled over
-every class (the absolute-unified `mixed` row). Pure functions of tensors; no file I/O, no printing."""
+every class (the absolute-unified `mixed` row); each class's anomalous images and pixels are counted,
+the weights of the perfect-alignment reference (utils.metrics.perfect_alignment_reference, the `ideal`
+row). Pure functions of tensors; no file I/O, no printing."""
 from dataclasses import dataclass
 
 import torch
@@ -8,7 +10,7 @@ import torch.nn.functional as F
 
 from models.cada import calibrate, map_statistics, targets
 from utils.maps import gaussian_blur, image_scores, upsample
-from utils.metrics import compute_metrics
+from utils.metrics import REFERENCE_WEIGHTS, compute_metrics
 from utils.thresholds import alarm_rates, threshold_at
 
 PIXEL_SAMPLES = 2000  # per class, of its normal and of its anomalous test pixels: kept for the pixel-score figure
@@ -135,9 +137,17 @@ def figure_data(maps, masks, shown, pixels, seed):
             "pixel_index": index, "pixel_scores": maps.flatten()[index].clone(), "pixel_labels": masks.flatten()[index]}
 
 
+def anomaly_counts(labels, masks):
+    """The counts utils.metrics.perfect_alignment_reference weighs a class's AUROCs by: its anomalous images
+    (labels (N,), 1 = anomalous) and its anomalous pixels (masks (N, H, W) bool, at the evaluation size)."""
+    return {REFERENCE_WEIGHTS["I-AUROC"]: int((labels == 1).sum()), REFERENCE_WEIGHTS["P-AUROC"]: int(masks.sum())}
+
+
 def evaluate(tested, cfg, alignment=None, pooled=True, keep=None, pixels=PIXEL_SAMPLES):
-    """Metrics per class of {class: ClassMaps} (in order; a class's index is its position) and, with
-    pooled, of every test image of every class in one pool (None otherwise). Returns
+    """Metrics per class of {class: ClassMaps} (in order; a class's index is its position), each with the
+    class's counts of anomalous test images and of anomalous mask pixels at the evaluation size (the keys of
+    utils.metrics.REFERENCE_WEIGHTS), and, with pooled, of every test image of every class in one pool (None
+    otherwise). Returns
     ({class: metrics}, pooled metrics, {class: {"scores": image scores, and with keep ({class: image
     indices}) the figure_data of its final maps, its pixel sample seeded by the class's index, so
     every alignment samples the same pixels}})."""
@@ -145,7 +155,8 @@ def evaluate(tested, cfg, alignment=None, pooled=True, keep=None, pixels=PIXEL_S
     for index, (name, class_maps) in enumerate(tested.items()):
         maps, scores = scored(aligned_maps(class_maps, alignment, index), cfg)
         masks = eval_masks(class_maps.masks, cfg)
-        per_class[name] = compute_metrics(scores, class_maps.labels, maps, masks)
+        per_class[name] = {**compute_metrics(scores, class_maps.labels, maps, masks),
+                           **anomaly_counts(class_maps.labels, masks)}
         kept[name] = {"scores": scores}
         if keep is not None:
             kept[name].update(figure_data(maps, masks, keep[name], pixels, index))

@@ -1,4 +1,5 @@
-"""Anomaly-detection metrics: image and pixel AUROC and AP, AUPRO. Pure functions.
+"""Anomaly-detection metrics: image and pixel AUROC and AP, AUPRO, and the perfect-alignment reference of a
+pooled (absolute-unified) test set. Pure functions.
 
 AUROC and AP equal scikit-learn's `roc_auc_score` and `average_precision_score`, ties included, but
 are computed without sorting all scores together: the negatives and the (few) positives are sorted
@@ -49,6 +50,35 @@ def compute_metrics(image_scores, image_labels, pixel_scores=None, pixel_masks=N
     metrics.update({"P-AUROC": _area_under(*_roc_curve(pixel)), "P-AP": _average_precision(pixel),
                     "AUPRO": _aupro(pixel)})
     return metrics
+
+
+# The perfect-alignment reference weighs each class's AUROC by these counts (utils.evaluation.evaluate adds them
+# to each class's metrics): its anomalous test images, and its anomalous mask pixels at the evaluation size.
+REFERENCE_WEIGHTS = {"I-AUROC": "anomalous images", "P-AUROC": "anomalous pixels"}
+
+
+def perfect_alignment_reference(per_class):
+    """The pooled AUROCs of an alignment that made every class's normal scores follow one distribution F (the
+    table's `ideal` row): each class's AUROC weighted by its count in REFERENCE_WEIGHTS. The pooled AUROC is
+    P(s_a > s_n) for a random anomalous a and a random normal n of the pool, which is sum_c (A_c / A)
+    P(s_a > s_n | a from class c) with A_c the anomalies of class c; if every class's normal scores follow F,
+    s_n follows F whatever its class, so each term is class c's own AUROC (ties count half on both sides).
+
+    per_class: {class: metrics dict (fractions) with the REFERENCE_WEIGHTS counts}. Returns a metrics dict in
+    which I-AP, P-AP and AUPRO are None (no such reference is derived for them), and a metric any class
+    lacks is None too."""
+    reference = dict.fromkeys(METRIC_KEYS)
+    for metric, weight_key in REFERENCE_WEIGHTS.items():
+        values = [metrics.get(metric) for metrics in per_class.values()]
+        missing = [name for name, metrics in per_class.items() if weight_key not in metrics]
+        if missing:
+            raise ValueError(f"the metrics of {', '.join(missing)} lack the count {weight_key!r} "
+                             "that weighs them in the perfect-alignment reference")
+        if not values or any(value is None for value in values):
+            continue
+        weights = [metrics[weight_key] for metrics in per_class.values()]
+        reference[metric] = sum(w * v for w, v in zip(weights, values)) / sum(weights)
+    return reference
 
 
 def auroc_ap(scores, labels):

@@ -145,7 +145,7 @@ def write_report(run_path, table_path, title, norm_study_path=None):
                                 f"angle to the target (the star)" + note))
     if norm_study_path is not None:
         study = pd.read_csv(norm_study_path, dtype={"class": str})
-        study = study[~study["class"].isin(["mean", "mixed"])]  # the plot draws its own mean line
+        study = study[~study["class"].isin(["mean", "mixed", "ideal"])]  # the plot draws its own mean line
         for metric in ("I-AUROC", "P-AUROC"):
             columns = [c for c in study.columns if c.startswith(f"{metric} norm=")]
             if columns and study[columns].notna().any().any():

@@ -3,7 +3,9 @@
 A table has the columns of TABLE_COLUMNS. `setting` says which rows are which:
   separate          one model per class: a row per class and their `mean`
   model-unified     one model for all classes, each class's test images alone: a row per class and `mean`
-  absolute-unified  the same model, every test image of every class pooled: the `mixed` row
+  absolute-unified  the same model, every test image of every class pooled: the `mixed` row, and beside it
+                    the `ideal` row, what `mixed` would be if an alignment made every class's normal scores
+                    follow one distribution (utils.metrics.perfect_alignment_reference; I-AUROC and P-AUROC)
 Unified runs add an `align` column (none, cada, ...): one such block of rows per alignment.
 Pixel columns stay empty for semantic tasks. train_mvtec.py adds THRESHOLD_COLUMNS: the test set's
 false-alarm rate and recall at the threshold set on held-out normal images (empty without them).
@@ -28,11 +30,13 @@ import pandas as pd
 import torch
 
 from utils.files import atomic_write
+from utils.metrics import perfect_alignment_reference
 
 TABLE_COLUMNS = ["setting", "class", "I-AUROC", "I-AP", "P-AUROC", "P-AP", "AUPRO"]
 METRIC_COLUMNS = TABLE_COLUMNS[2:]
 THRESHOLD_COLUMNS = ["FAR@thr", "recall@thr"]  # train_mvtec.py: the test set's rates at the held-out threshold
 PARTIAL_NAME = "results.partial.csv"
+POOLED_ROWS = ("mixed", "ideal")  # a unified model's absolute-unified rows: pooled, and its perfect-alignment reference
 
 
 def save_checkpoint(state, path):
@@ -50,23 +54,26 @@ def metrics_row(name, metrics, setting="separate", **extra):
 
 def model_rows(per_class, pooled, model, target_norm, align=None, show_align=False):
     """The table rows of one evaluated model, each also printed as one line: a row per class of
-    {class: metrics}, then with `pooled` (a unified model) the absolute-unified `mixed` row. `align`
-    (unified models) names the alignment; None marks a separate model, whose rows have no align column."""
+    {class: metrics}, then with `pooled` (a unified model) the absolute-unified `mixed` row and beside it
+    the `ideal` row, the perfect-alignment reference computed from the per-class metrics (their counts
+    included, see utils.metrics.perfect_alignment_reference). `align` (unified models) names the
+    alignment; None marks a separate model, whose rows have no align column."""
     block = {} if align is None else {"align": align}
     suffix = f" [{align}]" if show_align else ""
+    pooled_rows = [] if pooled is None else [("mixed", pooled), ("ideal", perfect_alignment_reference(per_class))]
     rows = []
-    for name, metrics in [*per_class.items(), *([("mixed", pooled)] if pooled is not None else [])]:
-        setting = "separate" if align is None else "absolute-unified" if name == "mixed" else "model-unified"
+    for name, metrics in [*per_class.items(), *pooled_rows]:
+        setting = "separate" if align is None else "absolute-unified" if name in POOLED_ROWS else "model-unified"
         rows.append(metrics_row(name, metrics, setting, model=model, target_norm=target_norm, **block))
-        shown_model = "" if name in (model, "mixed") else f" ({model})"
-        shown = METRIC_COLUMNS + [c for c in THRESHOLD_COLUMNS if metrics.get(c) is not None]
+        shown_model = "" if name == model or name in POOLED_ROWS else f" ({model})"
+        shown = [c for c in METRIC_COLUMNS + THRESHOLD_COLUMNS if metrics.get(c) is not None]
         print(f"{name}{shown_model}{suffix}: " + " ".join(f"{k} {100 * metrics[k]:.1f}" for k in shown))
     return rows
 
 
 def results_table(rows):
     """DataFrame of the rows with a `mean` row after the per-class rows of each setting
-    (separate, model-unified); `mixed` rows (absolute-unified) are kept as they are, last.
+    (separate, model-unified); `mixed` and `ideal` rows (absolute-unified) are kept as they are, last.
     Rows with an `align` key (unified runs) make one such block per alignment and an `align` column."""
     if any("align" in row for row in rows):
         aligns = list(dict.fromkeys(row["align"] for row in rows))
