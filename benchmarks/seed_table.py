@@ -6,11 +6,15 @@
 
 Runs are grouped by what they trained (method, setting, encoder, weights, input size, iterations or epochs,
 read from each run's config.json); a group's runs should differ only in --seed. For each group it prints the
-`mean` and `mixed` rows (every class row too with --classes) as mean [min-max] over its seeds, and for
-unified groups the gap `mean` - `mixed` of each seed per alignment: how much of the `none` gap an alignment
-leaves, seed by seed. With --summary it prints instead one table, a row per group and alignment (`mean` and
-`mixed` of each metric), and one table of the first metric's gap, a row per group and seed, a column per
-alignment. Nothing is selected: every run found is counted.
+`mean`, `mixed` and `ideal` rows (every class row too with --classes) as mean [min-max] over its seeds, and for
+unified groups, per seed and alignment: the gap `mean` - `mixed`; what is left, `ideal` - `mixed` (`ideal` is
+the perfect-alignment reference of each alignment block, see utils.metrics.perfect_alignment_reference); and
+the fraction of the `none` block's achievable gap that the alignment closes,
+(`mixed` - `mixed` of none) / (`ideal` of none - `mixed` of none): 0 for `none` itself, 1 where `mixed`
+reaches the perfect-alignment value (empty without `ideal` rows, which runs before it lack, or where `none`
+has nothing to close). With --summary it prints instead one table, a row per group and alignment (`mean` and
+`mixed` of each metric), and for the first metric one table each of the gap, what is left and the fraction
+closed, a row per group and seed, a column per alignment. Nothing is selected: every run found is counted.
 """
 import argparse
 import json
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+POOLED_CLASSES = ["mean", "mixed", "ideal"]
 GROUP_KEYS = ("method", "setting", "encoder", "weights", "image_size", "length")
 
 
@@ -55,7 +60,7 @@ def group_tables(tables, metrics, classes):
         title = ", ".join(str(v) for v in key) + f"; seeds {', '.join(map(str, seeds))}"
         if group.groupby("seed")["run"].nunique().max() > 1:
             raise ValueError(f"{title}: two runs with the same seed: {sorted(group['run'].unique())}")
-        rows = group if classes else group[group["class"].isin(["mean", "mixed"])]
+        rows = group if classes else group[group["class"].isin(POOLED_CLASSES)]
         lines = [f"**{title}**", "", "| align | class | " + " | ".join(metrics) + " |",
                  "|---|---|" + "---|" * len(metrics)]
         for (align, name), cells in rows.groupby(["align", "class"], sort=False):
@@ -66,18 +71,48 @@ def group_tables(tables, metrics, classes):
     return blocks
 
 
+def gap_frame(group, metric):
+    """Per (align, seed) of one group: the gap `mean` - `mixed`, what is `left` (`ideal` - `mixed`) and the
+    fraction of the `none` block's achievable gap `closed`, (mixed - mixed of none) / (ideal of none - mixed of
+    none); NaN where a row is missing or none's achievable gap is not positive."""
+    rows = group[group["class"].isin(POOLED_CLASSES)]
+    wide = rows.pivot_table(index=["align", "seed"], columns="class", values=metric, sort=False, dropna=False)
+    wide = wide.reindex(columns=POOLED_CLASSES)
+    seeds = wide.index.get_level_values("seed")
+    none = wide.xs("none", level="align") if "none" in wide.index.get_level_values("align") else wide.iloc[:0, :]
+    mixed_none = pd.Series(none["mixed"].reindex(seeds).to_numpy(), index=wide.index)
+    achievable = pd.Series(none["ideal"].reindex(seeds).to_numpy(), index=wide.index) - mixed_none
+    return pd.DataFrame({"gap": wide["mean"] - wide["mixed"], "left": wide["ideal"] - wide["mixed"],
+                         "closed": (wide["mixed"] - mixed_none) / achievable.where(achievable > 0)})
+
+
+GAP_TITLES = {"gap": "Gap `mean` - `mixed`", "left": "What is left, `ideal` - `mixed`",
+              "closed": "Fraction of the `none` block's achievable gap closed, "
+                        "(`mixed` - `mixed` of none) / (`ideal` of none - `mixed` of none)"}
+
+
+def cell(value, kind):
+    return "" if pd.isna(value) else f"{value:.2f}" if kind == "closed" else f"{value:.1f}"
+
+
 def gap_table(group, metrics):
-    """Per seed and alignment: `mean` - `mixed` of each metric (the absolute-unified gap), and its mean."""
-    wide = group[group["class"].isin(["mean", "mixed"])].pivot_table(index=["align", "seed"], columns="class",
-                                                                     values=list(metrics), sort=False)
-    lines = ["", "Gap `mean` - `mixed`, per seed (" + ", ".join(metrics) + "):", "",
-             "| align | " + " | ".join(f"seed {s}" for s in sorted(group["seed"].unique())) + " | mean |",
-             "|---|" + "---|" * (group["seed"].nunique() + 1)]
-    for align in group["align"].unique():
-        gaps = {m: wide.loc[align][(m, "mean")] - wide.loc[align][(m, "mixed")] for m in metrics}
-        cells = [" / ".join(f"{gaps[m][s]:.1f}" for m in metrics) for s in gaps[metrics[0]].index]
-        lines.append(f"| {align} | " + " | ".join(cells) + " | "
-                     + " / ".join(f"{gaps[m].mean():.1f}" for m in metrics) + " |")
+    """Per seed and alignment, and their mean over seeds: the gap `mean` - `mixed` of each metric, and where the
+    runs have `ideal` rows, what is left and the fraction closed (gap_frame) of each metric that has them."""
+    frames = {m: gap_frame(group, m) for m in metrics}
+    seeds = sorted(group["seed"].unique())
+    with_ideal = [m for m in metrics if frames[m]["left"].notna().any()]
+    lines = []
+    for kind, shown in (("gap", metrics), ("left", with_ideal), ("closed", with_ideal)):
+        if not shown:
+            continue
+        lines += ["", f"{GAP_TITLES[kind]}, per seed ({', '.join(shown)}):", "",
+                  "| align | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
+                  "|---|" + "---|" * (len(seeds) + 1)]
+        for align in group["align"].unique():
+            values = {m: frames[m].loc[align, kind] for m in shown}
+            cells = [" / ".join(cell(values[m].get(s), kind) for m in shown) for s in seeds]
+            lines.append(f"| {align} | " + " | ".join(cells) + " | "
+                         + " / ".join(cell(values[m].mean(), kind) for m in shown) + " |")
     return "\n".join(lines)
 
 
@@ -85,7 +120,8 @@ METHOD_ORDER = ("noco", "revdist", "recontrast", "uniad", "dinomaly")
 
 
 def summary_tables(tables, metrics):
-    """Two markdown tables over every group: mean [min-max] of `mean` and `mixed` per alignment; the gap per seed.
+    """Markdown tables over every group: mean [min-max] of `mean` and `mixed` per alignment; per seed, the gap and,
+    where the runs have `ideal` rows, what is left and the fraction closed (gap_frame), of the first metric.
     Group keys equal in every run are named once above the tables, not repeated in a column."""
     runs = pd.concat(tables)
     for key, group in runs.groupby(list(GROUP_KEYS), sort=False):
@@ -99,23 +135,29 @@ def summary_tables(tables, metrics):
     columns = [f"{row} {m}" for m in metrics for row in ("mean", "mixed")]
     lines = ["| " + " | ".join(keys) + " | align | seeds | " + " | ".join(columns) + " |",
              "|" + "---|" * (len(keys) + 2 + len(columns))]
-    gaps = {}
     for key, group in runs.groupby(keys + ["align"], sort=False):
         seeds = ",".join(map(str, sorted(group["seed"].unique())))
         cells = [spread(group[group["class"] == row][m]) for m in metrics for row in ("mean", "mixed")]
         lines.append("| " + " | ".join(map(str, key)) + f" | {seeds} | " + " | ".join(cells) + " |")
-        by_seed = group.pivot_table(index="seed", columns="class", values=metrics[0])
-        if "mixed" in by_seed:
-            for seed, gap in (by_seed["mean"] - by_seed["mixed"]).items():
-                gaps.setdefault((*key[:-1], seed), {})[key[-1]] = gap
-    aligns = list(dict.fromkeys(a for row in gaps.values() for a in row))
-    gap_lines = [f"Gap `mean` - `mixed` in {metrics[0]}, per seed:", "",
-                 "| " + " | ".join(keys) + " | seed | " + " | ".join(aligns) + " |",
-                 "|" + "---|" * (len(keys) + 1 + len(aligns))]
-    for key, row in gaps.items():
-        gap_lines.append("| " + " | ".join(map(str, key)) + " | "
-                         + " | ".join(f"{row[a]:.1f}" if a in row else "" for a in aligns) + " |")
-    return [b for b in (header, "\n".join(lines), "\n".join(gap_lines) if gaps else "") if b]
+    gaps = {kind: {} for kind in GAP_TITLES}  # {kind: {(*key, seed): {align: value}}}
+    for key, group in runs.groupby(keys, sort=False):
+        if (group["class"] == "mixed").any():
+            for (align, seed), row in gap_frame(group, metrics[0]).iterrows():
+                for kind in GAP_TITLES:
+                    gaps[kind].setdefault((*key, seed), {})[align] = row[kind]
+    blocks = [header, "\n".join(lines)]
+    for kind, by_seed in gaps.items():
+        if not by_seed or (kind != "gap" and all(pd.isna(v) for row in by_seed.values() for v in row.values())):
+            continue
+        aligns = list(dict.fromkeys(a for row in by_seed.values() for a in row))
+        gap_lines = [f"{GAP_TITLES[kind]} in {metrics[0]}, per seed:", "",
+                     "| " + " | ".join(keys) + " | seed | " + " | ".join(aligns) + " |",
+                     "|" + "---|" * (len(keys) + 1 + len(aligns))]
+        for key, row in by_seed.items():
+            gap_lines.append("| " + " | ".join(map(str, key)) + " | "
+                             + " | ".join(cell(row.get(a), kind) for a in aligns) + " |")
+        blocks.append("\n".join(gap_lines))
+    return [b for b in blocks if b]
 
 
 def main(argv=None):
