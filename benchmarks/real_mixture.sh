@@ -5,6 +5,8 @@
 # skipped, so the script can be stopped and started again; a run in progress is claimed (<run>.claim), so two copies
 # started side by side share the list, one run each at a time (OMP_NUM_THREADS=1 each on a 2-core CPU).
 #   bash benchmarks/real_mixture.sh <mixture folder> <output folder> [weights ...]   (default: imagenet none)
+# The mixture folder: benchmarks/make_mixture.py makes it (Magnetic Tile whole, or with --balanced --seed S cut
+# to a demo class's size).
 set -euo pipefail
 if [ $# -lt 2 ]; then echo "usage: bash benchmarks/real_mixture.sh <mixture folder> <output folder> [weights ...]"; exit 2; fi
 MIXTURE=$1; OUT=$2; shift 2
