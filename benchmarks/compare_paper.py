@@ -206,14 +206,13 @@ def data_difference(run, dataset, published, paper_classes):
         return f"data unknown: {root} not found (the run's data_path; --data_path gives another)"
     ran = run.get("classes")
     ran = paper_classes if ran in (None, "all") else ran.split(",") if isinstance(ran, str) else ran
-    found = []
+    found, normal = [], NORMAL_FOLDER.get(dataset, "good")
     for class_name in [c for c in paper_classes if c in {str(r) for r in ran}]:
-        on_disk = counted(root, class_name, NORMAL_FOLDER.get(dataset, "good"))
+        on_disk = counted(root, class_name, normal)
         paper = published[dataset][class_name]
         if on_disk is None:
             found.append(f"{class_name} not found")
             continue
-        normal = NORMAL_FOLDER.get(dataset, "good")
         parts = [f"{n} {what} (paper: {p})" for n, p, what in zip(on_disk, paper, (
             f"train/{normal}", f"test/{normal}", "defective")) if n != p]
         if on_disk[3] != paper[3]:
