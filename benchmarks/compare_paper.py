@@ -2,13 +2,14 @@
 
     python benchmarks/compare_paper.py results/<run>/results.csv
     python benchmarks/compare_paper.py my_table.csv --dataset mvtec --method revdist \\
-        --backbone wide_resnet50_2 --weights imagenet --classes all      # no config.json beside it
+        --backbone wide_resnet50_2 --weights imagenet --classes all --data_path data/mvtec \\
+        --options "iters=5000;batch_size=16;cada_iters=5000;cada_batch_size=16"   # no config.json beside it
     python benchmarks/compare_paper.py results/<run>/results.csv --force     # a run unlike the paper's
     python benchmarks/compare_paper.py results/<run>/results.csv --paper_numbers other_numbers.csv
     python benchmarks/compare_paper.py results/<Real-IAD run as --dataset mvtec>/results.csv --dataset realiad
 
 What the run is comes from its config.json (beside the CSV); --dataset, --method, --backbone, --vit, --weights,
---classes and --options override it. Each of our rows (setting, align, class) and metric is matched with
+--classes, --data_path and --options override it. Each of our rows (setting, align, class) and metric is matched with
 every published row of the same dataset and method; a number printed in several tables is shown once per
 table. Metrics our table leaves empty are not compared.
 
@@ -16,7 +17,23 @@ Only like is compared with like. benchmarks/paper_settings.csv gives, per (sourc
 backbone, weights and input size the paper used, and benchmarks/paper_classes.csv each dataset's classes.
 A `mean` or `mixed` row is comparable only when the run had exactly the paper's classes; a class row when
 that class ran; any row only when backbone and weights are the paper's, and image_size and crop_size where
-the run states them (config.json does; without it, --options image_size=...;crop_size=... may). Dinomaly's
+the run states them (config.json does; without it, --options image_size=...;crop_size=... may), and only when
+the data and the training length are the paper's:
+  data      each of the paper's classes that ran, counted in the run's data_path (config.json records the folder
+            it read; --data_path gives another), has the published number of train/good, test/good and
+            defective test images and the published defect kinds (test/ folders), all typed per class in
+            paper_classes.csv. The folder's train/good is counted, not the images the run trained on: its held-out
+            fraction (--val_fraction) changes nothing here. Typed: MVTec AD (its published split: 3629 train, 467
+            normal and 1258 defective test images, 73 defect kinds), VisA (the official 1cls split: each class's
+            normal images in the VisA README less the split's test normals, 100 anomalies a class, kind `bad` as
+            the suite prepares it) and CIFAR-10, CIFAR-100, Fashion-MNIST (the published per-class counts; not
+            counted: torchvision reads those datasets from their published files). MPDD, BTAD, Cats-vs-Dogs and
+            Real-IAD have no typed counts: their rows are refused in one line saying so (--force compares them).
+            The count is of image files by extension, as the loaders list them (so it reads no pixels).
+  training  paper_settings.csv's `training`: epochs (separate) or iters (unified) and batch_size as the paper
+            trained; for the rows of a trained head (cada, cada_sigma, classifier) also cada_iters and
+            cada_batch_size. A run that does not say them (no config.json) is not comparable until --options does.
+Dinomaly's
 encoder is its ViT, config key `vit` (its config.json's `backbone` is a default it never reads): for method
 dinomaly the settings' backbone column is compared with `vit` (timm's vit_base_patch14_reg4_dinov2 = base).
 When no row is comparable the script says in one line what differs and prints no differences; --force prints
@@ -35,16 +52,21 @@ The published numbers (benchmarks/paper_numbers.csv, one number a row, in %) are
         Tables 1 (MVTec AD), 2 (VisA), 3 (ablations of the head and the image score, MVTec AD, RevDist,
         absolute-unified), 4 (CADA variants) and 5 (mean/std statistics, with noisy BTAD)
   Dinomaly  Guo et al., "Dinomaly: The Less Is More Philosophy in Multi-Class Unsupervised Anomaly Detection"
-        (CVPR 2025, arXiv 2405.14325). Its result tables (paper and official README) are images, so only the
-        numbers printed as text are typed, all multi-class (model-unified mean) I-AUROC of Dinomaly ViT-B/14:
+        (CVPR 2025, arXiv 2405.14325). Its result tables (paper and official README) are images; typed are the
+        numbers printed as text and those of a reprint, all multi-class (model-unified mean) of Dinomaly ViT-B/14:
         `abstract`  the abstract (arXiv and README.md of github guojiajeremy/Dinomaly at c5c76d0): MVTec AD,
                     VisA, Real-IAD, trained as its dinomaly_*_uni.py do (iters 10000, 10000, 50000)
         `README`    README.md's "Trained model weights" table (one checkpoint per dataset, R448-C392, "2x
                     default training iterations"): iters=20000 (MVTec AD, VisA), 100000 (Real-IAD)
-        Not typed: the abstract's ViT-L figures, every other metric (I-AP, P-AUROC, P-AP, AUPRO; I-/P-F1max,
-        which we do not compute), per-class and class-separated numbers. Our scripts have no Real-IAD loader:
+        `INP-Former Table 2`  the multi-class table of github luow23/INP-Former (assets/multi-class-tab.png, its
+                    paper's Table 2), which reprints Dinomaly's rows: I-AUROC, I-AP, P-AUROC, P-AP and AUPRO of MVTec
+                    AD, VisA and Real-IAD (its I-AUROC equals the abstract's). Dinomaly's evaluation binarises its
+                    resized ground-truth masks at > 0 (its issue 14), which enlarges every defect by the pixels the
+                    resize blends and raises its P-AP (and P-F1max); ours keeps masks binary (see README.md).
+        Not typed: the abstract's ViT-L figures, I-/P-F1max (which we do not compute), per-class and
+        class-separated numbers. Our scripts have no Real-IAD loader:
         its rows match a run on Real-IAD rearranged into MVTec layout (--dataset mvtec) when --dataset realiad
-        is passed here.
+        is passed here, and with --force only (Real-IAD's per-class counts are not typed).
 In the CADA paper RevDist+CADA's MVTec AD absolute-unified P-AUROC/P-AP is 95.6/53.1 in Tables 1 and 3 but
 96.0/54.7 in Tables 4 and 5; both are kept. Table 3 prints its default row (1 conv + 2 linear, dropout 0.25,
 top 1 %) once in each of its three groups; it is typed once.
@@ -62,7 +84,7 @@ import pandas as pd
 PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.csv")
 PAPER_SETTINGS = Path(__file__).with_name("paper_settings.csv")
 PAPER_CLASSES = Path(__file__).with_name("paper_classes.csv")
-METRICS = ["I-AUROC", "I-AP", "P-AUROC", "P-AP"]
+METRICS = ["I-AUROC", "I-AP", "P-AUROC", "P-AP", "AUPRO"]
 KEYS = ["setting", "align", "class"]
 COLUMNS = ["source", "table", *KEYS, "options", "metric", "ours", "paper", "diff", "reason"]
 REQUIRED = ["backbone", "weights"]  # a run must have the paper's values, and say them
@@ -70,7 +92,14 @@ SIZES = ["image_size", "crop_size"]  # ... and these, where it says them (config
 SETTINGS = REQUIRED + SIZES
 ENCODER_KEYS = {"dinomaly": "vit"}  # the run key that names a method's encoder when it is not `backbone`
 VIT_NAMES = {f"vit_{size}_patch14_reg4_dinov2": size for size in ("small", "base", "large")}  # --vit's timm names
-REASON_ORDER = ["classes", "class", "backbone", "vit", "weights", *SIZES]  # the order in which what differs is told
+TRAINING = ["epochs", "iters", "batch_size", "cada_iters", "cada_batch_size"]  # paper_settings.csv's `training` keys
+HEAD_TRAINING = ("cada_iters", "cada_batch_size")  # ... that only the rows of a trained head read
+REASON_ORDER = ["classes", "class", "data", "backbone", "vit", "weights", *SIZES, *TRAINING]  # the order of the telling
+COUNTS = ["train", "test_good", "test_defective"]  # paper_classes.csv: the published images of each class
+TORCHVISION = ("fmnist", "cifar10", "cifar100")  # read by torchvision from the published files: not counted
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # datasets.common's (a test pins
+# it): importing that module would import torch and take seconds where counting takes milliseconds
+NORMAL_FOLDER = {"btad": "ok"}  # the normal images' folder in train/ and test/ ("good" elsewhere)
 POOLED = ("mean", "mixed")  # rows over every class of the run
 HEAD_OPTIONS = ("cada_convs", "cada_linears", "cada_dropout")
 WITHOUT_HEAD = ("none", "class_aware")  # the alignments that train no head (models/cada.py: TRAINED)
@@ -115,13 +144,100 @@ def same(ours, paper):
 
 def read_settings(settings_path, classes_path):
     """{(source, dataset, method): settings dict with its default options parsed}, {dataset: [classes]}."""
-    settings = read_table(settings_path, ["source", "dataset", "method", *SETTINGS, "options"], "the papers' settings")
+    settings = read_table(settings_path, ["source", "dataset", "method", *SETTINGS, "training", "options"],
+                          "the papers' settings")
     classes = read_table(classes_path, ["dataset", "class"], "the papers' classes").astype(str)
     by_key = {}
     for row in settings.to_dict("records"):
         row["options"] = parse_options(row["options"], settings_path)
+        row["training"] = parse_options(row["training"], settings_path)
+        unknown = set(row["training"]) - set(TRAINING)
+        if unknown:
+            raise ValueError(f"{settings_path}: training keys are {', '.join(TRAINING)}; got {', '.join(unknown)}")
         by_key[row["source"], row["dataset"], row["method"]] = row
     return by_key, classes.groupby("dataset", sort=False)["class"].agg(list).to_dict()
+
+
+def read_counts(classes_path):
+    """{dataset: {class: (train, test_good, test_defective, defect kinds)}} for the datasets whose every class has
+    its counts typed in paper_classes.csv; a dataset with an empty count is left out (its counts are not typed)."""
+    table = pd.read_csv(classes_path, dtype=str, keep_default_na=False)
+    if not set(COUNTS) <= set(table.columns):
+        return {}
+    counts = {}
+    for dataset, rows in table.groupby("dataset", sort=False):
+        if (rows[COUNTS] == "").any(axis=None):
+            continue
+        kinds = rows["defects"] if "defects" in rows else pd.Series("", index=rows.index)
+        counts[dataset] = {row["class"]: (*(int(row[c]) for c in COUNTS), tuple(sorted(filter(None, k.split(";")))))
+                           for row, k in zip(rows.to_dict("records"), kinds)}
+    return counts
+
+
+def counted(root, class_name, normal="good"):
+    """(train, test_good, test_defective, defect kinds) of <root>/<class> as found on disk: the image files the
+    suite's loaders list (datasets.common.list_images); None when the class folder is not there."""
+    folder = Path(root) / class_name
+    if not folder.is_dir():
+        return None
+
+    def images(path):
+        return sum(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir()) if path.is_dir() else 0
+
+    test = folder / "test"
+    kinds = sorted(p.name for p in test.iterdir() if p.is_dir() and p.name != normal) if test.is_dir() else []
+    kinds = [kind for kind in kinds if images(test / kind)]
+    return (images(folder / "train" / normal), images(test / normal), sum(images(test / k) for k in kinds),
+            tuple(kinds))
+
+
+def data_difference(run, dataset, published, paper_classes):
+    """One phrase ('' when none) saying how the run's data (the classes of the paper that ran, counted in the run's
+    data_path) differ from the published dataset's per-class counts and defect kinds."""
+    name = DATASET_NAMES.get(dataset, dataset)
+    if dataset in TORCHVISION:
+        return ""
+    if dataset not in published:
+        return f"data unchecked: the published per-class counts of {name} are not typed in {PAPER_CLASSES.name}"
+    if not run.get("data_path"):
+        return "data unknown (no data_path to count the classes in; pass --data_path)"
+    root = Path(run["data_path"])
+    if not root.is_dir():
+        return f"data unknown: {root} not found (the run's data_path; --data_path gives another)"
+    ran = run.get("classes")
+    ran = paper_classes if ran in (None, "all") else ran.split(",") if isinstance(ran, str) else ran
+    found, normal = [], NORMAL_FOLDER.get(dataset, "good")
+    for class_name in [c for c in paper_classes if c in {str(r) for r in ran}]:
+        on_disk = counted(root, class_name, normal)
+        paper = published[dataset][class_name]
+        if on_disk is None:
+            found.append(f"{class_name} not found")
+            continue
+        parts = [f"{n} {what} (paper: {p})" for n, p, what in zip(on_disk, paper, (
+            f"train/{normal}", f"test/{normal}", "defective")) if n != p]
+        if on_disk[3] != paper[3]:
+            parts.append(f"defect kinds {short_list(on_disk[3]) or 'none'} (paper: {short_list(paper[3])})")
+        if parts:
+            found.append(f"{class_name} {', '.join(parts)}")
+    if not found:
+        return ""
+    return (f"data unlike the published {name} in {len(found)} class{'es' if len(found) > 1 else ''}: "
+            f"{'; '.join(found[:2])}{'; ...' if len(found) > 2 else ''} (at {root})")
+
+
+def training_differences(run, training, align):
+    """What differs from the paper's training length and batch (paper_settings.csv's `training`), one phrase each;
+    the head's keys only for the alignments that train one."""
+    found = []
+    for name, value in training.items():
+        if name in HEAD_TRAINING and align in WITHOUT_HEAD:
+            continue
+        ran = run.get(name)
+        if ran is None:
+            found.append(f"{name} unknown (paper: {value})")
+        elif not same(ran, value):
+            found.append(f"{name} {ran} (paper: {value})")
+    return tuple(found)
 
 
 def options_match(run, expected, defaults, align):
@@ -182,6 +298,9 @@ def match(results, dataset, method, run=None, paper_numbers=None, paper_settings
     paper = read_table(numbers_path, ["source", "table", "dataset", "method", *KEYS, "metric", "value"],
                        "published numbers")
     settings, classes = read_settings(paper_settings or PAPER_SETTINGS, paper_classes or PAPER_CLASSES)
+    data = ""
+    if run is not None and dataset in classes:
+        data = data_difference(run, dataset, read_counts(paper_classes or PAPER_CLASSES), classes[dataset])
     if "align" not in ours.columns:
         ours["align"] = "none"
     if "options" not in paper.columns:
@@ -204,7 +323,9 @@ def match(results, dataset, method, run=None, paper_numbers=None, paper_settings
         defaults = source_settings["options"]
         expected = {**defaults, **parse_options(row["options"], numbers_path)}
         kept.append(options_match(run or {}, expected, defaults, row["align"]))
-        reasons.append(() if run is None else differences(run, source_settings, classes[dataset], row["class"], method))
+        reasons.append(() if run is None else differences(run, source_settings, classes[dataset], row["class"], method)
+                       + ((data,) if data else ()) + training_differences(run, source_settings["training"],
+                                                                          row["align"]))
     table = table.loc[pd.Series(kept, index=table.index, dtype=bool)]
     table["reasons"] = [r for r, keep in zip(reasons, kept) if keep]
     table["diff"] = (table["ours"].astype(float) - table["paper"].astype(float)).round(1) + 0.0  # no -0.0
@@ -268,6 +389,8 @@ def main(argv=None):
     parser.add_argument("--vit", help="the run's Dinomaly ViT: small, base, large (default: from config.json)")
     parser.add_argument("--weights", help="the run's weights: imagenet, none or a file (default: from config.json)")
     parser.add_argument("--classes", help="the classes that ran: a comma list or all (default: from config.json)")
+    parser.add_argument("--data_path", help="the dataset folder to count the classes in (default: config.json's "
+                                            "data_path)")
     parser.add_argument("--options", help="run options, name=value;name=value (default: from config.json, "
                                           "else the paper's defaults)")
     parser.add_argument("--force", action="store_true", help="compare rows whose run is not the paper's, labelled")
@@ -276,7 +399,7 @@ def main(argv=None):
         if not Path(args.results).is_file():
             raise ValueError(f"{args.results}: no such file (expected a results table)")
         config = run_config(args.results)
-        given = {name: getattr(args, name) for name in ("dataset", "method", "backbone", "vit", "weights")
+        given = {name: getattr(args, name) for name in ("dataset", "method", "backbone", "vit", "weights", "data_path")
                  if getattr(args, name)}
         if args.classes:
             given["classes"] = "all" if args.classes == "all" else args.classes.split(",")

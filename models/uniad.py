@@ -51,11 +51,15 @@ Trainable parameters at the defaults (272 ch, 14 x 14, 4 + 4 layers, 256-d, FFN 
   final LayerNorm                                                      =       512
   total 7,717,392 = 7.72 M, the official model's count (without the query embeddings it would be 7.52 M).
 
-Init (the official models/initializer.py with method xavier_uniform, and uniad.py): every nn.Linear
-(projections, FFNs, the attentions' output projections) Xavier-uniform with zero bias; the attentions'
-input projections keep nn.MultiheadAttention's own Xavier-uniform and zero bias; the position tables
-U(0, 1) (PositionEmbeddingLearned.reset_parameters); the learned queries N(0, 1) (nn.Embedding's
-default); LayerNorms weight 1, bias 0.
+Init, as the official code builds it (models/reconstructions/uniad.py and models/initializer.py with method
+xavier_uniform): ONE encoder layer and ONE decoder layer are built and deep-copied into the 4 of each; then every
+nn.Linear (projections, FFNs, the attentions' output projections) is re-drawn Xavier-uniform with zero bias, each
+copy on its own. So at initialisation the 4 encoder layers share equal attention input projections
+(nn.MultiheadAttention's own Xavier-uniform, zero bias), and the 4 decoder layers equal attention input projections
+and learned queries (N(0, 1), nn.Embedding's default); equal values, not shared tensors. The position tables are
+U(0, 1) (PositionEmbeddingLearned.reset_parameters), LayerNorms weight 1, bias 0. Everything is drawn in the
+official order, so on the same seed every parameter equals the official UniAD module built alone (checked: all 132
+tensors of its state dict bit-equal; tests/test_uniad.py pins some of their values).
 
 Loss: MSE(reconstructed tokens, clean tokens), in float32.
 Map: per position the L2 norm over channels of (reconstructed - clean) -> (B, h, w), bilinearly
@@ -67,6 +71,8 @@ Optimisation: AdamW (cfg.lr, cfg.betas, cfg.weight_decay), no scheduler. GRAD_CL
 clip_max_norm) is the max gradient norm the training loop clips to after backward (its registry entry,
 models.METHODS["uniad"]); the model does not clip.
 """
+import copy
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -144,7 +150,7 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, dim, heads, ffn, dropout, n_tokens):
         super().__init__()
-        self.queries = nn.Parameter(torch.empty(n_tokens, dim))
+        self.queries = nn.Parameter(nn.init.normal_(torch.empty(n_tokens, dim)))  # nn.Embedding's N(0, 1)
         self.to_memory = Attention(dim, heads, dropout)
         self.to_previous = Attention(dim, heads, dropout)
         self.ffn = FeedForward(dim, ffn, dropout)
@@ -156,6 +162,11 @@ class DecoderLayer(nn.Module):
         t = self.to_memory(queries, queries, memory, pos, mask)
         t = self.to_previous(t, t, previous, pos, mask)
         return self.norm(t + self.dropout(self.ffn(t)))
+
+
+def clones(layer, count):
+    """`count` deep copies of one built layer (the official _get_clones): equal parameters, not shared ones."""
+    return nn.ModuleList(copy.deepcopy(layer) for _ in range(count))
 
 
 def concatenated_tokens(maps):
@@ -193,13 +204,18 @@ class UniAD(nn.Module):
         self.layers, self.stride = tuple(layers), stride
         self.jitter_scale, self.jitter_prob = float(jitter_scale), float(jitter_prob)
         h, w = self.grid
+        # Built in the official order, so that on the same seed every parameter equals the official UniAD module's
+        # (built alone): the position tables (nn.Embedding's N(0, 1), then reset to U(0, 1)), one encoder layer
+        # deep-copied into all, one decoder layer likewise, then the projections; Xavier last (_init_like_official).
+        self.row_embed = nn.Parameter(nn.init.normal_(torch.empty(h, hidden // 2)))
+        self.col_embed = nn.Parameter(nn.init.normal_(torch.empty(w, hidden // 2)))
+        nn.init.uniform_(self.row_embed)
+        nn.init.uniform_(self.col_embed)
+        self.encoder = clones(EncoderLayer(hidden, heads, ffn, dropout), encoder_layers)
+        self.decoder = clones(DecoderLayer(hidden, heads, ffn, dropout, h * w), decoder_layers)
+        self.decoder_norm = nn.LayerNorm(hidden)
         self.input_proj = nn.Linear(in_channels, hidden)
         self.output_proj = nn.Linear(hidden, in_channels)
-        self.row_embed = nn.Parameter(torch.empty(h, hidden // 2))
-        self.col_embed = nn.Parameter(torch.empty(w, hidden // 2))
-        self.encoder = nn.ModuleList(EncoderLayer(hidden, heads, ffn, dropout) for _ in range(encoder_layers))
-        self.decoder = nn.ModuleList(DecoderLayer(hidden, heads, ffn, dropout, h * w) for _ in range(decoder_layers))
-        self.decoder_norm = nn.LayerNorm(hidden)
         mask = None
         if neighbour_size:
             mask = neighbour_mask(h, w, neighbour_size)
@@ -210,16 +226,15 @@ class UniAD(nn.Module):
         self._init_like_official()
 
     def _init_like_official(self):
-        """The official initialisation (see the module docstring); the attentions' input projections keep
-        their construction-time Xavier-uniform and zero bias."""
+        """The official initialiser (models/initializer.py, xavier_uniform), run after construction: every nn.Linear
+        (the attentions' output projections included) Xavier-uniform with zero bias, each layer's its own draw, in
+        module order. It leaves the rest as built: the attentions' input projections (nn.MultiheadAttention's
+        Xavier-uniform, zero bias) and the decoder's learned queries (N(0, 1)) are the same in every layer,
+        copies of the one layer built."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
-        nn.init.uniform_(self.row_embed)
-        nn.init.uniform_(self.col_embed)
-        for layer in self.decoder:
-            nn.init.normal_(layer.queries)
 
     def position_embedding(self):
         """(h*w, hidden), row-major: position (r, c) -> [col_embed[c], row_embed[r]] (the official order)."""

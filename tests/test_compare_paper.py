@@ -1,4 +1,5 @@
 """benchmarks/compare_paper.py and the published numbers and settings it reads (benchmarks/paper_*.csv)."""
+import io
 import json
 import subprocess
 import sys
@@ -9,21 +10,49 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from compare_paper import PAPER_CLASSES, PAPER_NUMBERS, PAPER_SETTINGS, compare  # noqa: E402
+from compare_paper import PAPER_CLASSES, PAPER_NUMBERS, PAPER_SETTINGS, compare, read_counts  # noqa: E402
 
 HEADER = "setting,align,class,I-AUROC,I-AP,P-AUROC,P-AP,AUPRO\n"
 MVTEC = ["bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill", "screw", "tile",
          "toothbrush", "transistor", "wood", "zipper"]
-# config.json of a CADA Table 1 run as train_mvtec.py writes it, before the head options existed
+# config.json of a CADA Table 1 run as train_mvtec.py writes it, before the head options existed; its data_path is
+# set by published_mvtec below (10 % of each class's train/good held out: the folder's count is what is compared)
 PAPER_RUN = {"dataset": "mvtec", "method": "revdist", "setting": "unified", "classes": MVTEC,
              "backbone": "wide_resnet50_2", "weights": "imagenet", "image_size": 256, "crop_size": 0,
-             "image_score": "top_mean", "top_fraction": 0.01, "align": ["none", "cada"]}
+             "image_score": "top_mean", "top_fraction": 0.01, "align": ["none", "cada"], "iters": 5000,
+             "batch_size": 16, "cada_iters": 5000, "cada_batch_size": 16, "epochs": 50, "val_fraction": 0.1}
 UNIFIED_ROWS = HEADER + (
     "model-unified,none,bottle,99.00,99.50,,,\n"
     "model-unified,none,mean,97.80,,96.40,60.00,\n"
     "absolute-unified,none,mixed,90.00,94.40,,,\n"
     "model-unified,cada,mean,98.20,99.20,96.10,57.00,\n"
     "absolute-unified,cada,mixed,95.00,99.30,97.00,50.00,\n")
+
+
+def make_class(folder, train, test_good, defective, normal="good"):
+    """Empty image files in MVTec layout: what the counting reads (names, not pixels)."""
+    for split, kind, count in [("train", normal, train), ("test", normal, test_good),
+                               *(("test", kind, n) for kind, n in defective.items())]:
+        (folder / split / kind).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            (folder / split / kind / f"{i:03d}.png").touch()
+
+
+def make_published(root, dataset):
+    """A folder holding the published per-class counts and defect kinds of `dataset` (paper_classes.csv)."""
+    for name, (train, good, defective, kinds) in read_counts(PAPER_CLASSES)[dataset].items():
+        spread = {kind: 1 for kind in kinds}
+        spread[kinds[0]] += defective - len(kinds)
+        make_class(root / name, train, good, spread)
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def published_mvtec(tmp_path_factory):
+    """MVTec AD's published split as empty files; the paper runs' data_path."""
+    root = make_published(tmp_path_factory.mktemp("data") / "mvtec", "mvtec")
+    PAPER_RUN["data_path"] = DINOMALY_RUN["data_path"] = str(root)
+    return root
 
 
 def write_run(folder, csv_text, config):
@@ -94,7 +123,8 @@ def test_noco_separate_matches_table_three(tmp_path):
 
     # the run's config: three of the 15 classes ran, so their rows compare and the means do not
     run = {"dataset": "mvtec", "method": "noco", "classes": list(classes), "backbone": "wide_resnet50_2",
-           "weights": "imagenet", "image_size": 256, "crop_size": 224, "image_score": "max"}
+           "weights": "imagenet", "image_size": 256, "crop_size": 224, "image_score": "max", "epochs": 50,
+           "batch_size": 16, "data_path": PAPER_RUN["data_path"]}
     assert compare(ours, "mvtec", "noco", run=run).equals(table[table["class"] != "mean"].reset_index(drop=True))
     forced = compare(ours, "mvtec", "noco", run=run, force=True)
     reasons = set(forced.loc[forced["class"] == "mean", "reason"])
@@ -105,7 +135,8 @@ def test_noco_separate_matches_table_three(tmp_path):
 def test_script_partial_run_prints_comparable_rows_and_says_which_are_not(tmp_path):
     csv = write_run(tmp_path / "run", HEADER + "separate,none,screw,90.0,,,,\nseparate,none,mean,90.0,,,,\n",
                     {"dataset": "mvtec", "method": "noco", "classes": ["screw"], "backbone": "wide_resnet50_2",
-                     "weights": "imagenet", "image_size": 256, "crop_size": 224, "image_score": "max"})
+                     "weights": "imagenet", "image_size": 256, "crop_size": 224, "image_score": "max", "epochs": 50,
+                     "batch_size": 16, "data_path": PAPER_RUN["data_path"]})
     result = run_script(csv)
     assert result.returncode == 0, result.stderr
     assert "-5.2" in result.stdout and "-9.2" not in result.stdout  # screw compared, mean not
@@ -117,7 +148,7 @@ def test_semantic_run_uses_table_two(tmp_path):
     cifar10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     rows = "".join(f"separate,{c},95.0,,,,\n" for c in cifar10)
     config = {"dataset": "cifar10", "method": "noco", "classes": cifar10, "backbone": "resnet152",
-              "weights": "imagenet", "image_size": 256, "crop_size": 224}
+              "weights": "imagenet", "image_size": 256, "crop_size": 224, "epochs": 10, "batch_size": 64}
     csv = write_run(tmp_path / "run", "setting,class,I-AUROC,I-AP,P-AUROC,P-AP,AUPRO\n" + rows
                     + "separate,mean,94.0,,,,\n", config)
     result = run_script(csv)
@@ -203,12 +234,12 @@ def test_data_file_keys_unique_and_values_in_range():
     keys = ["table", "dataset", "method", "setting", "align", "class", "options", "metric"]
     assert not paper.fillna({"options": ""}).duplicated(keys).any(), paper[paper.duplicated(keys, keep=False)]
     assert paper["value"].between(0, 100).all()
-    assert set(paper["metric"]) <= {"I-AUROC", "I-AP", "P-AUROC", "P-AP"}
+    assert set(paper["metric"]) <= {"I-AUROC", "I-AP", "P-AUROC", "P-AP", "AUPRO"}
     assert set(paper["setting"]) == {"separate", "model-unified", "absolute-unified"}
     assert set(paper["align"].fillna("")) == {"", "none", "cada", "cada_sigma", "class_aware", "classifier"}
     assert paper.loc[paper["source"].isin(["NoCo", "Dinomaly"]), "align"].isna().all()
     assert set(paper.loc[paper["options"].notna(), "table"]) == {"3", "README"}
-    assert len(paper) == 233
+    assert len(paper) == 248
 
 
 def test_settings_cover_every_published_row():
@@ -334,14 +365,24 @@ def test_script_bad_input_one_line_exit_2(tmp_path, case):
         assert all(f"--{name}" in lines[0] for name in ("dataset", "method", "backbone", "weights", "classes"))
         half = run_script(path, "--dataset", "mvtec", "--method", "revdist")  # what the table is, not how it ran
         assert half.returncode == 2 and "--backbone" in half.stderr and half.stdout == ""
+        training = ["--options", "iters=5000;batch_size=16;cada_iters=5000;cada_batch_size=16"]
         given = run_script(path, "--dataset", "mvtec", "--method", "revdist", "--backbone", "wide_resnet50_2",
-                           "--weights", "imagenet", "--classes", "all")
+                           "--weights", "imagenet", "--classes", "all", "--data_path", PAPER_RUN["data_path"],
+                           *training)
         assert given.returncode == 0 and "+5.0" in given.stdout and "FORCED" not in given.stdout
         forced = run_script(path, "--dataset", "mvtec", "--method", "revdist", "--force")
         assert forced.returncode == 0 and "+5.0" in forced.stdout
-        assert "FORCED, not comparable (classes unknown (paper: 15), backbone unknown" in forced.stdout
+        assert ("FORCED, not comparable (classes unknown (paper: 15), data unknown (no data_path to count the "
+                "classes in; pass --data_path), backbone unknown") in forced.stdout
+        assert "iters unknown (paper: 5000), batch_size unknown (paper: 16)" in forced.stdout
+        untrained = run_script(path, "--dataset", "mvtec", "--method", "revdist", "--backbone", "wide_resnet50_2",
+                               "--weights", "imagenet", "--classes", "all", "--data_path", PAPER_RUN["data_path"])
+        assert untrained.stdout.startswith("not comparable with CADA Tables 1, 3, 4, 5 (MVTec AD, revdist): "
+                                           "iters unknown (paper: 5000), batch_size unknown (paper: 16)")
         small = run_script(path, "--dataset", "mvtec", "--method", "revdist", "--backbone", "wide_resnet50_2",
-                           "--weights", "imagenet", "--classes", "all", "--options", "image_size=64;cada_dropout=0")
+                           "--weights", "imagenet", "--classes", "all", "--data_path", PAPER_RUN["data_path"],
+                           "--options", "image_size=64;cada_dropout=0;iters=5000;batch_size=16;cada_iters=5000;"
+                           "cada_batch_size=16")
         assert small.stdout.startswith("not comparable with CADA Tables 1, 3, 4, 5 (MVTec AD, revdist): image_size 64")
     if case == "bad_columns":
         assert "I-AUROC" in lines[0]
@@ -352,7 +393,7 @@ def test_script_bad_input_one_line_exit_2(tmp_path, case):
 DINOMALY_RUN = {"dataset": "mvtec", "method": "dinomaly", "setting": "unified", "classes": MVTEC,
                 "backbone": "wide_resnet50_2", "vit": "base", "weights": "imagenet", "image_size": 448,
                 "crop_size": 392, "iters": 10000, "eval_size": 256, "image_score": "top_mean", "top_fraction": 0.01,
-                "align": ["none"]}
+                "align": ["none"], "batch_size": 16}
 DINOMALY_ROWS = HEADER + "".join(f"model-unified,none,{c},99.00,99.50,98.00,60.00,94.00\n" for c in MVTEC) + (
     "model-unified,none,mean,99.20,99.70,98.30,68.00,94.50\n"
     "absolute-unified,none,mixed,97.00,99.00,98.00,60.00,90.00\n")
@@ -370,13 +411,17 @@ def test_dinomaly_paper_run_gets_differences(tmp_path):
     csv = write_run(tmp_path / "run", DINOMALY_ROWS, DINOMALY_RUN)
     table = compare(csv, "mvtec", "dinomaly", run=DINOMALY_RUN)
     assert table[["table", "setting", "class", "metric"]].values.tolist() == [
-        ["abstract", "model-unified", "mean", "I-AUROC"]]  # per-class, mixed and the other metrics: not published
-    assert table["paper"].item() == 99.6 and table["diff"].item() == -0.4 and table["reason"].item() == ""
+        ["INP-Former Table 2", "model-unified", "mean", metric] for metric in ("I-AUROC", "I-AP", "P-AUROC", "P-AP",
+                                                                                 "AUPRO")] + [
+        ["abstract", "model-unified", "mean", "I-AUROC"]]  # per-class and mixed rows: not published
+    assert table["paper"].tolist() == [99.6, 99.8, 98.4, 69.3, 94.8, 99.6]
+    assert table["diff"].tolist() == [-0.4, -0.1, -0.1, -1.3, -0.3, -0.4] and set(table["reason"]) == {""}
     timm_name = compare(csv, "mvtec", "dinomaly", run={**DINOMALY_RUN, "vit": "vit_base_patch14_reg4_dinov2"})
     assert timm_name.equals(table)
     result = run_script(csv)
     assert result.returncode == 0, result.stderr
     assert "Dinomaly abstract (MVTec AD, dinomaly)\n" in result.stdout and "-0.4" in result.stdout
+    assert "Dinomaly INP-Former Table 2 (MVTec AD, dinomaly)\n" in result.stdout and "-1.3" in result.stdout
     assert "not compared" not in result.stdout and "FORCED" not in result.stdout
     # the README's released weights were trained twice as long
     twice = compare(csv, "mvtec", "dinomaly", run={**DINOMALY_RUN, "iters": 20000})
@@ -392,19 +437,23 @@ def test_dinomaly_run_of_another_encoder_is_refused_in_one_line(tmp_path, change
     csv = write_run(tmp_path / "run", DINOMALY_ROWS, {**DINOMALY_RUN, **change})
     result = run_script(csv)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
-        f"not comparable with Dinomaly abstract (MVTec AD, dinomaly): {reason}; --force compares anyway"]
+    assert result.stdout.splitlines() == [f"not comparable with Dinomaly INP-Former Table 2, abstract (MVTec AD, "
+                                          f"dinomaly): {reason}; --force compares anyway"]
     forced = compare(csv, "mvtec", "dinomaly", run={**DINOMALY_RUN, **change}, force=True)
-    assert forced["reason"].tolist() == [reason] and forced["diff"].tolist() == [-0.4]
+    assert forced["reason"].tolist() == [reason] * 6 and forced["diff"].tolist()[-1] == -0.4
 
 
 def test_dinomaly_real_iad_by_dataset_override(tmp_path):
     realiad = pd.read_csv(PAPER_CLASSES, dtype=str).query("dataset == 'realiad'")["class"].tolist()
     rows = HEADER + "".join(f"model-unified,none,{c},90.0,,,,\n" for c in [*realiad, "mean"])
     csv = write_run(tmp_path / "run", rows, {**DINOMALY_RUN, "classes": realiad, "iters": 50000})  # run as mvtec
-    result = run_script(csv, "--dataset", "realiad")
+    result = run_script(csv, "--dataset", "realiad")  # Real-IAD's per-class counts are not typed: refused
     assert result.returncode == 0, result.stderr
-    assert "Dinomaly abstract (Real-IAD, dinomaly)" in result.stdout and "+0.7" in result.stdout
+    assert result.stdout.splitlines() == [
+        "not comparable with Dinomaly INP-Former Table 2, abstract (Real-IAD, dinomaly): data unchecked: the "
+        "published per-class counts of Real-IAD are not typed in paper_classes.csv; --force compares anyway"]
+    forced = run_script(csv, "--dataset", "realiad", "--force")
+    assert "Dinomaly abstract (Real-IAD, dinomaly): FORCED" in forced.stdout and "+0.7" in forced.stdout
     as_mvtec = run_script(csv).stdout.strip().splitlines()
     assert len(as_mvtec) == 1 and as_mvtec[0].startswith("no published numbers for dataset mvtec with method dinomaly")
 
@@ -412,10 +461,120 @@ def test_dinomaly_real_iad_by_dataset_override(tmp_path):
 def test_dinomaly_table_without_config_needs_vit(tmp_path):
     path = tmp_path / "results.csv"
     path.write_text(DINOMALY_ROWS)
-    args = ["--dataset", "mvtec", "--method", "dinomaly", "--weights", "imagenet", "--classes", "all"]
+    args = ["--dataset", "mvtec", "--method", "dinomaly", "--weights", "imagenet", "--classes", "all",
+            "--data_path", DINOMALY_RUN["data_path"], "--options", "batch_size=16"]
     backbone = run_script(path, *args, "--backbone", "wide_resnet50_2")
     assert backbone.returncode == 2 and "--vit for dinomaly" in backbone.stderr and backbone.stdout == ""
     vit = run_script(path, *args, "--vit", "base")
     assert vit.returncode == 0 and "-0.4" in vit.stdout and "FORCED" not in vit.stdout
     small = run_script(path, *args, "--vit", "small")
-    assert small.stdout.startswith("not comparable with Dinomaly abstract (MVTec AD, dinomaly): vit small (paper: ")
+    assert small.stdout.startswith("not comparable with Dinomaly INP-Former Table 2, abstract (MVTec AD, dinomaly): "
+                                   "vit small (paper: ")
+
+
+# ---- the data and the training length must be the paper's ----------------------------------------------------------
+
+NOCO_RUN = {"dataset": "mvtec", "method": "noco", "setting": "separate", "backbone": "wide_resnet50_2",
+            "weights": "imagenet", "image_size": 256, "crop_size": 224, "image_score": "max", "epochs": 50,
+            "batch_size": 16}
+
+
+def noco_rows(classes):
+    return HEADER + "".join(f"separate,none,{c},80.21,90.0,,,\n" for c in [*classes, "mean"])
+
+
+def test_renamed_demo_classes_trained_one_epoch_are_refused(tmp_path):
+    """The issue's case: the demo textures (24 train/good, 8 test/good, 12 defective of one kind) renamed carpet
+    and grid, at NoCo's backbone and size, one epoch."""
+    for name in ("carpet", "grid"):
+        make_class(tmp_path / "renamed" / name, 24, 8, {"hole": 12})
+    run = {**NOCO_RUN, "classes": ["carpet", "grid"], "epochs": 1, "data_path": str(tmp_path / "renamed")}
+    csv = write_run(tmp_path / "run", noco_rows(["carpet", "grid"]), run)
+    result = run_script(csv)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "not comparable with NoCo Tables II, III (MVTec AD, noco): classes carpet,grid of 15 (missing bottle, cable, "
+        "capsule, ...), data unlike the published MVTec AD in 2 classes: carpet 24 train/good (paper: 280), "
+        "8 test/good (paper: 28), 12 defective (paper: 89), defect kinds hole (paper: color, cut, hole, ...); "
+        "grid 24 train/good (paper: 264), 8 test/good (paper: 21), 12 defective (paper: 57), defect kinds hole "
+        f"(paper: bent, broken, glue, ...) (at {tmp_path / 'renamed'}), epochs 1 (paper: 50); --force compares anyway"]
+    table = compare(csv, "mvtec", "noco", run=run, force=True)
+    carpet = lookup(table, table="III", **{"class": "carpet"})
+    assert carpet["diff"].item() == -19.7 and carpet["reason"].item().endswith("epochs 1 (paper: 50)")
+    # each check on its own: the published counts trained one epoch; the renamed folder trained 50 epochs
+    published = {**run, "data_path": PAPER_RUN["data_path"]}
+    forced = compare(csv, "mvtec", "noco", run=published, force=True).query("`class` != 'mean'")
+    assert set(forced["reason"]) == {"epochs 1 (paper: 50)"}
+    assert compare(csv, "mvtec", "noco", run={**published, "epochs": 50})["class"].tolist() == ["carpet", "grid"]
+    assert compare(csv, "mvtec", "noco", run={**run, "epochs": 50}).empty
+
+
+def test_counts_and_defect_kinds_are_checked_per_class(tmp_path):
+    run = {**NOCO_RUN, "classes": ["bottle"], "data_path": str(tmp_path / "mvtec")}
+    make_class(tmp_path / "mvtec" / "bottle", 209, 20, {"broken_large": 20, "broken_small": 22, "contamination": 21})
+    rows = pd.read_csv(io.StringIO(noco_rows(["bottle"])))
+
+    def reasons(**changes):
+        return set(compare(rows, "mvtec", "noco", run={**run, **changes}, force=True)
+                   .query("`class` == 'bottle'")["reason"])
+
+    assert reasons() == {""}  # the published bottle: 209 / 20 / 63 in three kinds
+    (tmp_path / "mvtec" / "bottle" / "train" / "good" / "000.png").unlink()
+    (tmp_path / "mvtec" / "bottle" / "train" / "good" / "notes.txt").touch()  # not an image: not counted
+    assert reasons() == {f"data unlike the published MVTec AD in 1 class: bottle 208 train/good (paper: 209) "
+                         f"(at {tmp_path / 'mvtec'})"}
+    (tmp_path / "mvtec" / "bottle" / "train" / "good" / "000.PNG").touch()
+    assert reasons() == {""}
+    (tmp_path / "mvtec" / "bottle" / "test" / "contamination").rename(tmp_path / "mvtec" / "bottle" / "test" / "dirt")
+    assert reasons() == {"data unlike the published MVTec AD in 1 class: bottle defect kinds broken_large, "
+                         "broken_small, dirt (paper: broken_large, broken_small, contamination) "
+                         f"(at {tmp_path / 'mvtec'})"}
+    assert reasons(data_path=str(tmp_path / "elsewhere")) == {
+        f"data unknown: {tmp_path / 'elsewhere'} not found (the run's data_path; --data_path gives another)"}
+    assert reasons(data_path=None) == {"data unknown (no data_path to count the classes in; pass --data_path)"}
+    assert reasons(data_path=str(tmp_path / "empty"), classes=["bottle"]) != {""}
+
+
+def test_datasets_without_typed_counts_are_refused(tmp_path):
+    mpdd = ["bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes"]
+    run = {**NOCO_RUN, "dataset": "mpdd", "classes": mpdd, "batch_size": 8, "data_path": str(tmp_path)}
+    csv = write_run(tmp_path / "run", noco_rows(mpdd), run)
+    assert run_script(csv).stdout.splitlines() == [
+        "not comparable with NoCo Table II (MPDD, noco): data unchecked: the published per-class counts of MPDD are "
+        "not typed in paper_classes.csv; --force compares anyway"]
+
+
+def test_training_length_batch_and_the_heads_own(unified_run):
+    short = compare(unified_run, "mvtec", "revdist", run={**PAPER_RUN, "iters": 1000}, force=True)
+    assert set(short["reason"]) == {"iters 1000 (paper: 5000)"}
+    wide = compare(unified_run, "mvtec", "revdist", run={**PAPER_RUN, "batch_size": 32}, force=True)
+    assert set(wide["reason"]) == {"batch_size 32 (paper: 16)"}
+    head = compare(unified_run, "mvtec", "revdist", run={**PAPER_RUN, "cada_iters": 100}, force=True)
+    assert set(head.loc[head["align"] == "cada", "reason"]) == {"cada_iters 100 (paper: 5000)"}
+    assert set(head.loc[head["align"] == "none", "reason"]) == {""}  # the base's rows train no head
+    uniad = {**PAPER_RUN, "method": "uniad", "backbone": "efficientnet_b4", "image_size": 224}
+    assert set(compare(unified_run, "mvtec", "uniad", run=uniad, force=True)["reason"]) == {
+        "iters 5000 (paper: 50000), batch_size 16 (paper: 64), cada_iters 5000 (paper: 20000)"} | {
+        "iters 5000 (paper: 50000), batch_size 16 (paper: 64)"}
+    assert compare(unified_run, "mvtec", "revdist", run={**PAPER_RUN, "val_fraction": 0.0}).equals(
+        compare(unified_run, "mvtec", "revdist", run=PAPER_RUN))  # the folder's counts, not the trained images
+
+
+def test_published_counts_typed_and_the_loaders_extensions():
+    from datasets.common import IMAGE_EXTENSIONS
+    from datasets.visa import VISA_TEST_ANOMALIES, VISA_TEST_NORMALS, VISA_TRAIN_TOTAL, VISA_TEST_TOTAL
+    import compare_paper
+    assert compare_paper.IMAGE_EXTENSIONS == IMAGE_EXTENSIONS
+    counts = read_counts(PAPER_CLASSES)
+    assert set(counts) == {"mvtec", "visa", "fmnist", "cifar10", "cifar100"}  # the others are not typed
+    mvtec = counts["mvtec"]
+    assert list(mvtec) == MVTEC and mvtec["bottle"] == (209, 20, 63, ("broken_large", "broken_small", "contamination"))
+    assert [sum(v[i] for v in mvtec.values()) for i in range(3)] == [3629, 467, 1258]  # MVTec AD's totals
+    assert sum(len(v[3]) for v in mvtec.values()) == 73 and mvtec["toothbrush"][3] == ("defective",)
+    visa = counts["visa"]
+    assert {c: v[1] for c, v in visa.items()} == VISA_TEST_NORMALS and {v[2] for v in visa.values()} == {
+        VISA_TEST_ANOMALIES}
+    assert sum(v[0] for v in visa.values()) == VISA_TRAIN_TOTAL
+    assert sum(v[1] + v[2] for v in visa.values()) == VISA_TEST_TOTAL
+    assert visa["capsules"][0] == 542 and visa["pcb3"][0] == 905  # the README's 602 and 1006 normals less the test's
+    assert counts["cifar10"]["cat"] == (5000, 1000, 9000, ())

@@ -127,6 +127,46 @@ def test_initialisation_is_the_official_one(default_model):
         check_official_init(xavier_everywhere)
 
 
+# The official UniAD module (zhiyuanyou/UniAD a5b9d9d, models/reconstructions/uniad.py, the MVTec-AD config: 272
+# channels, 14 x 14, learned positions, xavier_uniform initializer) built alone after torch.manual_seed(0): the first
+# two values of some of its parameters, by our names. Any other construction or initialisation order changes them.
+OFFICIAL_SEED_0 = {
+    "row_embed": [0.10995042324066162, 0.07707703113555908],
+    "encoder.0.attention.attention.in_proj_weight": [-0.07311488687992096, -0.06034151837229729],
+    "encoder.3.ffn.linear1.weight": [-0.031021006405353546, 0.050704460591077805],
+    "decoder.0.queries": [1.0981651544570923, 0.10618294775485992],
+    "decoder.2.to_previous.attention.out_proj.weight": [0.03788281977176666, -0.08163917064666748],
+    "output_proj.weight": [-0.07376371324062347, 0.0021383336279541254],
+}
+
+
+def test_layers_start_as_copies_of_one_layer_like_the_official_model(default_model):
+    """The official code builds one encoder layer and one decoder layer and deep-copies them (_get_clones), then
+    re-draws every nn.Linear (Xavier): the attentions' input projections and the learned queries stay equal in
+    every layer, the Linear layers do not."""
+    state = default_model.state_dict()
+
+    def per_layer(stack, name, count=4):
+        return [state[f"{stack}.{i}.{name}"] for i in range(count)]
+
+    same = [("encoder", "attention.attention.in_proj_weight"), ("decoder", "queries"),
+            ("decoder", "to_memory.attention.in_proj_weight"), ("decoder", "to_previous.attention.in_proj_weight")]
+    for stack, name in same:
+        first, *others = per_layer(stack, name)
+        assert all(torch.equal(first, other) for other in others), (stack, name)
+    redrawn = [("encoder", "attention.attention.out_proj.weight"), ("encoder", "ffn.linear1.weight"),
+               ("decoder", "to_previous.attention.out_proj.weight"), ("decoder", "ffn.linear2.weight")]
+    for stack, name in redrawn:
+        first, *others = per_layer(stack, name)
+        assert not any(torch.equal(first, other) for other in others), (stack, name)
+    encoder = default_model.encoder  # copies, not one shared tensor: training moves them apart
+    assert encoder[0].attention.attention.in_proj_weight is not encoder[1].attention.attention.in_proj_weight
+    assert not torch.equal(state["encoder.0.attention.attention.in_proj_weight"],
+                           state["decoder.0.to_memory.attention.in_proj_weight"])
+    for name, first_two in OFFICIAL_SEED_0.items():
+        assert torch.allclose(state[name].flatten()[:2], torch.tensor(first_two), rtol=0, atol=1e-7), name
+
+
 # ---- the neighbour mask -------------------------------------------------------------------------
 
 def test_mask_on_a_4x4_grid_with_neighbourhood_3():
