@@ -300,7 +300,7 @@ def test_configure_optimizers_uses_the_official_settings():
     with pytest.raises(ValueError, match="lr_drop_at"):
         model.configure_optimizers(SimpleNamespace(**{**vars(OFFICIAL), "lr_drop_at": 0.8}), 10000)
     with pytest.raises(ValueError, match="optimizer"):
-        model.configure_optimizers(SimpleNamespace(**{**vars(OFFICIAL), "optimizer": "sgd"}), 10000)
+        model.configure_optimizers(SimpleNamespace(**{**vars(OFFICIAL), "optimizer": "lamb"}), 10000)
 
 
 def test_stable_adamw_first_step_decay_and_update_clipping():

@@ -272,4 +272,4 @@ def test_optimizers_follow_the_config():
     scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(4e-4)
     with pytest.raises(ValueError, match="optimizer"):
-        build_optimizer(model.parameters(), SimpleNamespace(**{**vars(RD4AD), "optimizer": "sgd"}), 10)
+        build_optimizer(model.parameters(), SimpleNamespace(**{**vars(RD4AD), "optimizer": "lamb"}), 10)
