@@ -145,11 +145,24 @@ UNIAD = {"setting": "unified", "backbone": "efficientnet_b4", "image_size": 224,
          "encoder_taps": "standard", "optimizer": "adamw", "lr": 3e-4, "betas": (0.9, 0.999), "weight_decay": 1e-4,
          "amsgrad": False, "adam_eps": 1e-8, "lr_drop_at": 0.0, "iters": 50000, "batch_size": 64, "blur_sigma": 0.0,
          "cada_beta": 10.0, "cada_iters": 20000}  # the CADA paper's UniAD; UniAD maps are not blurred
-DINOMALY = {"setting": "unified", "image_size": 448, "crop_size": 392, "resize": "pil", "iters": 10000,
-            "batch_size": 16, "optimizer": "stable_adamw", "lr": 2e-3, "betas": (0.9, 0.999), "weight_decay": 1e-4,
-            "adam_eps": 1e-10, "amsgrad": True, "lr_drop_at": 0.0, "lr_schedule": "warmup_cosine", "warmup_iters": 100,
-            "final_lr": 2e-4, "hm_factor": 0.1, "image_score": "top_mean", "top_fraction": 0.01, "blur_kernel": 5,
-            "blur_sigma": 4.0, "eval_size": 256}  # dinomaly_mvtec_uni.py (models/dinomaly.py names each source)
+DINOMALY = {  # the official dinomaly_mvtec_uni.py: train (utils.py: evaluation_batch; optimizers/StableAdamW.py)
+    "setting": "unified",
+    "image_size": 448, "crop_size": 392, "resize": "pil",  # Resize((448, 448)), CenterCrop(392)
+    "iters": 10000,  # total_iters = 10000 (dinomaly_mvtec_sep.py: 5000)
+    "batch_size": 16,  # batch_size = 16 (drop_last=True)
+    "optimizer": "stable_adamw",  # StableAdamW(...), update clipping clip_threshold=1.0 (its default, not overridden)
+    "lr": 2e-3,  # StableAdamW(lr=2e-3); WarmCosineScheduler(base_value=2e-3)
+    "betas": (0.9, 0.999),  # StableAdamW(betas=(0.9, 0.999))
+    "weight_decay": 1e-4,  # StableAdamW(weight_decay=1e-4)
+    "adam_eps": 1e-10,  # StableAdamW(eps=1e-10); dinomaly_mvtec_sep.py (one model per class) uses 1e-8
+    "amsgrad": True,  # StableAdamW(amsgrad=True)
+    "lr_drop_at": 0.0, "lr_schedule": "warmup_cosine",  # WarmCosineScheduler, stepped every iteration
+    "warmup_iters": 100,  # WarmCosineScheduler(warmup_iters=100), start_warmup_value=0
+    "final_lr": 2e-4,  # WarmCosineScheduler(final_value=2e-4)
+    "hm_factor": 0.1,  # global_cosine_hm_percent(en, de, p=p, factor=0.1)
+    "image_score": "top_mean", "top_fraction": 0.01,  # evaluation_batch(max_ratio=0.01): mean of the top 1 %
+    "blur_kernel": 5, "blur_sigma": 4.0,  # get_gaussian_kernel(kernel_size=5, sigma=4), conv with zero padding
+    "eval_size": 256}  # evaluation_batch(resize_mask=256): maps and masks resized to 256 x 256 before the blur
 PRESETS = [  # applied in order; an option given on the command line is never replaced
     ({"method": "revdist"}, {"setting": "unified", **RD_INPUT}),
     ({"method": "recontrast"}, {"setting": "unified", **RD_INPUT}),

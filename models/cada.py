@@ -33,6 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.optim import build_optimizer, optimizer_settings
+
 ALIGNMENTS = ("none", "cada", "cada_sigma", "class_aware", "classifier")
 TRAINED = ("cada", "cada_sigma", "classifier")  # the alignments with a head to train
 DROPOUT_PLACES = ("every_linear", "first_linear")
@@ -150,6 +152,7 @@ class Alignment(nn.Module):
         return out[:, 0], out[:, 1]
 
     def configure_optimizers(self, cfg, total_iters=None):
-        """SGD (CADA sec. 4.2: lr 5e-2, momentum 0.9, weight decay 1e-4), no schedule."""
-        return torch.optim.SGD(self.head.parameters(), lr=cfg.cada_lr, momentum=cfg.cada_momentum,
-                               weight_decay=cfg.cada_weight_decay), None
+        """utils.optim.build_optimizer's SGD (CADA sec. 4.2: lr 5e-2, momentum 0.9, weight decay 1e-4), no schedule."""
+        settings = optimizer_settings(lr=cfg.cada_lr, weight_decay=cfg.cada_weight_decay, optimizer="sgd",
+                                      momentum=cfg.cada_momentum)
+        return build_optimizer(self.head.parameters(), settings, total_iters)

@@ -54,7 +54,7 @@ to the input size, mean of the 2 maps; float32, before any blur. The official ev
 (utils.py: evaluation_batch with max_ratio=0.01, resize_mask=256) then resizes the map to 256 x 256
 (bilinear, align_corners=False; masks nearest), blurs it with a 5 x 5 Gaussian of sigma 4 (zero
 padding), and scores an image by the mean of its top 1 % pixels (int(256 * 256 * 0.01) = 655): the
-caller's job (EVAL_SIZE, BLUR_KERNEL, BLUR_SIGMA, TOP_FRACTION).
+caller's job (train_mvtec.py's DINOMALY preset: --eval_size, --blur_kernel, --blur_sigma, --top_fraction).
 bottleneck_features: the bottleneck's output in eval mode (no dropout), patch tokens only, (B, C, h, w);
 encoder_features: the deepest tap's patch tokens, (B, C, h, w).
 
@@ -63,8 +63,9 @@ StableAdamW (utils/optim.py, written from optimizers/StableAdamW.py) lr 2e-3, be
 1e-4, eps 1e-10, amsgrad, update clipping threshold 1 (cfg.optimizer "stable_adamw"; "adamw", "adam" too);
 WarmupCosineLR (cfg.lr_schedule "warmup_cosine", utils/optim.py): lr 0 -> 2e-3 linearly over the first 100
 iterations (np.linspace(0, 2e-3, 100)), then cosine from 2e-3 to 2e-4 over the remaining iterations, 2e-4 from
-total_iters on; 10,000 iterations of batch 16; gradient norm clipped to 0.1 (`grad_clip`: the training loop
-clips, the model does not).
+total_iters on; 10,000 iterations of batch 16; gradient norm clipped to 0.1 (GRAD_CLIP: the training loop
+clips, the model does not; models.METHODS hands it to the loop). The other settings are train_mvtec.py's
+DINOMALY preset.
 Input: resize to 448 x 448, centre crop 392, ImageNet mean / std (dataset.py: get_data_transforms).
 
 Deviations from the official code:
@@ -114,23 +115,9 @@ INIT_STD, INIT_CUT = 0.01, 0.03  # trunc_normal_(m.weight, std=0.01, a=-0.03, b=
 HM_P_FINAL = 0.9  # p_final = 0.9
 HM_RAMP_ITERS = 1000  # p = min(p_final * it / 1000, p_final)
 HM_FACTOR = 0.1  # global_cosine_hm_percent(en, de, p=p, factor=0.1)
-# --- optimisation (dinomaly_mvtec_uni.py: train) ---
-LR = 2e-3  # StableAdamW(lr=2e-3); WarmCosineScheduler(base_value=2e-3)
-FINAL_LR = 2e-4  # WarmCosineScheduler(final_value=2e-4)
-WARMUP_ITERS = 100  # WarmCosineScheduler(warmup_iters=100), start_warmup_value=0
-BETAS = (0.9, 0.999)  # StableAdamW(betas=(0.9, 0.999))
-WEIGHT_DECAY = 1e-4  # StableAdamW(weight_decay=1e-4)
-ADAM_EPS = 1e-10  # StableAdamW(eps=1e-10); dinomaly_mvtec_sep.py (one model per class) uses 1e-8
-AMSGRAD = True  # StableAdamW(amsgrad=True)
-UPDATE_CLIP = 1.0  # optimizers/StableAdamW.py: clip_threshold=1.0 (the default, not overridden)
-GRAD_CLIP = 0.1  # nn.utils.clip_grad_norm(trainable.parameters(), max_norm=0.1)
-TOTAL_ITERS = 10000  # total_iters = 10000 (dinomaly_mvtec_sep.py: 5000)
-BATCH_SIZE = 16  # batch_size = 16 (drop_last=True)
-# --- input and evaluation (dinomaly_mvtec_uni.py: train; utils.py: evaluation_batch) ---
-IMAGE_SIZE, CROP_SIZE = 448, 392  # image_size = 448, crop_size = 392 (Resize((448, 448)), CenterCrop(392))
-EVAL_SIZE = 256  # evaluation_batch(..., resize_mask=256): maps and masks resized to 256 x 256 before the blur
-BLUR_KERNEL, BLUR_SIGMA = 5, 4.0  # get_gaussian_kernel(kernel_size=5, sigma=4), conv with zero padding
-TOP_FRACTION = 0.01  # evaluation_batch(..., max_ratio=0.01): mean of the top 1 % of the blurred map
+# --- training (dinomaly_mvtec_uni.py: train); the optimiser, schedule, input and evaluation settings are the
+# DINOMALY preset of train_mvtec.py, each with its source ---
+GRAD_CLIP = 0.1  # nn.utils.clip_grad_norm(trainable.parameters(), max_norm=0.1): the training loop clips
 
 
 def build_vit(name=DEFAULT_ENCODER, weights="imagenet", **timm_kwargs):
@@ -332,7 +319,7 @@ class Dinomaly(nn.Module):
 
     def __init__(self, encoder=DEFAULT_ENCODER, weights="imagenet", target_layers=None, groups=FUSE_GROUPS,
                  decoder_depth=DECODER_DEPTH, bottleneck_dropout=BOTTLENECK_DROPOUT, hm_p_final=HM_P_FINAL,
-                 hm_ramp_iters=HM_RAMP_ITERS, hm_factor=HM_FACTOR, grad_clip=GRAD_CLIP):
+                 hm_ramp_iters=HM_RAMP_ITERS, hm_factor=HM_FACTOR):
         super().__init__()
         vit = build_vit(encoder, weights) if isinstance(encoder, str) else encoder
         for parameter in vit.parameters():
@@ -365,8 +352,6 @@ class Dinomaly(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         self.hm_p_final, self.hm_ramp_iters, self.hm_factor = hm_p_final, hm_ramp_iters, hm_factor
-        self.grad_clip = grad_clip  # the training loop clips the gradient norm to this
-        self.total_iters = 0
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_state_dict_post_hook(_drop_encoder)
         self.register_load_state_dict_pre_hook(_keep_encoder)
@@ -436,8 +421,7 @@ class Dinomaly(nn.Module):
         """utils.optim.build_optimizer over the bottleneck and decoder: Dinomaly's settings are cfg.optimizer
         "stable_adamw" and cfg.lr_schedule "warmup_cosine" (0 -> cfg.lr over cfg.warmup_iters, cosine to
         cfg.final_lr at total_iters, stepped once per iteration; cfg.lr_drop_at 0). The loop clips the
-        gradient norm to self.grad_clip."""
-        self.total_iters = total_iters
+        gradient norm to GRAD_CLIP (models.METHODS["dinomaly"].grad_clip)."""
         return build_optimizer([p for p in self.parameters() if p.requires_grad], cfg, total_iters)
 
 

@@ -13,6 +13,7 @@ from models.cada import (ALIGNMENTS, MIN_SPREAD, Alignment, StatsHead, calibrate
                          map_statistics)
 from tests.test_scripts import SMALL, results_path, run_script
 from utils.evaluation import ClassMaps, aligned_maps, evaluate, sample_pixels, scored
+from utils.training import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,19 +64,13 @@ def train_head(alignment, train, iters=1500, seed=0, lr=1e-2):
     layer oscillates at 5e-2 (the step there scales with the hidden activations' squared norm)."""
     torch.manual_seed(seed)
     stats = map_statistics(train["maps"])
-    optimizer, _ = alignment.configure_optimizers(SimpleNamespace(cada_lr=lr, cada_momentum=0.9,
-                                                                  cada_weight_decay=1e-4))
-    alignment.train()
+    optimizer, scheduler = alignment.configure_optimizers(SimpleNamespace(cada_lr=lr, cada_momentum=0.9,
+                                                                          cada_weight_decay=1e-4))
     generator = torch.Generator().manual_seed(seed)
-    for _ in range(iters):
-        rows = torch.randint(len(train["maps"]), (16,), generator=generator)
-        batch = {"features": train["features"][rows], "label": train["labels"][rows],
-                 **{k: v[rows] for k, v in stats.items()}}
-        loss = alignment.loss(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return alignment.eval()
+    rows = (torch.randint(len(train["maps"]), (16,), generator=generator) for _ in range(iters))
+    batches = ({"features": train["features"][picked], "label": train["labels"][picked],
+                **{k: v[picked] for k, v in stats.items()}} for picked in rows)
+    return fit(alignment, batches, optimizer, scheduler, iters, show=False)
 
 
 def pooled_and_mean(tested, alignment):

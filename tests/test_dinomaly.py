@@ -21,6 +21,7 @@ timm = pytest.importorskip("timm")
 
 import models.dinomaly as dinomaly  # noqa: E402
 from models.dinomaly import Dinomaly, build_vit, global_cosine_hm_percent  # noqa: E402
+from tests.test_training import fit_losses  # noqa: E402
 from utils.optim import StableAdamW, WarmupCosineLR, warmup_cosine_lr  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -98,7 +99,7 @@ def test_structure_init_and_argument_checks():
     assert len(linears) == 2 + 8 * 4 and all(m.bias is not None and not m.bias.any() for m in linears)
     weights = torch.cat([m.weight.flatten() for m in linears])
     assert weights.abs().max() <= 0.03 and abs(weights.std().item() - 0.00986) < 0.0005  # N(0, 0.01) cut at 3 std
-    assert model.grad_clip == 0.1 and (model.hm_p_final, model.hm_ramp_iters, model.hm_factor) == (0.9, 1000, 0.1)
+    assert dinomaly.GRAD_CLIP == 0.1 and (model.hm_p_final, model.hm_ramp_iters, model.hm_factor) == (0.9, 1000, 0.1)
     with pytest.raises(ValueError, match="no default Dinomaly taps for a 10-block"):
         Dinomaly(encoder=tiny_vit(depth=10))
     with pytest.raises(ValueError, match="increasing block indices"):
@@ -300,7 +301,7 @@ def test_configure_optimizers_uses_the_official_settings():
     with pytest.raises(ValueError, match="lr_drop_at"):
         model.configure_optimizers(SimpleNamespace(**{**vars(OFFICIAL), "lr_drop_at": 0.8}), 10000)
     with pytest.raises(ValueError, match="optimizer"):
-        model.configure_optimizers(SimpleNamespace(**{**vars(OFFICIAL), "optimizer": "sgd"}), 10000)
+        model.configure_optimizers(SimpleNamespace(**{**vars(OFFICIAL), "optimizer": "lamb"}), 10000)
 
 
 def test_stable_adamw_first_step_decay_and_update_clipping():
@@ -335,18 +336,9 @@ def test_stable_adamw_first_step_decay_and_update_clipping():
 
 
 def test_a_few_steps_learn():
-    model = tiny().train()
+    model = tiny()
     optimizer, scheduler = model.configure_optimizers(SimpleNamespace(**{**vars(OFFICIAL), "warmup_iters": 0}), 30)
-    batch = {"image": images(4)}
-    losses = []
-    for _ in range(30):
-        loss = model.loss(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), model.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
+    losses = fit_losses(model, [{"image": images(4)}] * 30, optimizer, scheduler, 30, grad_clip=dinomaly.GRAD_CLIP)
     assert losses[-1] < 0.5 * losses[0]
 
 

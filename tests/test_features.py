@@ -10,6 +10,7 @@ from models.backbones import build_encoder
 from models.noco import NoCo
 from utils.features import CachedBatches, EncodedBatches, extract_features
 from utils.optim import optimizer_settings
+from utils.training import batch_stream, fit
 
 
 class RandomImages(Dataset):
@@ -37,13 +38,9 @@ def fresh_model(in_channels=192):
 def one_epoch(batches):
     generator = torch.Generator().manual_seed(2)
     model = fresh_model()
-    optimizer, _ = model.configure_optimizers(optimizer_settings(lr=1e-3, weight_decay=5e-4), 1)
-    for features in batches.epoch(generator, "cpu"):
-        loss = model.loss(features)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model
+    optimizer, scheduler = model.configure_optimizers(optimizer_settings(lr=1e-3, weight_decay=5e-4), 1)
+    one_epoch_steps = -(-len(batches) // batches.batch_size)
+    return fit(model, batch_stream(batches, generator, "cpu"), optimizer, scheduler, one_epoch_steps, show=False)
 
 
 def test_training_from_the_cache_equals_training_from_images(encoder):

@@ -1,4 +1,6 @@
 
+import itertools
+
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
@@ -7,6 +9,7 @@ from models.backbones import build_encoder
 from models.cada import Alignment
 from models.noco import NoCo, aggregate_patch_features
 from utils.optim import optimizer_settings
+from utils.training import fit
 
 
 def trainable_parameters(model):
@@ -54,12 +57,8 @@ def test_target_is_fixed_saved_and_seeded():
     assert torch.equal(a.target, b.target) and "target" in a.state_dict()
     assert all(name != "target" for name, _ in a.named_parameters())
     before = a.target.clone()
-    optimizer, _ = a.configure_optimizers(optimizer_settings(lr=0.1, weight_decay=5e-4), 1)
-    for _ in range(3):
-        loss = a.loss({"layer1": torch.randn(4, 32, 5, 5)})
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    optimizer, scheduler = a.configure_optimizers(optimizer_settings(lr=0.1, weight_decay=5e-4), 1)
+    fit(a, ({"layer1": torch.randn(4, 32, 5, 5)} for _ in range(3)), optimizer, scheduler, 3, show=False)
     assert torch.equal(a.target, before)
     restored = NoCo(32, generator=torch.Generator().manual_seed(99))
     restored.load_state_dict(a.state_dict())
@@ -134,12 +133,8 @@ def test_training_learns_what_the_untrained_detector_cannot_see():
     torch.manual_seed(0)
     model = NoCo(dim, structured=False, generator=generator)
     untrained = roc_auc_score(labels, model.anomaly_map(test).flatten())
-    optimizer, _ = model.configure_optimizers(optimizer_settings(lr=1e-2, weight_decay=5e-4), 1)
-    for _ in range(300):
-        loss = model.loss(train)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    optimizer, scheduler = model.configure_optimizers(optimizer_settings(lr=1e-2, weight_decay=5e-4), 1)
+    fit(model, itertools.repeat(train), optimizer, scheduler, 300, show=False)
     trained = roc_auc_score(labels, model.anomaly_map(test).flatten())
     assert untrained < 0.75
     assert trained > 0.95

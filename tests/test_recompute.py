@@ -16,6 +16,7 @@ from models import recompute
 from models.backbones import build_encoder, load_backbone
 from models.recontrast import ReContrast
 from models.revdist import RevDist
+from tests.test_training import fit_losses
 
 REPO = Path(__file__).resolve().parent.parent
 CFG = SimpleNamespace(optimizer="adamw", lr=2e-3, encoder_lr=1e-5, betas=(0.9, 0.999), weight_decay=1e-5,
@@ -45,15 +46,7 @@ def batches(kind, steps=3, size=64, batch_size=4):
 
 def trained(model, data):
     optimizer, scheduler = model.configure_optimizers(CFG, 10)
-    model.train()
-    losses = []
-    for batch in data:
-        loss = model.loss(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
+    losses = fit_losses(model, data, optimizer, scheduler, len(data))
     return losses, model.state_dict()
 
 

@@ -14,6 +14,7 @@ from models.backbones import load_backbone
 from models.recontrast import ReContrast, global_cosine_hm
 from tests.test_revdist import MULTI_CLASS as REVDIST_MULTI_CLASS
 from tests.test_revdist import check_reference_init
+from tests.test_training import fit_losses
 
 MULTI_CLASS = SimpleNamespace(**vars(REVDIST_MULTI_CLASS), encoder_lr=1e-5)
 
@@ -100,15 +101,9 @@ def test_efficientnet_lite0_encoder_copy_trains_with_frozen_batchnorm():
     statistics = [m.running_mean.clone() for m in norms]
     frozen = {k: v.clone() for k, v in model.frozen_encoder.state_dict().items()}
     before = model.trainable_encoder.blocks[4][0].conv_pw.weight.clone()
-    optimizer, _ = model.configure_optimizers(SimpleNamespace(**{**vars(MULTI_CLASS), "encoder_lr": 1e-2}), 10)
+    optimizer, scheduler = model.configure_optimizers(SimpleNamespace(**{**vars(MULTI_CLASS), "encoder_lr": 1e-2}), 10)
     x = {"image": images()}
-    losses = []
-    for _ in range(3):
-        optimizer.zero_grad()
-        loss = model.loss(x)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fit_losses(model, [x] * 3, optimizer, scheduler, 3)
     assert losses[-1] < losses[0]
     assert not torch.equal(model.trainable_encoder.blocks[4][0].conv_pw.weight, before)
     assert all(torch.equal(m.running_mean, s) for m, s in zip(norms, statistics))
@@ -128,11 +123,8 @@ def test_encoder_batchnorm_stays_in_eval_mode_and_the_frozen_encoder_never_chang
     assert all(m.training for m in model.decoder.modules()) and all(m.training for m in model.bottleneck.modules())
     frozen = {k: v.clone() for k, v in model.frozen_encoder.state_dict().items()}
     statistics = [m.running_mean.clone() for m in encoder_norms]
-    optimizer, _ = model.configure_optimizers(SimpleNamespace(**{**vars(MULTI_CLASS), "encoder_lr": 1e-2}), 10)
-    for _ in range(2):
-        optimizer.zero_grad()
-        model.loss({"image": images()}).backward()
-        optimizer.step()
+    optimizer, scheduler = model.configure_optimizers(SimpleNamespace(**{**vars(MULTI_CLASS), "encoder_lr": 1e-2}), 10)
+    fit_losses(model, [{"image": images()}] * 2, optimizer, scheduler, 2)
     assert all(torch.equal(m.running_mean, s) for m, s in zip(encoder_norms, statistics))
     assert all(torch.equal(v, frozen[k]) for k, v in model.frozen_encoder.state_dict().items())
     assert all(p.grad is None for p in model.frozen_encoder.parameters())
@@ -290,14 +282,7 @@ def test_a_few_steps_on_a_fixed_batch_reduce_the_loss_and_the_loss_is_float32_un
         assert model.loss(x).dtype == torch.float32
     model.step.zero_()
     optimizer, scheduler = model.configure_optimizers(MULTI_CLASS, 20)
-    losses = []
-    for _ in range(20):
-        loss = model.loss(x)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
+    losses = fit_losses(model, [x] * 20, optimizer, scheduler, 20)
     assert losses[-1] < 0.5 * losses[0], losses
     assert optimizer.param_groups[0]["lr"] == pytest.approx(2e-3 * 0.2)  # dropped at iteration 16
     assert optimizer.param_groups[1]["lr"] == pytest.approx(1e-5 * 0.2)

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -25,10 +26,26 @@ def row(name, i_auroc):
     return metrics_row(name, {"I-AUROC": i_auroc, "I-AP": 0.5}, model=name)
 
 
-def test_run_folder_names_are_readable_and_differ_between_runs(tmp_path):
-    names = {new_run_path(tmp_path, "train_mvtec", "demo", "noco", "separate").name for _ in range(50)}
-    assert len(names) == 50
-    assert all(re.fullmatch(r"train_mvtec_demo_noco_separate_\d{8}-\d{6}-\d{3}_[0-9a-f]{4}", n) for n in names)
+@pytest.mark.parametrize("one_stamp", [False, True])
+def test_run_folder_names_are_readable_and_runs_started_together_get_a_folder_each(tmp_path, monkeypatch, one_stamp):
+    """The promise is exclusive creation, not a random suffix: 50 runs started at once get 50 folders, even
+    when every one wants the same name (then <name>, <name>_2, ..., <name>_50)."""
+    if one_stamp:
+        monkeypatch.setattr(results, "_stamp", lambda: "20250101-120000-000_abcd")
+    runs, barrier = 50, threading.Barrier(50)
+
+    def start_run(_):
+        barrier.wait()  # all 50 ask for their folder at once
+        return results._create_new_folder(new_run_path(tmp_path, "train_mvtec", "demo", "noco", "separate"))
+
+    with ThreadPoolExecutor(runs) as pool:
+        folders = list(pool.map(start_run, range(runs)))
+    assert len(set(folders)) == runs and sorted(tmp_path.iterdir()) == sorted(folders)
+    assert all(re.fullmatch(r"train_mvtec_demo_noco_separate_\d{8}-\d{6}-\d{3}_[0-9a-f]{4}(_\d+)?", path.name)
+               for path in folders)
+    if one_stamp:
+        wanted = "train_mvtec_demo_noco_separate_20250101-120000-000_abcd"
+        assert sorted(path.name for path in folders) == sorted([wanted] + [f"{wanted}_{n}" for n in range(2, 51)])
 
 
 def test_two_runs_wanting_one_name_at_the_same_time_get_a_folder_and_a_table_each(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ from models.cada import Alignment
 from models.uniad import UNIAD_LAYERS, TokenEncoder, UniAD, neighbour_mask, token_channels
 from models import uniad
 from utils.optim import optimizer_settings
+from utils.training import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -420,14 +421,8 @@ def test_learns_and_localises_anomalous_tokens():
     optimizer, _ = model.configure_optimizers(optimizer_settings(lr=1e-3, weight_decay=1e-4, amsgrad=False), 200)
     held_out = {"x": normal_tokens(16, torch.Generator().manual_seed(9), pattern, basis)}
     before = model.eval().loss(held_out).item()
-    model.train()
-    for _ in range(200):
-        loss = model.loss({"x": normal_tokens(8, generator, pattern, basis)})
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), uniad.GRAD_CLIP)
-        optimizer.step()
-    model.eval()
+    fit(model, ({"x": normal_tokens(8, generator, pattern, basis)} for _ in range(200)), optimizer, None, 200,
+        grad_clip=uniad.GRAD_CLIP, show=False)
     after = model.loss(held_out).item()
     assert after < 0.5 * before, (before, after)
 

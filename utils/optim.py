@@ -1,21 +1,24 @@
-"""The one optimiser builder every model's configure_optimizers uses.
+"""The one optimiser builder every model's and alignment head's configure_optimizers uses.
 
 `optimizer`: Adam, AdamW or StableAdamW (Dinomaly's: AdamW with update clipping, below) with `lr`, `betas`,
-`weight_decay`, `adam_eps`, `amsgrad`, over the model's parameter groups (a group's own "lr" wins), and a
-schedule stepped once per iteration (`lr_schedule`):
+`weight_decay`, `adam_eps`, `amsgrad`, or SGD (the CADA heads') with `lr`, `momentum`, `weight_decay`, over the
+model's parameter groups (a group's own "lr" wins), and a schedule stepped once per iteration (`lr_schedule`):
   step           when `lr_drop_at` > 0, a MultiStepLR that multiplies the learning rates by `lr_drop_gamma` at
                  int(lr_drop_at * total_iters); no schedule otherwise.
-  warmup_cosine  Dinomaly's WarmCosineScheduler (utils.py of github guojiajeremy/Dinomaly): each group's lr
-                 rises linearly from 0 over `warmup_iters`, then falls along a cosine to `final_lr` at
-                 total_iters; `lr_drop_at` must be 0.
+  warmup_cosine  Dinomaly's WarmCosineScheduler (utils.py of github guojiajeremy/Dinomaly): the lr rises
+                 linearly from 0 over `warmup_iters`, then falls along a cosine to `final_lr` at total_iters;
+                 a group with its own lr follows the same curve scaled by its lr / `lr` (ReContrast's encoder
+                 group ends at encoder_lr x final_lr / lr); `lr_drop_at` must be 0.
 Every model honours all of these options (their defaults in each script are its method's reference
 settings, set by the presets), so none is silently ignored; `warmup_iters` and `final_lr` are read by
-warmup_cosine only, as `lr_drop_gamma` is by a step drop only.
+warmup_cosine only, as `lr_drop_gamma` is by a step drop only and `momentum` by SGD only (the scripts offer
+SGD to the alignment heads alone: --cada_lr, --cada_momentum, --cada_weight_decay).
 """
 import math
 from types import SimpleNamespace
 
 import torch
+
 
 def warmup_cosine_lr(it, base, final, total_iters, warmup_iters):
     """Dinomaly's utils.py: WarmCosineScheduler's learning rate at iteration `it` (0-based): np.linspace(0, base,
@@ -29,16 +32,21 @@ def warmup_cosine_lr(it, base, final, total_iters, warmup_iters):
 
 
 class WarmupCosineLR(torch.optim.lr_scheduler.LRScheduler):
-    """warmup_cosine_lr from each group's initial lr (the base value) to final_lr; stepped once per
-    iteration after optimizer.step() (the official loop's order: iteration 0 runs at lr 0)."""
+    """warmup_cosine_lr from the optimiser's lr (optimizer.defaults["lr"], the base value) to final_lr; a group
+    with its own initial lr follows that curve times its lr / the optimiser's, so it ends at its lr x final_lr /
+    lr (the one official group is unchanged: its factor is exactly 1). Stepped once per iteration after
+    optimizer.step() (the official loop's order: iteration 0 runs at lr 0)."""
 
     def __init__(self, optimizer, final_lr, total_iters, warmup_iters, last_epoch=-1):
+        self.main_lr = optimizer.defaults["lr"]
+        if not self.main_lr > 0:
+            raise ValueError(f"warmup_cosine needs an optimiser lr above 0, got {self.main_lr}")
         self.final_lr, self.total_iters, self.warmup_iters = final_lr, total_iters, warmup_iters
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
-        return [warmup_cosine_lr(self.last_epoch, base, self.final_lr, self.total_iters, self.warmup_iters)
-                for base in self.base_lrs]
+        main = warmup_cosine_lr(self.last_epoch, self.main_lr, self.final_lr, self.total_iters, self.warmup_iters)
+        return [main * (base / self.main_lr) for base in self.base_lrs]
 
 
 class StableAdamW(torch.optim.Optimizer):
@@ -52,7 +60,7 @@ class StableAdamW(torch.optim.Optimizer):
     Note the clipped ratio is g / denom (the official code's), not Wortsman et al.'s g^2 / v."""
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-10, weight_decay=1e-4, amsgrad=True,
-                 clip_threshold=1.0):  # Dinomaly's settings (models/dinomaly.py: LR, ..., UPDATE_CLIP)
+                 clip_threshold=1.0):  # Dinomaly's settings (its preset in train_mvtec.py)
         if lr < 0 or eps < 0 or weight_decay < 0 or clip_threshold <= 0 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"invalid StableAdamW settings: lr {lr}, betas {betas}, eps {eps}, "
                              f"weight_decay {weight_decay}, clip_threshold {clip_threshold}")
@@ -97,15 +105,22 @@ class StableAdamW(torch.optim.Optimizer):
         return loss
 
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "stable_adamw": StableAdamW}
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "stable_adamw": StableAdamW,
+              "sgd": torch.optim.SGD}
 SCHEDULES = ("step", "warmup_cosine")
-OPTIMIZER_OPTIONS = ("optimizer", "lr", "betas", "weight_decay", "adam_eps", "amsgrad", "lr_drop_at", "lr_drop_gamma",
-                     "lr_schedule", "warmup_iters", "final_lr")
+
+
+def _settings(cfg):
+    """The constructor's keyword arguments: SGD's momentum, the Adam family's betas, eps and amsgrad."""
+    if cfg.optimizer == "sgd":
+        return dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
+                amsgrad=bool(cfg.amsgrad))
 
 
 def build_optimizer(param_groups, cfg, total_iters):
-    """(optimizer, scheduler or None) over param_groups from cfg's OPTIMIZER_OPTIONS (a namespace without
-    lr_schedule, as older callers build, means "step")."""
+    """(optimizer, scheduler or None) over param_groups from cfg's optimiser options (the module docstring;
+    optimizer_settings lists them; a namespace without lr_schedule, as older callers build, means "step")."""
     if cfg.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
     schedule = getattr(cfg, "lr_schedule", "step")
@@ -114,8 +129,7 @@ def build_optimizer(param_groups, cfg, total_iters):
     if schedule == "warmup_cosine" and cfg.lr_drop_at:
         raise ValueError(f"lr_schedule warmup_cosine replaces the step drop: lr_drop_at must be 0, "
                          f"got {cfg.lr_drop_at}")
-    optimizer = OPTIMIZERS[cfg.optimizer](param_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps,
-                                          weight_decay=cfg.weight_decay, amsgrad=bool(cfg.amsgrad))
+    optimizer = OPTIMIZERS[cfg.optimizer](param_groups, **_settings(cfg))
     if schedule == "warmup_cosine":
         return optimizer, WarmupCosineLR(optimizer, cfg.final_lr, total_iters, cfg.warmup_iters)
     if not cfg.lr_drop_at:
@@ -125,9 +139,11 @@ def build_optimizer(param_groups, cfg, total_iters):
 
 
 def optimizer_settings(lr, weight_decay, optimizer="adamw", betas=(0.9, 0.999), adam_eps=1e-8, amsgrad=True,
-                       lr_drop_at=0.0, lr_drop_gamma=0.2, lr_schedule="step", warmup_iters=100, final_lr=2e-4):
-    """The OPTIMIZER_OPTIONS as a namespace, for code that builds a model's optimiser without a script's
-    configuration (tests, benchmarks); the defaults are NoCo's AdamW with amsgrad and no schedule."""
+                       momentum=0.0, lr_drop_at=0.0, lr_drop_gamma=0.2, lr_schedule="step", warmup_iters=100,
+                       final_lr=2e-4):
+    """build_optimizer's options as a namespace, for code that builds an optimiser without a script's
+    configuration (the CADA heads, tests, benchmarks); the defaults are NoCo's AdamW with amsgrad and no
+    schedule. `momentum` is SGD's; betas, adam_eps and amsgrad the Adam family's."""
     return SimpleNamespace(optimizer=optimizer, lr=lr, betas=betas, weight_decay=weight_decay, adam_eps=adam_eps,
-                           amsgrad=amsgrad, lr_drop_at=lr_drop_at, lr_drop_gamma=lr_drop_gamma,
+                           amsgrad=amsgrad, momentum=momentum, lr_drop_at=lr_drop_at, lr_drop_gamma=lr_drop_gamma,
                            lr_schedule=lr_schedule, warmup_iters=warmup_iters, final_lr=final_lr)

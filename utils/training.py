@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from utils import distributed
 from utils.features import shuffled_batches
 from utils.results import read_partial_rows
 
@@ -36,9 +37,11 @@ def batch_stream(source, generator, device, drop_last=False, start=0):
 def fit(model, batches, optimizer, scheduler, total_iters, start=0, loss_of=None, grad_clip=0.0, autocast=None,
         after_step=None, desc="train", show=True):
     """The one training loop of every model and alignment head: steps start..total_iters-1 of loss,
-    backward, gradient clipping (grad_clip > 0), optimiser step and schedule step.
+    backward, gradient clipping (grad_clip > 0: torch.nn.utils.clip_grad_norm_ over all of model's
+    parameters), optimiser step and schedule step, in train mode; returns the model in eval mode.
 
-    batches    an iterator of batches (batch_stream, or this process's slices of it under torchrun)
+    batches    an iterator of batches that starts at batch `start` (batch_stream(..., start=start), or this
+               process's slices of it under torchrun); total_iters - start batches are drawn
     loss_of    the loss function (default model.loss; DistributedDataParallel's wrapper under torchrun)
     autocast   a device type ("cuda") to run the loss under bf16 autocast, or None for float32
     after_step called with the number of finished iterations after each step (training snapshots)
@@ -94,7 +97,7 @@ def fingerprint(config, ignore):
     return hashlib.sha256(json.dumps(kept, default=str, sort_keys=True).encode()).hexdigest()[:12]
 
 
-CHECKPOINT_KEYS = ("model", "training_config", "fingerprint")  # what train_mvtec.py's trained() saves
+CHECKPOINT_KEYS = ("model", "training_config", "fingerprint")  # what Trainer saves
 SNAPSHOT_KEYS = ("model", "optimizer", "scheduler", "iteration", "rng", "cuda_rng", "fingerprint")  # training_snapshot
 NOT_OPTIONS = {"training_data"}  # what a training configuration holds besides the options: data_fingerprint's hash
 KINDS = {"checkpoint": ("a model checkpoint", CHECKPOINT_KEYS), "snapshot": ("a training snapshot", SNAPSHOT_KEYS)}
@@ -255,7 +258,6 @@ class Trainer:
         if state is not None:
             model.load_state_dict(state["model"])
             return model.eval()
-        from utils import distributed  # it imports the evaluation (and so the models); the models import this module
         source, generator = batches(), torch.Generator().manual_seed(self.seed)
         if before_training is not None:
             before_training(model, source, generator, self.device)
