@@ -44,7 +44,8 @@ from utils.evaluation import (add_alarm_rates, alignment_statistics, collect_map
                               held_out_thresholds)
 from utils.results import RunFolder, model_rows, new_run_path, resumed_config, write_table
 from utils.thresholds import hold_out, save_thresholds
-from utils.training import ImageBatches, Trainer, check_saved_files, data_fingerprint, iterations
+from utils.training import (ImageBatches, Trainer, check_batches, check_saved_files, class_data_fingerprint,
+                            data_fingerprint, iterations)
 
 # -----------------------------------------------------------------------------
 method = "noco"              # noco | revdist | recontrast | uniad | dinomaly
@@ -254,10 +255,18 @@ for path, *_ in (sample for part in held_out.values() for sample in part.samples
 cfg.data_path, cfg.classes = str(root), tuple(class_names)  # config.json records what ran
 separate = cfg.setting == "separate"
 drop_last = not separate  # the multi-class reference drops the last short batch; NoCo and RD4AD keep it
+train_sizes = {c: len(train_sets[c]) for c in class_names} if separate else {
+    "the union of the classes": sum(len(part) for part in train_sets.values())}
+if cfg.epochs if separate else cfg.iters:  # refused now, not mid-run after a long training
+    check_batches(train_sizes, cfg.batch_size, "batch_size", drop_last, world)
+if cfg.cada_iters and any(kind in cada.TRAINED for kind in cfg.align):  # heads drop the short batch, as the base
+    check_batches(train_sizes, cfg.cada_batch_size, "cada_batch_size", True, world)
 loader = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers)
 run = RunFolder(distributed.agreed(cfg.resume or new_run_path(cfg.out_dir, "train_mvtec", run_name, cfg.method,
                                                               cfg.setting), world),
                 vars(cfg), device, started, resume=bool(cfg.resume), writer=rank == 0, processes=world)
+class_data = {c: class_data_fingerprint([train_sets[c], held_out[c], test_sets[c]]) for c in class_names}
+run.check_finished_data(class_data)  # --resume: a finished class whose images changed is refused
 train = Trainer(run, cfg.resume, cfg.checkpoint, cfg.seed, device, rank, world, cfg.checkpoint_every,
                 cfg.save_checkpoints, amp=cfg.amp and device.type == "cuda")
 
@@ -357,7 +366,7 @@ for group_name, group in groups:
                     alignment = train(alignment, f"{model_name}_{kind}", {**training_config, "align": kind},
                                       NOT_TRAINING | not_in_fingerprint(method),
                                       lambda: CachedBatches(head_table, cfg.cada_batch_size), cfg.cada_iters, cfg,
-                                      base=False)
+                                      base=False, drop_last=True, batch_option="cada_batch_size")
             # evaluate the last checkpoint ------------------------------------------------
             per_class, pooled, kept = evaluate(tested, cfg, alignment, pooled=not separate, keep=shown)
             threshold = None  # from the held-out normal images only, through the same path as the test set
@@ -379,7 +388,7 @@ for group_name, group in groups:
             write_table(pd.DataFrame(alignment_rows), run.path / "alignment_stats.csv", float_format="%.6g")
         if record is not None and rank == 0:
             report.save_record(run.path, model_name, record)
-        run.add_rows(rows)
+        run.add_rows(rows, class_data)
 
 # write the table (and with --plots the figures and report.md) ---------------------------
 csv_path = run.finish(norms=cfg.target_norm)

@@ -10,9 +10,13 @@ A mask marks exactly the pixels that differ from the clean tile (0/255 PNG).
 Everything is drawn from `numpy.random.default_rng([seed, crc32(class)])`, so the same
 parameters give byte-identical files, and a class's images do not depend on the other classes.
 """
+import fcntl
 import json
+import os
 import shutil
+import tempfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -166,8 +170,11 @@ def make_demo(root, seed=0, image_size=128, n_train=24, n_test_good=8, n_test_de
               classes=("brick", "grass", "gravel")):
     """Write the demo set under `root` (MVTec layout) and return `root`.
 
-    Idempotent: if `root/demo.json` records the same parameters nothing is done; otherwise the
-    demo's class folders are removed and everything is regenerated (the marker is written last).
+    Idempotent: if `root/demo.json` records the same parameters nothing is done. Otherwise the set is
+    written to a temporary folder beside `root` and then renamed into place (an older set's class
+    folders replaced, the marker last), under an exclusive lock on `.<root name>.lock` beside it: runs
+    started together never read a half-written image; the first writes, the others wait and use its
+    set. A killed run leaves no half-written set (the OS releases its lock).
     """
     root = Path(root)
     classes = list(classes)
@@ -181,22 +188,65 @@ def make_demo(root, seed=0, image_size=128, n_train=24, n_test_good=8, n_test_de
             raise ValueError(f"{name} must be at least 1, got {count}")
     parameters = {"version": GENERATOR_VERSION, "seed": seed, "image_size": image_size, "n_train": n_train,
                   "n_test_good": n_test_good, "n_test_defect": n_test_defect, "classes": classes}
-    marker = root / MARKER_NAME
-    try:
-        if json.loads(marker.read_text()) == parameters:
-            return root
-    except (OSError, ValueError):
-        pass
-    marker.unlink(missing_ok=True)
-    for name in TEXTURES:  # every folder this function may have written, also by an earlier call
-        shutil.rmtree(root / name, ignore_errors=True)
-    for class_name in classes:
-        for item in generate_demo_class(class_name, seed, image_size, n_train, n_test_good, n_test_defect):
-            _save_png(item.image, root / item.path)
-            if item.mask is not None:
-                _save_png(item.mask.astype(np.uint8) * 255, root / item.mask_path)
-    marker.write_text(json.dumps(parameters, indent=1))
+    if _is_complete(root, parameters):
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(root.parent / f".{root.name}.lock"):  # runs started together: one writes, the others wait
+        if _is_complete(root, parameters):
+            return root  # another run wrote it meanwhile
+        building = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.", suffix=".tmp"))
+        try:
+            os.chmod(building, 0o777 & ~_umask())  # mkdtemp's 0700 would become the data folder's
+            for class_name in classes:
+                for item in generate_demo_class(class_name, seed, image_size, n_train, n_test_good, n_test_defect):
+                    _save_png(item.image, building / item.path)
+                    if item.mask is not None:
+                        _save_png(item.mask.astype(np.uint8) * 255, building / item.mask_path)
+            (building / MARKER_NAME).write_text(json.dumps(parameters, indent=1))
+            _put_in_place(building, root)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
     return root
+
+
+def _is_complete(root, parameters):
+    try:
+        return json.loads((root / MARKER_NAME).read_text()) == parameters
+    except (OSError, ValueError):
+        return False
+
+
+@contextmanager
+def _locked(path):
+    """An exclusive flock on `path` (released by the OS if the process dies)."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _put_in_place(building, root):
+    """Move the complete set in `building` to `root`: one rename when `root` is new; otherwise the marker goes
+    first, the demo's class folders (of any earlier call) are replaced, and the new marker comes last."""
+    try:
+        os.rename(building, root)
+        return
+    except OSError:  # root exists (an older set, or a folder of the user's)
+        pass
+    (root / MARKER_NAME).unlink(missing_ok=True)
+    for name in TEXTURES:
+        shutil.rmtree(root / name, ignore_errors=True)
+        if (building / name).is_dir():
+            os.rename(building / name, root / name)
+    os.replace(building / MARKER_NAME, root / MARKER_NAME)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _save_png(array, path):

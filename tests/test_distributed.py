@@ -13,6 +13,7 @@ import torch
 from tests.test_scripts import REPO, SMALL, results_path, run_script
 from utils import distributed
 from utils.evaluation import ClassMaps
+from utils.training import check_batches
 
 ARGS = ["--dataset", "demo", "--setting", "unified", "--classes", "brick,grass", "--image_size", "64", "--iters", "4",
         "--batch_size", "8", *SMALL]  # NoCo: no BatchNorm, so two processes must equal one exactly (to rounding)
@@ -60,6 +61,60 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path):
     root_cause = done.stderr.split("Root Cause")[1]  # torchrun's own report names our line, not its docs
     assert "traceback : error: --batch_size 7: it must split evenly" in root_cause, done.stderr[-2000:]
     assert not (tmp_path / "out").exists()
+
+
+def torchrun(args, out_dir):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(REPO / "train_mvtec.py"), *args, "--out_dir", str(out_dir)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+
+
+def our_lines(stderr):
+    return [line.removeprefix("[rank0]: ") for line in stderr.splitlines()
+            if line.removeprefix("[rank0]: ").startswith("error: ")]
+
+
+@pytest.mark.slow
+def test_an_alignment_head_trains_over_two_processes_when_the_set_leaves_a_short_batch(tmp_path):
+    """63 training images (three demo classes of 21): batches of 8 leave one of 7, which the base drops; the
+    head dropped it too late before: `--batch_size 7 does not split over 2 processes` after the base."""
+    args = ["--dataset", "demo", "--setting", "unified", "--image_size", "64", "--iters", "2", "--batch_size", "8",
+            "--align", "none,cada", "--cada_iters", "9", "--cada_batch_size", "8", "--val_fraction", "0.1",
+            "--data_path", str(tmp_path / "demo"), *SMALL]
+    done = torchrun(args, tmp_path / "two")
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = pd.read_csv(results_path(done))
+    assert table["align"].tolist() == ["none"] * 5 + ["cada"] * 5  # 3 classes, mean, mixed: a block each
+    assert table["I-AUROC"].notna().all()
+    run_dir = results_path(done).parent
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["unified.pt", "unified_cada.pt"]
+
+
+@pytest.mark.slow
+def test_a_separate_run_whose_last_short_batch_does_not_split_is_refused_before_any_work(tmp_path):
+    """NoCo keeps the last short batch: brick's 21 training images in batches of 8 end in one of 5."""
+    args = ["--dataset", "demo", "--classes", "brick", "--image_size", "64", "--epochs", "1", "--batch_size", "8",
+            "--data_path", str(tmp_path / "demo"), *SMALL]
+    done = torchrun(args, tmp_path / "out")
+    assert done.returncode != 0
+    assert our_lines(done.stderr) == [
+        "error: --batch_size 8: brick's 21 training images end in a short batch of 5, which does not split over 2 "
+        "processes (the separate setting keeps it, as NoCo and RD4AD do, and no --batch_size splits it: 21 is not a "
+        "multiple of 2); run it on one process"]
+    assert "brick train" not in done.stderr and not (tmp_path / "out").exists()  # no training began
+
+
+def test_batch_sizes_that_would_fail_mid_run_are_refused_naming_the_option():
+    check_batches({"brick": 20, "grass": 21}, 8, "batch_size", False, world=1)  # one process takes any batch
+    check_batches({"the union of the classes": 63}, 8, "cada_batch_size", True, world=2)  # the 7 are dropped
+    with pytest.raises(ValueError, match=r"^--batch_size 8: grass's 21 training images end in a short batch of 5"):
+        check_batches({"brick": 20, "grass": 21}, 8, "batch_size", False, world=2)
+    check_batches({"brick": 20, "grass": 28}, 8, "batch_size", False, world=4)  # short batches of 4: one row each
+    with pytest.raises(ValueError, match=r"^--cada_batch_size 16: the union of the classes has 15 training images, "
+                                         r"not one full batch \(the last short batch is dropped\); lower "
+                                         r"--cada_batch_size$"):
+        check_batches({"the union of the classes": 15}, 16, "cada_batch_size", True)
 
 
 @pytest.mark.slow

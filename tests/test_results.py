@@ -38,6 +38,9 @@ def test_run_folder_appears_with_the_first_result_keeps_partial_rows_and_finishe
     assert meta["status"] == "partial" and meta["config"] == {"lr": 1e-4}
     assert read_run_config(path) == {"lr": 1e-4}
 
+    with pytest.raises(ValueError, match=r"that run is still in progress \(pid \d+ on .+ holds its run.lock\)"):
+        RunFolder(path, {"lr": 1e-4}, "cpu", started=0.0, resume=True)
+    del run  # the interrupted run's process ends: the OS releases its lock
     resumed = RunFolder(path, {"lr": 1e-4}, "cpu", started=0.0, resume=True)
     assert resumed.finished("a") and not resumed.finished("b")
     resumed.add_rows([metrics_row("b", metrics(0.8), model="b")])

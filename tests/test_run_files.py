@@ -3,10 +3,13 @@
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +18,8 @@ import torch
 
 from utils import results
 from utils.results import PARTIAL_NAME, RunFolder, metrics_row, new_run_path, read_run_config, save_checkpoint
-from utils.training import check_saved_files, fingerprint, restore_snapshot, saved_state, training_snapshot
+from utils.training import (check_saved_files, class_data_fingerprint, fingerprint, restore_snapshot, saved_state,
+                            training_snapshot)
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = {"method": "noco", "lr": 1e-3, "classes": ("brick",), "out_dir": "results"}
@@ -168,7 +172,7 @@ def refused(call, path):
     return message
 
 
-def test_a_snapshot_round_trips_with_weights_only_and_resumes_to_the_same_numbers(tmp_path):
+def test_a_snapshot_round_trips_with_weights_only_and_resumes_to_the_same_numbers(tmp_path, capsys):
     model, optimizer, scheduler = fresh_training()
     train_steps(model, optimizer, scheduler, 8)  # the milestone at step 4 lies after the snapshot
     whole = model.state_dict()
@@ -186,6 +190,8 @@ def test_a_snapshot_round_trips_with_weights_only_and_resumes_to_the_same_number
     assert all(torch.equal(whole[k], v) for k, v in model.state_dict().items())
     assert scheduler.get_last_lr() == [pytest.approx(0.01)]
     assert restore_snapshot(snapshot, "other fingerprint", *fresh_training()) == 0
+    assert capsys.readouterr().out == (f"--resume {tmp_path / 'run'}: checkpoints/unified.train.pt: saved while "
+                                       "training with other options or data; training starts again\n")
 
 
 @pytest.mark.parametrize("how", ["text", "random", "half", "module"])
@@ -267,3 +273,119 @@ def test_a_damaged_config_json_is_refused_in_one_line(tmp_path, text):
         path.write_text(text)
     message = refused(lambda: read_run_config(tmp_path / "run"), path)
     assert message.startswith(f"--resume {tmp_path / 'run'}: config.json")
+
+
+# --- a run in progress, and a resume on changed data -------------------------------------------------
+
+def test_a_run_in_progress_holds_its_folder_and_a_second_resume_is_refused_in_one_line(tmp_path):
+    running = RunFolder(tmp_path / "run", CONFIG, "cpu", 0.0)
+    running.add_rows([row("brick", 0.9)])
+    message = refused(lambda: RunFolder(tmp_path / "run", CONFIG, "cpu", 0.0, resume=True), tmp_path / "run")
+    assert message == (f"--resume {tmp_path / 'run'}: that run is still in progress (pid {os.getpid()} on "
+                       f"{socket.gethostname()} holds its run.lock); resume it once that process has ended")
+    assert RunFolder(tmp_path / "run", CONFIG, "cpu", 0.0, resume=True, writer=False).finished("brick")  # torchrun
+    resumed = RunFolder(tmp_path / "run", CONFIG, "cpu", 0.0, resume=True, writer=False)  # rank > 0: no lock taken
+    running.finish()  # the lock goes with the run: a resume now finds it complete
+    assert not (tmp_path / "run" / "run.lock").exists() and resumed.rows
+    with pytest.raises(ValueError, match="that run is complete"):
+        RunFolder(tmp_path / "run", CONFIG, "cpu", 0.0, resume=True)
+
+
+def test_a_killed_run_leaves_no_stuck_lock(tmp_path):
+    holder = ("import sys, time; from utils.results import RunFolder, metrics_row; "
+              "run = RunFolder(sys.argv[1], {}, 'cpu', 0.0); run.add_rows([metrics_row('brick', {'I-AUROC': 0.9}, "
+              "model='brick')]); print('ready', flush=True); time.sleep(300)")
+    process = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path / "run")], cwd=REPO, text=True,
+                               stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        assert f"pid {process.pid} on" in refused(lambda: RunFolder(tmp_path / "run", {}, "cpu", 0.0, resume=True),
+                                                  tmp_path / "run")
+    finally:
+        process.kill()  # SIGKILL: no handler runs; the lock file stays, its lock goes
+        process.wait(timeout=60)
+    assert (tmp_path / "run" / "run.lock").read_text().startswith(f"pid {process.pid} ")
+    resumed = RunFolder(tmp_path / "run", {}, "cpu", 0.0, resume=True)
+    assert resumed.finished("brick")
+    assert (tmp_path / "run" / "run.lock").read_text() == f"pid {os.getpid()} on {socket.gethostname()}\n"
+
+
+def test_resume_refuses_a_finished_class_whose_images_changed(tmp_path, capsys):
+    running = RunFolder(tmp_path / "run", CONFIG, "cpu", 0.0)
+    running.add_rows([row("brick", 0.9), row("grass", 0.8)], {"brick": "1234567890e1", "grass": "00aa"})
+    del running
+    resumed = RunFolder(tmp_path / "run", CONFIG, "cpu", 0.0, resume=True)
+    assert [r["data"] for r in resumed.rows] == ["1234567890e1", "00aa"]  # read back as text, not a number
+    resumed.check_finished_data({"brick": "1234567890e1", "grass": "00aa", "gravel": "ffff"})  # the same data
+    message = refused(lambda: resumed.check_finished_data({"brick": "1234567890e1", "grass": "00ab"}),
+                      tmp_path / "run")
+    assert message == (f"--resume {tmp_path / 'run'}: the images of grass changed since its row was computed "
+                       "(files added, removed or resized); start a new run for the changed data")
+    assert "data" not in pd.read_csv(resumed.finish()).columns  # the final table leaves the fingerprints out
+    older = RunFolder(tmp_path / "old", CONFIG, "cpu", 0.0)
+    older.add_rows([row("brick", 0.9)])  # a table of an older version: no fingerprint
+    del older
+    RunFolder(tmp_path / "old", CONFIG, "cpu", 0.0, resume=True).check_finished_data({"brick": "1234"})
+    assert "records no fingerprint of the data (an older version)" in capsys.readouterr().out
+
+
+def test_the_class_fingerprint_follows_every_image_and_mask_of_the_class(tmp_path):
+    from datasets.demo import make_demo
+    from datasets.mvtec import MVTecDataset
+    root = make_demo(tmp_path / "demo", image_size=32, n_train=4, n_test_good=2, n_test_defect=3, classes=("brick",))
+
+    def fingerprint_now():
+        return class_data_fingerprint([MVTecDataset(root, "brick", split, 32, 0) for split in ("train", "test")])
+
+    first = fingerprint_now()
+    assert fingerprint_now() == first
+    for change in (lambda: (root / "brick/train/good/003.png").unlink(),
+                   lambda: (root / "brick/test/good/001.png").unlink(),
+                   lambda: (root / "brick/ground_truth/scratch/000_mask.png").write_bytes(b"\0" * 10),
+                   lambda: [((root / f"brick/{folder}/crack").mkdir(),  # the same files in another defect type
+                             (root / f"brick/{folder}/blob/000{end}").rename(root / f"brick/{folder}/crack/000{end}"))
+                            for folder, end in (("test", ".png"), ("ground_truth", "_mask.png"))]):
+        before = fingerprint_now()
+        change()
+        assert fingerprint_now() != before
+
+
+@pytest.mark.slow
+def test_a_second_resume_of_a_running_run_and_a_resume_on_changed_data_are_refused_before_any_work(tmp_path):
+    from datasets.demo import make_demo
+    demo = make_demo(tmp_path / "demo")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("TRACEBACK", None)
+    args = ["--dataset", "demo", "--data_path", str(demo), "--image_size", "64", "--epochs", "4", "--weights", "none",
+            "--backbone", "resnet18", "--device", "cpu", "--num_workers", "0", "--out_dir", str(tmp_path / "out")]
+    running = subprocess.Popen([sys.executable, str(REPO / "train_mvtec.py"), *args], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def resume(run_dir):
+        return subprocess.run([sys.executable, str(REPO / "train_mvtec.py"), "--resume", str(run_dir)], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=300)
+
+    try:
+        deadline = time.time() + 240
+        while not list((tmp_path / "out").glob("*/results.partial.csv")) and time.time() < deadline:
+            time.sleep(0.05)
+        running.send_signal(signal.SIGSTOP)  # the first class is finished; the run, paused, is still in progress
+        (run_dir,) = (tmp_path / "out").iterdir()
+        second = resume(run_dir)
+        assert second.returncode == 1 and second.stderr.splitlines() == [
+            f"error: --resume {run_dir}: that run is still in progress (pid {running.pid} on {socket.gethostname()} "
+            "holds its run.lock); resume it once that process has ended", "(set TRACEBACK=1 for the traceback)"]
+    finally:
+        running.send_signal(signal.SIGCONT)
+        running.send_signal(signal.SIGINT)  # interrupted: the finished classes stay
+        running.communicate(timeout=120)
+    before = (run_dir / PARTIAL_NAME).read_text()
+    finished = pd.read_csv(run_dir / PARTIAL_NAME)["class"].tolist()[0]
+    for path in [*sorted((demo / finished / "train" / "good").iterdir())[:10],
+                 *sorted((demo / finished / "test" / "good").iterdir())[:2]]:
+        path.unlink()  # ten training and two test images of the finished class removed
+    changed = resume(run_dir)
+    assert changed.returncode == 1 and changed.stderr.splitlines()[0] == (
+        f"error: --resume {run_dir}: the images of {finished} changed since its row was computed (files added, "
+        "removed or resized); start a new run for the changed data"), changed.stderr[-2000:]
+    assert (run_dir / PARTIAL_NAME).read_text() == before and not (run_dir / "results.csv").exists()  # no work

@@ -67,11 +67,12 @@ def parallel_loss(model, device):
     return wrapped
 
 
-def local_slice(batch, rank, world):
-    """This process's rows of a global batch: a contiguous block of len / world."""
+def local_slice(batch, rank, world, option="batch_size"):
+    """This process's rows of a global batch: a contiguous block of len / world. `option` names the batch
+    size in the message (train_mvtec.py refuses a batch that would not split before any work)."""
     n = len(next(iter(batch.values())))
     if n % world:
-        raise ValueError(f"--batch_size {n} does not split over {world} processes")
+        raise ValueError(f"--{option}: a batch of {n} does not split over {world} processes")
     size = n // world
     return {k: v[rank * size:(rank + 1) * size] for k, v in batch.items()}
 

@@ -12,15 +12,21 @@ false-alarm rate and recall at the threshold set on held-out normal images (empt
 
 `RunFolder` is one run's folder. It is created only when the first result is ready, by exclusive
 creation under a name no concurrent run holds (see RunFolder.path); after each model the rows so far
-go to `results.partial.csv` (atomically, full precision), so a killed run keeps every finished class
-and `--resume <run folder>` continues with the missing ones; `finish` writes the final tables and
-removes the partial file. A damaged config.json or partial table is refused in one line (ValueError).
+go to `results.partial.csv` (atomically, full precision, each class's row with a fingerprint of the
+images it was computed on), so a killed run keeps every finished class and `--resume <run folder>`
+continues with the missing ones; `finish` writes the final tables and removes the partial file. A
+damaged config.json or partial table is refused in one line (ValueError). While a run works on its
+folder it holds an flock on `run.lock` there (the OS releases it when the process ends, even killed),
+and a `--resume` of a run still in progress is refused.
 """
 import datetime
+import fcntl
 import io
 import json
+import os
 import platform
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -37,6 +43,7 @@ METRIC_COLUMNS = TABLE_COLUMNS[2:]
 THRESHOLD_COLUMNS = ["FAR@thr", "recall@thr"]  # train_mvtec.py: the test set's rates at the held-out threshold
 PARTIAL_NAME = "results.partial.csv"
 POOLED_ROWS = ("mixed", "ideal")  # a unified model's absolute-unified rows: pooled, and its perfect-alignment reference
+LOCK_NAME = "run.lock"
 
 
 def save_checkpoint(state, path):
@@ -204,7 +211,7 @@ def read_partial_rows(run_dir):
 
     try:
         text = path.read_text()
-        table = pd.read_csv(io.StringIO(text), dtype={"class": str})
+        table = pd.read_csv(io.StringIO(text), dtype={"class": str, "data": str})  # a hash of digits stays text
     except (OSError, ValueError) as error:  # ValueError: the CSV parser's errors, and bytes that are not UTF-8
         raise refused(f"not a CSV table: {type(error).__name__}") from None
     if not text.endswith("\n"):  # atomic_write puts it whole, and a CSV ends with a line break
@@ -218,15 +225,36 @@ def read_partial_rows(run_dir):
     return [{k: (None if pd.isna(v) else v) for k, v in row.items()} for row in table.to_dict("records")]
 
 
+def _lock_run(folder):
+    """Hold an exclusive flock on <folder>/run.lock for as long as the returned file stays open (the process's
+    life); it records this process's pid and host. Held by a live process: refused in one line."""
+    handle = open(Path(folder) / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ValueError(f"--resume {folder}: that run is still in progress ({holder} holds its {LOCK_NAME}); "
+                         "resume it once that process has ended") from None
+    handle.truncate(0)
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle
+
+
 class RunFolder:
     """One run's folder: checkpoints, partial and final tables, config.json (see the module docstring).
     `path` is the wanted folder (new_run_path) or, with resume, the existing one; writer False: another
-    process writes (torchrun), this one never creates or writes anything."""
+    process writes (torchrun), this one never creates, locks or writes anything."""
 
     def __init__(self, path, config, device, started, resume=False, writer=True, processes=1):
         self._path, self._final = Path(path), resume or not writer
         self.writer, self.config, self.device, self.started = writer, config, device, started
-        self.processes = processes
+        self.processes, self._lock = processes, None
+        if resume and writer:
+            self._lock = _lock_run(self._path)
+            read_run_config(self._path)  # under the lock: a run that completed meanwhile is refused
         self.rows = read_partial_rows(self._path) if resume else []
 
     @property
@@ -235,7 +263,22 @@ class RunFolder:
         taken the wanted name, it is <name>_2 (and so on), so read the path only when about to use it."""
         if not self._final:
             self._path, self._final = _create_new_folder(self._path), True
+            self._lock = _lock_run(self._path)  # a new folder: no other run can hold it
         return self._path
+
+    def check_finished_data(self, data):
+        """--resume: refuse (one line) when a class already in the table was computed on other images than
+        it has now (`data`: {class: fingerprint}, see add_rows); its row would sit beside rows of the new
+        data. A table of an older version records no fingerprint: that is said, not checked."""
+        changed = sorted({row["class"] for row in self.rows
+                          if row.get("data") is not None and data.get(row["class"], row["data"]) != row["data"]})
+        if changed:
+            raise ValueError(f"--resume {self._path}: the images of {', '.join(changed)} changed since "
+                             f"{'its' if len(changed) == 1 else 'their'} row was computed (files added, removed "
+                             "or resized); start a new run for the changed data")
+        if any(row.get("data") is None and row["class"] in data for row in self.rows):
+            print(f"--resume {self._path}: its table records no fingerprint of the data (an older version): "
+                  "the finished classes are not checked against the images")
 
     def finished(self, name):
         """Whether rows for the model `name` are already there."""
@@ -261,9 +304,11 @@ class RunFolder:
             self._write_config("partial")
         return save_checkpoint(state, self.path / "checkpoints" / f"{name}.pt")
 
-    def add_rows(self, rows):
-        """Keep the rows of one finished model and write the table so far (results.partial.csv)."""
-        self.rows += rows
+    def add_rows(self, rows, data=None):
+        """Keep the rows of one finished model and write the table so far (results.partial.csv). `data`
+        ({class: fingerprint of every image the row is computed on}) is recorded in each class's row, for
+        check_finished_data; the final table leaves it out."""
+        self.rows += [{**row, "data": data.get(row["class"])} for row in rows] if data else rows
         if not self.writer:
             return
         write_table(pd.DataFrame(self.rows), self.path / PARTIAL_NAME, float_format=None)
@@ -288,4 +333,8 @@ class RunFolder:
             csv_path = write_table(study, self.path / "norm_study.csv")
         self._write_config("complete", results=csv_path.name)
         (self.path / PARTIAL_NAME).unlink(missing_ok=True)
+        if self._lock is not None:  # a --resume waiting for it now finds the run complete
+            (self.path / LOCK_NAME).unlink(missing_ok=True)
+            self._lock.close()
+            self._lock = None
         return csv_path

@@ -16,15 +16,16 @@ from utils.features import shuffled_batches
 from utils.results import read_partial_rows
 
 
-def batch_stream(source, generator, device, drop_last=False, start=0):
+def batch_stream(source, generator, device, drop_last=False, start=0, option="batch_size"):
     """Batches from `source` (CachedBatches, EncodedBatches or ImageBatches), epoch after epoch,
     each epoch in a new random order drawn from `generator`. With drop_last, short batches are skipped.
     The first `start` batches are passed over without being loaded: the stream a run resumed at
-    iteration `start` continues with is the one it would have drawn."""
+    iteration `start` continues with is the one it would have drawn. `option` names the batch size in
+    messages."""
     per_epoch = len(source) // source.batch_size if drop_last else -(-len(source) // source.batch_size)
     if per_epoch == 0:
-        raise ValueError(f"no full batch of {source.batch_size} in {len(source)} training images: "
-                         "lower --batch_size")
+        raise ValueError(f"--{option} {source.batch_size}: no full batch in {len(source)} training images; "
+                         f"lower --{option}")
     while True:
         skip = min(start, per_epoch)
         start -= skip
@@ -64,6 +65,22 @@ def fit(model, batches, optimizer, scheduler, total_iters, start=0, loss_of=None
         if after_step is not None:
             after_step(it + 1)
     return model.eval()
+
+
+def check_batches(sizes, batch_size, option, drop_last, world=1):
+    """Refuse (ValueError, one line naming --`option`), before any work, a batch size that would fail
+    mid-run: `sizes` maps each training set's name to its number of images. With drop_last a set needs
+    one full batch; without it (the separate setting keeps the last short batch) under torchrun that
+    last batch must split evenly over the `world` processes too, as every other does."""
+    for name, n in sizes.items():
+        if drop_last and n < batch_size:
+            raise ValueError(f"--{option} {batch_size}: {name} has {n} training images, not one full batch "
+                             f"(the last short batch is dropped); lower --{option}")
+        if not drop_last and world > 1 and n % batch_size % world:  # n % b = n modulo world for every b it takes
+            raise ValueError(f"--{option} {batch_size}: {name}'s {n} training images end in a short batch of "
+                             f"{n % batch_size}, which does not split over {world} processes (the separate setting "
+                             f"keeps it, as NoCo and RD4AD do, and no --{option} splits it: {n} is not a multiple "
+                             f"of {world}); run it on one process")
 
 
 def iterations(setting, epochs, iters, n_images, batch_size, drop_last):
@@ -217,6 +234,8 @@ def restore_snapshot(path, model_fingerprint, model, optimizer, scheduler):
         return 0
     saved = load_our_file(path, _label("resume", path.parents[1], path), "snapshot")
     if saved["fingerprint"] != model_fingerprint:
+        print(f"{_label('resume', path.parents[1], path)}: saved while training with other options or data; "
+              "training starts again")
         return 0
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
@@ -237,6 +256,15 @@ def data_fingerprint(datasets):
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:12]
 
 
+def class_data_fingerprint(datasets):
+    """A short hash of every file one class's table row is computed from (its training, held-out and test
+    images and their masks): each file's name, the names of its two parent folders (split, defect type)
+    and its size. --resume compares it with the data it is given (RunFolder.check_finished_data)."""
+    files = sorted((*Path(file).parts[-3:], Path(file).stat().st_size)
+                   for dataset in datasets for image, _, mask in dataset.samples for file in (image, mask) if file)
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:12]
+
+
 class Trainer:
     """Trains a model (base or alignment head) by `fit`, or reuses the one saved under its name when it
     was trained exactly so (the run being resumed, then --checkpoint); saves training snapshots every
@@ -250,10 +278,11 @@ class Trainer:
         self.autocast = device.type if amp else None
 
     def __call__(self, model, name, training_config, ignore, batches, total_iters, cfg, base=True, drop_last=False,
-                 grad_clip=0.0, before_training=None):
+                 grad_clip=0.0, before_training=None, batch_option="batch_size"):
         """`batches` makes the training batches (called only when the model is trained, not reused);
         `cfg` goes to model.configure_optimizers. Alignment heads (base=False) train in float32, and a head
-        saved under other head options is trained again (a base model so saved is an error)."""
+        saved under other head options is trained again (a base model so saved is an error). `batch_option`
+        is the option that set the batch size, for messages."""
         state = saved_state(self.sources, name, training_config, ignore, must_match=base)
         if state is not None:
             model.load_state_dict(state["model"])
@@ -268,9 +297,9 @@ class Trainer:
         if resume and (start := restore_snapshot(Path(resume) / "checkpoints" / f"{snapshot_name}.pt", key,
                                                  model, optimizer, scheduler)):  # the RNG state too
             print(f"{name}: resuming training at iteration {start} of {total_iters}")
-        stream = batch_stream(source, generator, self.device, drop_last, start=start)
+        stream = batch_stream(source, generator, self.device, drop_last, start=start, option=batch_option)
         if self.world > 1:
-            stream = (distributed.local_slice(batch, self.rank, self.world) for batch in stream)
+            stream = (distributed.local_slice(batch, self.rank, self.world, batch_option) for batch in stream)
 
         def snapshot(done):
             if self.checkpoint_every and done % self.checkpoint_every == 0 and done < total_iters:
