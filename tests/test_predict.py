@@ -4,6 +4,7 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,7 +15,7 @@ from datasets.demo import make_demo
 from datasets.mvtec import MVTecDataset
 from tests.test_scripts import SMALL, results_path, run_script
 from utils.evaluation import ClassMaps, held_out_thresholds
-from utils.thresholds import hold_out, threshold_at
+from utils.thresholds import hold_out, threshold_at, threshold_entry, too_few
 from utils.training import data_fingerprint
 
 TINY = ["--dataset", "demo", "--image_size", "64", *SMALL]
@@ -60,10 +61,25 @@ def test_a_threshold_is_the_score_that_the_false_alarm_rate_of_held_out_normals_
     held = {"a": ClassMaps(torch.rand(5, 8, 8), torch.zeros(5), torch.zeros(5, 8, 8, dtype=torch.bool)),
             "b": ClassMaps(torch.rand(4, 8, 8) + 1, torch.zeros(4), torch.zeros(4, 8, 8, dtype=torch.bool))}
     cfg = SimpleNamespace(blur_sigma=0.0, blur_kernel=0, image_score="max", top_fraction=0.01)
-    image, pixel, n = held_out_thresholds(held, cfg, None, 0.01)
-    assert n == 9 and image == held["b"].maps.max().item()  # one threshold over every class
+    entry = held_out_thresholds(held, cfg, None, 0.01)
+    assert entry["held_out_images"] == 9 and entry["image"] == held["b"].maps.max().item()  # one over every class
     pixels = torch.cat([class_maps.maps.flatten() for class_maps in held.values()])
-    assert pixel == pixels.sort().values[-6].item()  # floor(1 % of 576) = 5 pixels above it
+    assert entry["pixel"] == pixels.sort().values[-6].item()  # floor(1 % of 576) = 5 pixels above it
+    # 9 < 1 / 0.01 images: the threshold is their maximum, and thresholds.json says so
+    assert (entry["image_rank"], entry["image_above"]) == (1, 0.0) and entry["image_quantile"].startswith(
+        "maximum of 9 images") and too_few(9, 0.01)
+    assert (entry["pixel_rank"], entry["pixel_above"]) == (6, 5 / 576)
+    assert entry["pixel_quantile"].startswith("6th highest of 576 pixels")
+
+
+def test_the_rank_a_threshold_reached_counts_the_scores_above_it_ties_included():
+    entry = threshold_entry(torch.arange(1.0, 301.0), torch.arange(1.0, 1001.0), 0.01)
+    assert (entry["image"], entry["image_rank"], entry["image_above"]) == (297.0, 4, 0.01)  # 3 of 300 above
+    assert entry["image_quantile"] == "4th highest of 300 images (1 % above it)" and not too_few(300, 0.01)
+    assert (entry["pixel"], entry["pixel_rank"], entry["pixel_above"]) == (990.0, 11, 0.01)
+    tied = threshold_entry(torch.tensor([1.0, 2.0, 2.0, 2.0]), torch.ones(4), 0.5)
+    assert (tied["image"], tied["image_rank"], tied["image_above"]) == (2.0, 3, 0.0)  # 3rd highest: a tie, none above
+    assert too_few(99, 0.01) and not too_few(100, 0.01) and too_few(9, 0.1) and not too_few(10, 0.1)
 
 
 @pytest.fixture(scope="module")
@@ -111,16 +127,34 @@ def test_predict_reports_a_corrupt_file_and_scores_the_others_with_maps(revdist_
     (folder / "b_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     grey16 = (np.arange(90 * 70).reshape(90, 70) * 10 % 65536).astype(np.uint16)
     Image.fromarray(grey16).save(folder / "c_grey16.png")
+    (folder / "d_notes.txt").write_text("a note left beside the images")
     done = predict("--run", str(revdist_run), str(folder), "--maps", "--out_dir", str(tmp_path / "out"),
                    "--device", "cpu", "--batch_size", "2")
-    assert "images per second" in done.stdout
+    assert "2 of 4 files scored" in done.stdout and "images per second" in done.stdout
+    assert "2 skipped (reasons in the skipped column): b_broken.png (cannot read image" in done.stdout
+    assert "; d_notes.txt (not an image file name: expected .png" in done.stdout
     table = pd.read_csv(results_path(done), keep_default_na=False)
-    assert [Path(p).name for p in table["path"]] == ["a_good.png", "b_broken.png", "c_grey16.png"]
-    assert table["error"][0] == table["error"][2] == "" and "b_broken.png" in table["error"][1]
-    assert table["score"][1] == "" and all(np.isfinite(float(table["calibrated_score"][i])) for i in (0, 2))
+    assert [Path(p).name for p in table["path"]] == ["a_good.png", "b_broken.png", "c_grey16.png", "d_notes.txt"]
+    assert table["skipped"][0] == table["skipped"][2] == "" and "b_broken.png" in table["skipped"][1]
+    assert table["skipped"][3].startswith("not an image file name")
+    assert table["score"][1] == table["score"][3] == ""
+    assert all(np.isfinite(float(table["calibrated_score"][i])) for i in (0, 2))
     assert sorted(p.name for p in (tmp_path / "out" / "maps").iterdir()) == [
         "00000_a_good_mask.png", "00000_a_good_overlay.png", "00002_c_grey16_mask.png", "00002_c_grey16_overlay.png"]
     assert Image.open(tmp_path / "out" / "maps" / "00002_c_grey16_mask.png").size == (64, 64)
+    # a second call: refused while the first one's outputs are there; --overwrite leaves none of its maps behind
+    again = predict("--run", str(revdist_run), str(folder / "c_grey16.png"), "--out_dir", str(tmp_path / "out"),
+                    "--device", "cpu", expect_ok=False)
+    assert again.returncode == 1 and "holds predictions.csv and 4 more files of an earlier predict.py call" in (
+        again.stderr) and "--overwrite" in again.stderr
+    again = predict("--run", str(revdist_run), str(folder / "c_grey16.png"), "--out_dir", str(tmp_path / "out"),
+                    "--device", "cpu", "--overwrite")
+    assert len(pd.read_csv(results_path(again))) == 1 and not (tmp_path / "out" / "maps").exists()
+    # every file skipped: one line, no pandas warning
+    nothing = predict("--run", str(revdist_run), str(folder / "b_broken.png"), str(folder / "d_notes.txt"),
+                      "--out_dir", str(tmp_path / "none"), "--device", "cpu")
+    assert "no file scored: all 2 skipped (reasons in the skipped column): b_broken.png" in nothing.stdout
+    assert "Warning" not in nothing.stderr and len(pd.read_csv(results_path(nothing))) == 2
 
 
 @pytest.mark.slow
@@ -234,10 +268,98 @@ def test_the_exported_classifier_alignment_picks_each_images_class_by_argmax(uni
     assert_onnx_gives_pytorch(onnx_path, scorer, images, trained.thresholds["image"])
 
 
-def test_a_folder_given_to_predict_yields_its_images_and_its_subfolders_images(tmp_path):
+def test_a_folder_given_to_predict_yields_its_images_and_its_subfolders_images_and_lists_other_files(tmp_path):
+    from utils.config import ConfigError
     from utils.inference import image_files
-    for relative in ("top.png", "good/000.png", "scratch/000.png", "scratch/notes.txt"):
+    for relative in ("top.png", "good/000.png", "scratch/000.PNG", "scratch/notes.txt", "text/only.txt"):
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relative).write_bytes(b"x")
-    found = [str(p.relative_to(tmp_path)) for p in image_files([tmp_path])]
-    assert found == ["top.png", "good/000.png", "scratch/000.png"]  # an MVTec test/ folder: one folder per defect
+    files, skipped = image_files([tmp_path / "good", tmp_path / "scratch", tmp_path / "top.png"])
+    # an MVTec test/ folder: one folder per defect; a folder's file of another name is listed, with its reason
+    assert [str(p.relative_to(tmp_path)) for p in files] == ["good/000.png", "scratch/000.PNG", "scratch/notes.txt",
+                                                             "top.png"]
+    assert list(skipped) == [2] and skipped[2].startswith("not an image file name: expected .png")
+    assert image_files([tmp_path / "text" / "only.txt"]) == ([tmp_path / "text" / "only.txt"], {})  # given by name
+    with pytest.raises(ConfigError, match="no image to score in .*text: .* \\(1 file there, none named as an image\\)"):
+        image_files([tmp_path / "text"])
+
+
+def test_the_readme_recipe_for_the_onnx_input_gives_predicts_own_input(tmp_path):
+    """README, "Scoring new images": what to do to an image before the exported ONNX model, written out with
+    PIL, OpenCV and NumPy; predict.py's transform (run_transform) must give the same array."""
+    from datasets.common import load_rgb
+    from utils.inference import run_transform
+    pixels = np.random.default_rng(0).integers(0, 256, (90, 70, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "colour.png")
+    Image.fromarray((pixels[:, :, 0].astype(np.uint16) * 257 + 100)).save(tmp_path / "grey16.png")
+
+    def recipe(path, image_size, crop_size, resize):
+        image = Image.open(path)
+        if image.mode.startswith("I"):  # 16 bits: round(v / 257) to 8 bits
+            image = Image.fromarray(((np.asarray(image).astype(np.int64) + 128) // 257).astype(np.uint8))
+        rgb = image.convert("RGB")
+        if resize == "pil":
+            array = np.asarray(rgb.resize((image_size, image_size), Image.BILINEAR))
+            top = round((image_size - crop_size) / 2)
+        else:
+            array = cv2.resize(np.asarray(rgb), (image_size, image_size), interpolation=cv2.INTER_LINEAR)
+            top = (image_size - crop_size) // 2
+        if crop_size:
+            array = array[top:top + crop_size, top:top + crop_size]
+        normalised = (array.astype(np.float32) / 255 - np.float32([0.485, 0.456, 0.406])) / np.float32(
+            [0.229, 0.224, 0.225])
+        return normalised.transpose(2, 0, 1)[None]  # (1, 3, S, S), RGB
+
+    for resize in ("pil", "cv2"):
+        for image_size, crop_size in ((64, 0), (64, 49), (80, 56)):
+            cfg = SimpleNamespace(image_size=image_size, crop_size=crop_size, resize=resize)
+            for name in ("colour.png", "grey16.png"):
+                ours = run_transform(cfg).image(load_rgb(tmp_path / name))[None].numpy()
+                assert ours.shape == (1, 3, crop_size or image_size, crop_size or image_size)
+                assert np.abs(recipe(tmp_path / name, image_size, crop_size, resize) - ours).max() < 1e-5
+
+
+def darkened(files, folder, start=0):
+    """Copies of image files 60 grey levels darker (a line's lighting, not the training images'), as PNGs."""
+    from datasets.common import load_rgb
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, path in enumerate(files, start):
+        pixels = np.asarray(load_rgb(path)).astype(np.int16) - 60
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{index:03d}.png")
+    return sorted(folder.iterdir())
+
+
+def test_thresholds_calibrated_on_a_shifted_lines_normals_alarm_near_the_asked_rate_on_its_other_normals(
+        demo_root, tmp_path, one_thread):
+    """Issue 27.12 without a script: a tiny (untrained, 64 px) RevDist as predict's Scorer; the thresholds of
+    normal training images alarm on every darkened normal image, those of half the darkened ones (calibration,
+    at 10 %) on about 10 % of the other half."""
+    from models import METHODS
+    from utils.config import seed_everything
+    from utils.inference import ImageFiles, Scorer, calibration, collate, run_transform, script_defaults
+    cfg = SimpleNamespace(**{**script_defaults(), "method": "revdist", "backbone": "resnet18", "weights": "none",
+                             "image_size": 64, "crop_size": 0, "resize": "pil", "target_norm": (1.0,)})
+    method, device = METHODS["revdist"], torch.device("cpu")
+    seed_everything(0)
+    encoder = method.build_encoder(cfg).eval()
+    model = method.build_model(cfg, encoder, 1.0, torch.Generator().manual_seed(0)).eval()
+    scorer = Scorer(method, encoder, model, None, cfg).eval()
+    normals = [path for c in ("brick", "grass") for split in ("train", "test") for path in
+               sorted((demo_root / c / split / "good").iterdir())]
+
+    def batches(files):
+        loader = torch.utils.data.DataLoader(ImageFiles(files, run_transform(cfg)), batch_size=16, collate_fn=collate)
+        return (batch for _, batch, _ in loader)
+
+    held_out = calibration(scorer, batches(normals[::3]), device, 0.01)
+    line = darkened(normals, tmp_path / "line")
+    order = torch.randperm(len(line), generator=torch.Generator().manual_seed(0)).tolist()
+    first, rest = [line[i] for i in sorted(order[:32])], [line[i] for i in sorted(order[32:])]
+    calibrated = calibration(scorer, batches(first), device, 0.1)
+    assert calibrated["calibration_images"] == 32 and calibrated["image_rank"] == 4  # floor(3.2) + 1
+    assert calibrated["image_above"] == 3 / 32 and calibrated["pixel_above"] <= 0.1
+    with torch.no_grad():
+        scores = torch.cat([scorer(batch)[1] for batch in batches(rest)])
+    assert (scores > held_out["image"]).float().mean() > 0.9  # the training normals' threshold: (nearly) all alarm
+    # the line's: near the 10 % asked (5 of 32 here; over 200 random halves the mean is 12 %, 95 % of them <= 25 %)
+    assert 0.0 < (scores > calibrated["image"]).float().mean() <= 0.25
