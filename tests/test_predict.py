@@ -86,6 +86,7 @@ def test_the_rank_a_threshold_reached_counts_the_scores_above_it_ties_included()
 def revdist_run(demo_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     done = run_script("train_mvtec.py", *TINY, "--data_path", str(demo_root), *REVDIST, "--out_dir", str(out))
+    (out / "stdout.txt").write_text(done.stdout)  # what the training printed, for the tests that read it
     return results_path(done).parent
 
 
@@ -114,6 +115,10 @@ def test_thresholds_come_from_held_out_normals_which_never_train_and_predict_sco
         entry = saved["models"]["unified"][align]
         # 6 held-out images at a 1 % false-alarm rate: the threshold is their highest score, not a test image's
         assert entry["held_out_images"] == 6 and entry["image"] == pytest.approx(scores.max(), abs=1e-5)
+        assert (entry["image_rank"], entry["image_quantile"]) == (1, "maximum of 6 images (0 % above it)")
+    printed = (revdist_run.parent / "stdout.txt").read_text()  # once per model, not per alignment
+    assert printed.count("unified: the image threshold is the maximum of the 6 held-out images, fewer than "
+                         "1 / false_alarm_rate = 100: it cannot reach a false-alarm rate of 0.01") == 1
     table = pd.read_csv(revdist_run / "results.csv")
     rates = table[["FAR@thr", "recall@thr"]]
     assert list(table.columns[-2:]) == list(rates.columns) and rates.notna().all().all()
@@ -363,3 +368,68 @@ def test_thresholds_calibrated_on_a_shifted_lines_normals_alarm_near_the_asked_r
     assert (scores > held_out["image"]).float().mean() > 0.9  # the training normals' threshold: (nearly) all alarm
     # the line's: near the 10 % asked (5 of 32 here; over 200 random halves the mean is 12 %, 95 % of them <= 25 %)
     assert 0.0 < (scores > calibrated["image"]).float().mean() <= 0.25
+
+
+@pytest.mark.slow
+def test_predict_calibrates_thresholds_on_the_lines_normals_without_touching_the_runs(revdist_run, demo_root,
+                                                                                      tmp_path):
+    """Issue 27.12 through predict.py: --calibrate on the held-out images gives thresholds.json's thresholds;
+    on a darkened line, where the held-out threshold alarms on every normal image, thresholds calibrated on
+    part of its normals alarm near the asked rate on the rest; the run's thresholds.json never changes."""
+    saved = (revdist_run / "thresholds.json").read_bytes()
+    held = tmp_path / "held"
+    held.mkdir()
+    for path in held_out_files(demo_root, ("brick", "grass")):
+        shutil.copy(path, held / f"{Path(path).parent.parent.parent.name}_{Path(path).name}")
+    done = predict("--run", str(revdist_run), "--calibrate", str(held), "--align", "none", "--out_dir",
+                   str(tmp_path / "held_out"), "--device", "cpu")
+    assert "unified [none]: the image threshold is the maximum of the 6 normal images" in done.stdout
+    calibration = json.loads(results_path(done).read_text())
+    assert results_path(done).name == "thresholds_unified_none.json" and calibration["false_alarm_rate"] == 0.01
+    entry, run_entry = calibration["models"]["unified"]["none"], json.loads(saved)["models"]["unified"]["none"]
+    for key in ("image", "pixel"):
+        assert entry[key] == pytest.approx(run_entry[key], rel=1e-6)
+        assert entry[f"{key}_rank"] == run_entry[f"{key}_rank"] and entry[f"{key}_above"] == run_entry[f"{key}_above"]
+
+    normals = [path for c in ("brick", "grass") for split in ("train", "test") for path in
+               sorted((demo_root / c / split / "good").iterdir())]
+    line = darkened(normals, tmp_path / "line")
+    order = torch.randperm(len(line), generator=torch.Generator().manual_seed(0)).tolist()
+    (tmp_path / "calibrate").mkdir()
+    for index in order[:32]:
+        line[index].rename(tmp_path / "calibrate" / line[index].name)
+    args = ("--run", str(revdist_run), "--align", "none", "--device", "cpu")
+    before = pd.read_csv(results_path(predict(*args, str(tmp_path / "line"), "--out_dir", str(tmp_path / "p0"))))
+    assert before["anomalous"].mean() > 0.9  # the held-out threshold: (nearly) every normal image of the line alarms
+    done = predict(*args, "--calibrate", str(tmp_path / "calibrate"), "--false_alarm_rate", "0.1", "--out_dir",
+                   str(tmp_path / "line_thresholds"))
+    line_thresholds = results_path(done)
+    assert json.loads(line_thresholds.read_text())["models"]["unified"]["none"]["image_quantile"] == (
+        "4th highest of 32 images (9.38 % above it)")
+    done = predict(*args, str(tmp_path / "line"), "--thresholds", str(line_thresholds), "--out_dir",
+                   str(tmp_path / "p1"))
+    after = pd.read_csv(results_path(done))
+    assert len(after) == 32 and 0.0 < after["anomalous"].mean() <= 0.25  # near the 10 % asked
+    assert (after["anomalous"] == (after["score"] > json.loads(line_thresholds.read_text())["models"]["unified"]
+                                   ["none"]["image"])).all()
+    assert f"(--thresholds {line_thresholds}: 4th highest of 32 images" in done.stdout
+    assert (revdist_run / "thresholds.json").read_bytes() == saved
+    refused = predict("--run", str(revdist_run), "--thresholds", str(line_thresholds), str(tmp_path / "line"),
+                      expect_ok=False)  # the default alignment of this run is cada: another head, another model
+    assert refused.returncode == 1 and "calibrated for unified [none]" in refused.stderr
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_is_named_as_the_reason_it_has_no_threshold(revdist_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(revdist_run, run)
+    (run / "thresholds.json").unlink()
+    meta = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**meta, "status": "partial"}))
+    image = str(next((revdist_run.parent.parent).rglob("*.png")))
+    done = predict("--run", str(run), image, expect_ok=False)
+    assert "the run did not finish (config.json status 'partial')" in done.stderr and "--resume" in done.stderr
+    assert "--val_fraction 0" not in done.stderr and not (run / "predictions").exists()
+    meta["config"]["val_fraction"] = 0.0
+    (run / "config.json").write_text(json.dumps(meta))
+    assert "trained with --val_fraction 0" in predict("--run", str(run), image, expect_ok=False).stderr
