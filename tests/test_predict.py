@@ -417,6 +417,8 @@ def test_predict_calibrates_thresholds_on_the_lines_normals_without_touching_the
     refused = predict("--run", str(revdist_run), "--thresholds", str(line_thresholds), str(tmp_path / "line"),
                       expect_ok=False)  # the default alignment of this run is cada: another head, another model
     assert refused.returncode == 1 and "calibrated for unified [none]" in refused.stderr
+    refused = predict(*args, "--thresholds", str(tmp_path / "none.json"), str(tmp_path / "line"), expect_ok=False)
+    assert "--thresholds " in refused.stderr and "none.json: no such file" in refused.stderr
 
 
 @pytest.mark.slow

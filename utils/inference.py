@@ -115,6 +115,8 @@ def load_run(run_dir, align="", class_name="", thresholds="", need_thresholds=Tr
             "trained with --save_checkpoints false, or deleted") + ")")
     chosen = {}
     if thresholds:
+        if not Path(thresholds).is_file():
+            raise FileNotFoundError(f"--thresholds {thresholds}: no such file (predict.py --calibrate writes one)")
         chosen = read_thresholds(thresholds)
         if "checkpoint_sha256" not in chosen:
             raise ValueError(f"--thresholds {thresholds}: not a file of predict.py --calibrate (the run's own "

@@ -111,7 +111,7 @@ def read_thresholds(source):
     a missing or damaged one is refused (ValueError)."""
     path = Path(source) / FILE_NAME if Path(source).is_dir() else Path(source)
     if not path.is_file():
-        raise ValueError(f"{source}: no {FILE_NAME}: no threshold to decide with")
+        raise ValueError(f"{path}: no such file: no threshold to decide with")
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError) as error:
