@@ -218,9 +218,9 @@ def image_files(sources):
         else:
             raise FileNotFoundError(f"{source}: no such file or folder")
     if len(skipped) == len(files):
+        others = f" ({len(files)} file{'s' * (len(files) > 1)} there, none named as an image)" if files else ""
         raise ConfigError(f"no image to score in {', '.join(map(str, sources))}: give image files or folders "
-                          f"holding {', '.join(IMAGE_EXTENSIONS)}" + (f" ({len(files)} file{'s' * (len(files) > 1)} there, "
-                                                                      "none named as an image)" if files else ""))
+                          f"holding {', '.join(IMAGE_EXTENSIONS)}{others}")
     return files, skipped
 
 
