@@ -1,19 +1,23 @@
 """Score new images with a trained train_mvtec.py run: each image's anomaly score, calibrated by the
 run's alignment, and a decision at the threshold set on held-out normal training images
-(thresholds.json); optionally a heat-map overlay and a binary mask per image, or the whole scorer as
-one ONNX model.
+(thresholds.json) or, with --thresholds, on normal images of the line (--calibrate); optionally a
+heat-map overlay and a binary mask per image, or the whole scorer as one ONNX model.
 
     python predict.py --run results/<run> images/ part.png              # predictions.csv in <run>/predictions/
     python predict.py --run results/<run> --maps images/                # + <stem>_overlay.png, <stem>_mask.png
     python predict.py --run results/<run> --class_name brick images/    # a separate run: that class's model
     python predict.py --run results/<run> --align none images/          # the base model's score, not CADA's
     python predict.py --run results/<run> --export onnx                 # image -> (calibrated map, image score)
+    python predict.py --run results/<run> --calibrate line_normals/     # thresholds_<model>_<align>.json
+    python predict.py --run results/<run> --thresholds <that file> images/  # decide at the line's thresholds
 
 Images of any size, grey or RGB, 8 or 16 bits are resized as the run's training images were (its
-image_size, crop_size, resize). A file that is not a readable image gets one line in the `error`
-column and the others are scored. The run folder is checked before any work: a run of other code
-options, a method the registry lacks, a missing checkpoint or threshold is refused in one line. The
-last line printed is `results: <predictions.csv>` (or `results: <file.onnx>`).
+image_size, crop_size, resize). A file that is not a readable image, or a folder's file without an
+image's name, gets a row with an empty score and the reason in the `skipped` column, and is named in the
+summary; the others are scored. The run folder, the options and the output folder are checked before any
+work: a run of other code options, a method the registry lacks, a missing checkpoint or threshold (with
+the reason: --val_fraction 0, an interrupted run), an earlier call's outputs in --out_dir without
+--overwrite are refused in one line. The last line printed is `results: <file written>`.
 """
 import time
 from pathlib import Path
@@ -25,13 +29,15 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from datasets.common import IMAGENET_MEAN, IMAGENET_STD
+from datasets.common import IMAGENET_MEAN, IMAGENET_STD, load_rgb
 from utils.checks import check_config, check_out_dir
 from utils.config import ConfigError, parse_config, resolve_device, script_constants
 from utils.files import atomic_write
-from utils.inference import ImageFiles, build_scorer, collate, export_onnx, image_files, load_run, run_transform
+from utils.inference import (ImageFiles, build_scorer, calibration, collate, export_onnx, image_files, load_run,
+                             run_transform)
 from utils.maps import image_scores
 from utils.results import write_table
+from utils.thresholds import checkpoint_digest, save_calibration, too_few, too_few_note
 
 # -----------------------------------------------------------------------------
 run = ""                     # the run folder of train_mvtec.py (config.json, checkpoints/, thresholds.json)
@@ -40,40 +46,105 @@ align = ""                   # the run's alignment to calibrate with; "" = cada 
 class_name = ""              # separate-setting runs (one model per class): the class whose model scores
 maps = False                 # also write a heat-map overlay and a binary mask (pixel threshold) PNG per image
 export = ""                  # onnx: write the scorer as one ONNX model instead of scoring images
+calibrate = ()               # normal images of the line (files or folders): write thresholds from them, score none
+false_alarm_rate = 0.01      # --calibrate: the fraction of those images (pixels) scoring above the thresholds
+thresholds = ""              # a --calibrate file to decide with instead of the run's thresholds.json
 out_dir = ""                 # "" = <run>/predictions
+overwrite = False            # replace an earlier call's outputs in out_dir (else refused): predictions.csv, maps/...
 batch_size = 16              # images per forward pass
 num_workers = 0              # DataLoader processes that decode images
 device = "auto"              # auto | cpu | cuda
 # -----------------------------------------------------------------------------
 HEAT_SCALE = 2.0  # overlay colours span 0 .. HEAT_SCALE x the pixel threshold: the threshold is mid-scale
-cfg = parse_config(script_constants(globals()), script=__file__, positional="images")
-check_config(cfg, positive=("batch_size",), non_negative=("num_workers",), choices={"export": ("", "onnx")})
+SHOWN_SKIPPED = 5  # the summary names this many skipped files; the CSV's skipped column has every one
+cfg, given = parse_config(script_constants(globals()), script=__file__, positional="images", return_given=True)
+check_config(cfg, positive=("batch_size", "false_alarm_rate"), non_negative=("num_workers",),
+             below={"false_alarm_rate": 1.0}, choices={"export": ("", "onnx")})
 if not cfg.run:
     raise ConfigError("--run: give the run folder of a train_mvtec.py run (results/<run>)")
-trained = load_run(cfg.run, cfg.align, cfg.class_name)  # refusals before any work
-if cfg.export and cfg.images:
-    raise ConfigError("--export onnx writes the model and scores no image: drop the images")
-files = [] if cfg.export else image_files(cfg.images)
+for first, second, why in (("export", "images", "writes the model and scores no image: drop the images"),
+                           ("export", "thresholds", "writes the model, which holds no threshold"),
+                           ("export", "calibrate", "and --calibrate are two calls"),
+                           ("calibrate", "images", "scores normal images for thresholds only: score images in "
+                                                   "another call, with --thresholds <the file it writes>"),
+                           ("calibrate", "thresholds", "writes thresholds; it reads none"),
+                           ("calibrate", "maps", "writes thresholds and no map")):
+    if getattr(cfg, first) and getattr(cfg, second):
+        raise ConfigError(f"--{first} with --{second}: --{first} {why}")
+if "false_alarm_rate" in given and not cfg.calibrate:
+    raise ConfigError("--false_alarm_rate: sets --calibrate's thresholds (the run's were set at its own rate); "
+                      "give it with --calibrate <normal images>")
+trained = load_run(cfg.run, cfg.align, cfg.class_name, cfg.thresholds,  # refusals before any work
+                   need_thresholds=not (cfg.export or cfg.calibrate))
+files, skipped = ([], {}) if cfg.export else image_files(cfg.calibrate or cfg.images)
 out = Path(cfg.out_dir or trained.path / "predictions")
 check_out_dir(out)
+name = f"{trained.model_name}_{trained.align}"
+if cfg.export:
+    outputs = [out / f"{name}.onnx"]
+elif cfg.calibrate:
+    outputs = [out / f"thresholds_{name}.json"]
+else:  # an earlier call's maps go with its predictions.csv, never beside new ones
+    outputs = [out / "predictions.csv", *sorted(p for pattern in ("*_overlay.png", "*_mask.png")
+                                                for p in (out / "maps").glob(pattern))]
+if (earlier := [path for path in outputs if path.exists()]) and not cfg.overwrite:
+    raise ConfigError(f"--out_dir {out}: holds {earlier[0].name}" + (f" and {len(earlier) - 1} more files" if
+                      len(earlier) > 1 else "") + " of an earlier predict.py call: give another --out_dir, or "
+                      "--overwrite to replace them")
+if cfg.calibrate:  # every normal image counts in the thresholds: an unreadable one is refused now
+    for index, path in enumerate(files):
+        if index not in skipped:
+            load_rgb(path)
 device = torch.device("cpu") if cfg.export else resolve_device(cfg.device)
 scorer = build_scorer(trained, device)
+for path in earlier:
+    path.unlink()
+if earlier and (out / "maps").is_dir() and not any((out / "maps").iterdir()):
+    (out / "maps").rmdir()
 side = trained.cfg.crop_size or trained.cfg.image_size
 if cfg.export:
-    print(f"results: {export_onnx(scorer, side, out / f'{trained.model_name}_{trained.align}.onnx')}")
+    print(f"results: {export_onnx(scorer, side, outputs[0])}")
+    raise SystemExit(0)
+
+
+def skipped_names(indices):
+    """Up to SHOWN_SKIPPED of the skipped files, as 'name (why)'; the rest counted."""
+    shown = [f"{files[i].name} ({skipped[i]})" for i in indices[:SHOWN_SKIPPED]]
+    return "; ".join(shown) + (f"; and {len(indices) - SHOWN_SKIPPED} more" if len(indices) > SHOWN_SKIPPED else "")
+
+
+loader = DataLoader(ImageFiles(files, run_transform(trained.cfg), skipped), batch_size=cfg.batch_size,
+                    num_workers=cfg.num_workers, collate_fn=collate)
+if cfg.calibrate:
+    started = time.time()
+    entry = calibration(scorer, (batch for _, batch, _ in tqdm(loader, desc="calibrate", unit="batch")
+                                 if batch is not None), device, cfg.false_alarm_rate)
+    n_images = entry["calibration_images"]
+    path = save_calibration(outputs[0], trained.model_name, trained.align, entry, {
+        "false_alarm_rate": cfg.false_alarm_rate, "model": trained.model_name, "align": trained.align,
+        "run": str(trained.path.resolve()), "checkpoint_sha256": checkpoint_digest(trained.checkpoints),
+        "calibrated_on": [str(Path(source).resolve()) for source in cfg.calibrate],
+        "skipped": {str(files[i]): why for i, why in skipped.items()}})
+    print(f"{n_images} normal images scored in {time.time() - started:.1f} s ({trained.model_name} "
+          f"[{trained.align}]): image threshold {entry['image']:.6g} ({entry['image_quantile']}), pixel threshold "
+          f"{entry['pixel']:.6g} ({entry['pixel_quantile']}) at --false_alarm_rate {cfg.false_alarm_rate:g}"
+          + (f"; {len(skipped)} files skipped: {skipped_names(sorted(skipped))}" if skipped else ""))
+    if too_few(n_images, cfg.false_alarm_rate):
+        print(too_few_note(f"{trained.model_name} [{trained.align}]", n_images, entry, cfg.false_alarm_rate,
+                           "normal images", "calibrate on more of them"))
+    print(f"results: {path}")
     raise SystemExit(0)
 
 # score ------------------------------------------------------------------------
 image_threshold, pixel_threshold = trained.thresholds["image"], trained.thresholds["pixel"]
 aligned = scorer.alignment is not None
-loader = DataLoader(ImageFiles(files, run_transform(trained.cfg)), batch_size=cfg.batch_size,
-                    num_workers=cfg.num_workers, collate_fn=collate)
 mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
-rows, scored, started = [None] * len(files), 0, time.time()
-for indices, batch, errors in tqdm(loader, desc="predict", unit="batch"):
-    for index, error in zip(indices, errors):
-        if error:
-            rows[index] = {"path": str(files[index]), "error": error}
+rows, started = [None] * len(files), time.time()
+for indices, batch, reasons in tqdm(loader, desc="predict", unit="batch"):
+    for index, reason in zip(indices, reasons):
+        if reason:
+            skipped[index] = reason
+            rows[index] = {"path": str(files[index]), "skipped": reason}
     if batch is None:
         continue
     with torch.no_grad():
@@ -83,12 +154,12 @@ for indices, batch, errors in tqdm(loader, desc="predict", unit="batch"):
         raw_scores = (image_scores(scorer.finished(raw), trained.cfg.image_score, trained.cfg.top_fraction).cpu()
                       if aligned else scores)
     final = final.cpu()
-    good = [index for index, error in zip(indices, errors) if not error]
+    good = [index for index, reason in zip(indices, reasons) if not reason]
     for row, index in enumerate(good):
         rows[index] = {"path": str(files[index]), "score": raw_scores[row].item(),
                        "calibrated_score": scores[row].item() if aligned else None,
                        "u": u[row].item() if aligned else None, "gamma": gamma[row].item() if aligned else None,
-                       "anomalous": bool(scores[row] > image_threshold), "error": ""}
+                       "anomalous": bool(scores[row] > image_threshold), "skipped": ""}
         if cfg.maps:
             stem = f"{index:05d}_{files[index].stem}"
             pixels = ((batch[row:row + 1] * std + mean).clamp(0, 1) * 255).round()[0].permute(1, 2, 0).numpy()
@@ -97,14 +168,19 @@ for indices, batch, errors in tqdm(loader, desc="predict", unit="batch"):
                                      .to(torch.uint8).numpy(), cv2.COLORMAP_JET)
             overlay = (0.5 * pixels[:, :, ::-1] + 0.5 * heat).round().astype(np.uint8)  # OpenCV writes BGR
             mask = ((final[row] > pixel_threshold).numpy() * 255).astype(np.uint8)
-            for name, picture in (("overlay", overlay), ("mask", mask)):
-                atomic_write(out / "maps" / f"{stem}_{name}.png",
+            for kind, picture in (("overlay", overlay), ("mask", mask)):
+                atomic_write(out / "maps" / f"{stem}_{kind}.png",
                              lambda tmp, picture=picture: cv2.imencode(".png", picture)[1].tofile(tmp))
-    scored += len(good)
 elapsed = time.time() - started
-table = pd.DataFrame(rows, columns=["path", "score", "calibrated_score", "u", "gamma", "anomalous", "error"])
+table = pd.DataFrame(rows, columns=["path", "score", "calibrated_score", "u", "gamma", "anomalous", "skipped"])
 csv_path = write_table(table, out / "predictions.csv", float_format="%.6g")
-print(f"{scored} of {len(files)} images scored in {elapsed:.1f} s ({scored / max(elapsed, 1e-9):.1f} images per "
-      f"second, {device.type}); {int(table['anomalous'].fillna(False).sum())} anomalous at the threshold "
-      f"{image_threshold:.6g} ({trained.model_name} [{trained.align}])")
+scored, anomalous = len(files) - len(skipped), sum(bool(row.get("anomalous")) for row in rows)
+source = f"--thresholds {cfg.thresholds}" if cfg.thresholds else "thresholds.json"
+if scored:
+    print(f"{scored} of {len(files)} files scored in {elapsed:.1f} s ({scored / max(elapsed, 1e-9):.1f} images per "
+          f"second, {device.type}); {anomalous} anomalous at the threshold {image_threshold:.6g} ({source}: "
+          f"{trained.thresholds.get('image_quantile', 'rank not recorded')}; {trained.model_name} [{trained.align}])")
+if skipped:
+    print(("no file scored: all " if not scored else "") + f"{len(skipped)} skipped (reasons in the skipped column): "
+          f"{skipped_names(sorted(skipped))}")
 print(f"results: {csv_path}")

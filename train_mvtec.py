@@ -43,7 +43,7 @@ from utils import cpu, distributed, report
 from utils.evaluation import (add_alarm_rates, alignment_statistics, collect_maps, evaluate, head_training_table,
                               held_out_thresholds)
 from utils.results import RunFolder, model_rows, new_run_path, resumed_config, write_table
-from utils.thresholds import hold_out, save_thresholds
+from utils.thresholds import hold_out, save_thresholds, too_few, too_few_note
 from utils.training import (ImageBatches, Trainer, check_batches, check_saved_files, class_data_fingerprint,
                             data_fingerprint, iterations)
 
@@ -371,12 +371,16 @@ for group_name, group in groups:
             per_class, pooled, kept = evaluate(tested, cfg, alignment, pooled=not separate, keep=shown)
             threshold = None  # from the held-out normal images only, through the same path as the test set
             if held is not None:
-                threshold, pixel_threshold, n_held = held_out_thresholds(held, cfg, alignment, cfg.false_alarm_rate)
+                entry = held_out_thresholds(held, cfg, alignment, cfg.false_alarm_rate)
+                threshold = entry["image"]
                 if rank == 0:
-                    save_thresholds(run.path, model_name, kind, {
-                        "image": threshold, "pixel": pixel_threshold, "held_out_images": n_held,
-                        "classes": list(group)}, {"false_alarm_rate": cfg.false_alarm_rate,
-                                                  "val_fraction": cfg.val_fraction, "seed": cfg.seed})
+                    if kind == cfg.align[0] and too_few(entry["held_out_images"], cfg.false_alarm_rate):
+                        print(too_few_note(model_name, entry["held_out_images"], entry, cfg.false_alarm_rate,
+                                           "held-out images", "hold out more with --val_fraction, or set thresholds"
+                                           " on normal images of the line with predict.py --calibrate"))
+                    save_thresholds(run.path, model_name, kind, {**entry, "classes": list(group)},
+                                    {"false_alarm_rate": cfg.false_alarm_rate, "val_fraction": cfg.val_fraction,
+                                     "seed": cfg.seed})
             add_alarm_rates(per_class, pooled, kept, tested, threshold)
             if record is not None:  # what the figures need, kept from this evaluation
                 report.keep_evaluation(record, kind, kept, {c: tested[c].labels for c in group})

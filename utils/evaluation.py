@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from models.cada import calibrate, map_statistics, targets
 from utils.maps import gaussian_blur, image_scores, upsample
 from utils.metrics import REFERENCE_WEIGHTS, compute_metrics
-from utils.thresholds import alarm_rates, threshold_at
+from utils.thresholds import alarm_rates, threshold_entry
 
 PIXEL_SAMPLES = 2000  # per class, of its normal and of its anomalous test pixels: kept for the pixel-score figure
 
@@ -170,16 +170,17 @@ def evaluate(tested, cfg, alignment=None, pooled=True, keep=None, pixels=PIXEL_S
 
 
 def held_out_thresholds(held, cfg, alignment, false_alarm_rate):
-    """(image threshold, pixel threshold, number of images) from the held-out normal images of one model's
-    classes ({class: ClassMaps}, in the order of its test classes), scored exactly as the test set is
-    (aligned_maps, blur, image score): one threshold over every class of the model (utils.thresholds)."""
+    """thresholds.json's entry from the held-out normal images of one model's classes ({class: ClassMaps}, in
+    the order of its test classes), scored exactly as the test set is (aligned_maps, blur, image score): one
+    image and one pixel threshold over every class of the model, each with the rank it reached
+    (utils.thresholds.threshold_entry), and "held_out_images"."""
     scores, pixels = [], []
     for index, class_maps in enumerate(held.values()):
         maps, image = scored(aligned_maps(class_maps, alignment, index), cfg)
         scores.append(image)
         pixels.append(maps.flatten())
     scores = torch.cat(scores)
-    return threshold_at(scores, false_alarm_rate), threshold_at(torch.cat(pixels), false_alarm_rate), len(scores)
+    return {**threshold_entry(scores, torch.cat(pixels), false_alarm_rate), "held_out_images": len(scores)}
 
 
 def add_alarm_rates(per_class, pooled, kept, tested, threshold):

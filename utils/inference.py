@@ -1,11 +1,14 @@
 """predict.py's side of a trained run: read the run folder back (config.json, checkpoints, thresholds.json),
 rebuild the method through the registry, and score images exactly as train_mvtec.py's evaluation does
-(maps, alignment calibration, blur, image score) in one module, `Scorer`, that also exports to ONNX.
+(maps, alignment calibration, blur, image score) in one module, `Scorer`, that also exports to ONNX and
+sets thresholds on normal images of the line (`calibration`, predict.py --calibrate).
 
 `load_run` checks everything before any model is built: a run of other code options (config.json's
 options differ from train_mvtec.py's constants), a method the registry lacks, a missing checkpoint or
-threshold is refused in one line (ValueError)."""
+threshold (with its reason: --val_fraction 0, an interrupted run), a --thresholds file of another model is
+refused in one line (ValueError)."""
 import ast
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +23,8 @@ from models.cada import calibrate
 from utils.config import ConfigError, seed_everything
 from utils.maps import GaussianBlur, image_scores, upsample
 from utils.results import read_run_config
-from utils.thresholds import read_thresholds
+from utils.thresholds import FILE_NAME as THRESHOLDS_FILE
+from utils.thresholds import checkpoint_digest, read_thresholds, threshold_entry
 from utils.training import load_our_file
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "train_mvtec.py"
@@ -57,14 +61,29 @@ class Run:
     align: str
     model_state: dict
     head_state: dict
-    thresholds: dict
+    thresholds: dict  # {"image", "pixel", ...} of thresholds.json or of --thresholds' file; {} when not read
+    checkpoints: list  # the checkpoint files read (the model's, the alignment head's)
 
 
-def load_run(run_dir, align="", class_name=""):
+def _no_thresholds_reason(run_dir, cfg, status):
+    """Why a run has no threshold: --val_fraction 0, an interrupted run (thresholds are saved after each
+    model's evaluation), or an older version."""
+    if not cfg.val_fraction:
+        return "trained with --val_fraction 0 (no held-out images)"
+    if status != "complete":
+        return (f"the run did not finish (config.json status {status!r}): its thresholds are saved after each "
+                f"model's evaluation; finish it with train_mvtec.py --resume {run_dir}")
+    return "trained by an older version"
+
+
+def load_run(run_dir, align="", class_name="", thresholds="", need_thresholds=True):
     """Read and check a run folder (see the module docstring). align "": cada when that head was trained,
-    else none; class_name: which class's model in a separate-setting run (required there)."""
+    else none; class_name: which class's model in a separate-setting run (required there). thresholds: a
+    file of predict.py --calibrate to take them from instead of the run's thresholds.json (it must be of
+    this model, alignment and checkpoint); need_thresholds False: none are read (calibrating, exporting)."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir, like=script_defaults(), option="run")
+    status = json.loads((run_dir / "config.json").read_text()).get("status")
     cfg = SimpleNamespace(**config)
     if cfg.method not in METHODS:
         raise ConfigError(f"--run {run_dir}: trained with --method {cfg.method}, which this version's registry "
@@ -87,19 +106,40 @@ def load_run(run_dir, align="", class_name=""):
     if align == "class_aware":
         raise ConfigError("--align class_aware: it needs each image's class, which predict does not know; "
                           "use cada, classifier or none")
-    saved = read_thresholds(run_dir)
-    thresholds = saved["models"].get(model_name, {}).get(align)
-    if not thresholds:
-        raise ValueError(f"--run {run_dir}: thresholds.json has no threshold for {model_name} [{align}]")
     files = [run_dir / "checkpoints" / f"{model_name}.pt"]
     if align in cada.TRAINED:
         files.append(run_dir / "checkpoints" / f"{model_name}_{align}.pt")
     if missing := [str(f.relative_to(run_dir)) for f in files if not f.is_file()]:
-        raise ValueError(f"--run {run_dir}: no {', '.join(missing)} (trained with --save_checkpoints false, "
-                         "or deleted)")
+        raise ValueError(f"--run {run_dir}: no {', '.join(missing)} (" + (
+            "the run was interrupted before this model was trained" if status != "complete" else
+            "trained with --save_checkpoints false, or deleted") + ")")
+    chosen = {}
+    if thresholds:
+        if not Path(thresholds).is_file():
+            raise FileNotFoundError(f"--thresholds {thresholds}: no such file (predict.py --calibrate writes one)")
+        chosen = read_thresholds(thresholds)
+        if "checkpoint_sha256" not in chosen:
+            raise ValueError(f"--thresholds {thresholds}: not a file of predict.py --calibrate (the run's own "
+                             f"{THRESHOLDS_FILE} is read without --thresholds)")
+        if chosen["checkpoint_sha256"] != checkpoint_digest(files):
+            other = f"{chosen.get('model')} [{chosen.get('align')}]"
+            raise ValueError(f"--thresholds {thresholds}: calibrated for " + (
+                f"another checkpoint of {other}" if other == f"{model_name} [{align}]" else other) +
+                f" (the run {chosen.get('run')}), not for {model_name} [{align}] of {run_dir}: calibrate that one "
+                "with predict.py --calibrate")
+        chosen = chosen["models"].get(model_name, {}).get(align)
+    elif need_thresholds:
+        saved = read_thresholds(run_dir) if (run_dir / THRESHOLDS_FILE).is_file() else {"models": {}}
+        chosen = saved["models"].get(model_name, {}).get(align)
+        if not chosen:
+            raise ValueError(f"--run {run_dir}: no threshold for {model_name} [{align}] in {THRESHOLDS_FILE}: "
+                             f"{_no_thresholds_reason(run_dir, cfg, status)}; or set thresholds on normal images "
+                             "with predict.py --calibrate <folder> and use them with --thresholds <file>")
+    if need_thresholds and not chosen:
+        raise ValueError(f"--thresholds {thresholds}: no threshold for {model_name} [{align}]")
     states = [load_our_file(f, f"--run {run_dir}: {f.relative_to(run_dir)}", "checkpoint", config) for f in files]
     return Run(run_dir, cfg, model_name, classes, align, states[0]["model"],
-               states[1]["model"] if len(states) > 1 else None, thresholds)
+               states[1]["model"] if len(states) > 1 else None, chosen, files)
 
 
 class Scorer(nn.Module):
@@ -160,34 +200,43 @@ def build_scorer(run, device):
 
 
 def image_files(sources):
-    """The image files of `sources` (files, and folders: their images and their subfolders', sorted), in order.
-    A path that does not exist is refused; a file of any name is kept (an unreadable one fails later,
-    as a row of its own)."""
-    files = []
+    """(files, skipped) of `sources` (files, and folders: their files and their subfolders', sorted), in order;
+    skipped: {index into files: why} for a folder's file whose name is not an image's (it is listed, not read).
+    A path that does not exist is refused, and so are sources without an image file; a file given by name is
+    kept whatever its name (an unreadable one fails later, as a row of its own)."""
+    files, skipped = [], {}
     for source in map(Path, sources):
         if source.is_dir():  # an MVTec-layout test/ holds its images in one folder per defect
-            files += [path for folder in [source, *sorted(p for p in source.rglob("*") if p.is_dir())]
-                      for path in list_images(folder)]
+            for folder in [source, *sorted(p for p in source.rglob("*") if p.is_dir())]:
+                images = set(list_images(folder))
+                for path in sorted((p for p in folder.iterdir() if p.is_file()), key=lambda p: p.name):
+                    if path not in images:
+                        skipped[len(files)] = f"not an image file name: expected {', '.join(IMAGE_EXTENSIONS)}"
+                    files.append(path)
         elif source.exists():
             files.append(source)
         else:
             raise FileNotFoundError(f"{source}: no such file or folder")
-    if not files:
-        raise ConfigError(f"no image to score (give image files or folders holding {', '.join(IMAGE_EXTENSIONS)})")
-    return files
+    if len(skipped) == len(files):
+        others = f" ({len(files)} file{'s' * (len(files) > 1)} there, none named as an image)" if files else ""
+        raise ConfigError(f"no image to score in {', '.join(map(str, sources))}: give image files or folders "
+                          f"holding {', '.join(IMAGE_EXTENSIONS)}{others}")
+    return files, skipped
 
 
 class ImageFiles(Dataset):
-    """Items (index, normalised image or an empty tensor, error message or ""): an unreadable file is
-    reported, not raised, so the others are still scored."""
+    """Items (index, normalised image or an empty tensor, why it was skipped or ""): an unreadable file, or one
+    in `skipped` ({index: why}, not read), is reported, not raised, so the others are still scored."""
 
-    def __init__(self, files, transform):
-        self.files, self.transform = files, transform
+    def __init__(self, files, transform, skipped=None):
+        self.files, self.transform, self.skipped = files, transform, skipped or {}
 
     def __len__(self):
         return len(self.files)
 
     def __getitem__(self, index):
+        if index in self.skipped:
+            return index, torch.empty(0), self.skipped[index]
         try:
             return index, self.transform.image(load_rgb(self.files[index])), ""
         except ValueError as error:
@@ -198,6 +247,20 @@ def collate(items):
     indices, images, errors = zip(*items)
     good = [image for image in images if image.numel()]
     return list(indices), torch.stack(good) if good else None, list(errors)
+
+
+def calibration(scorer, batches, device, false_alarm_rate):
+    """The thresholds of normal images (batches: normalised image tensors, as the run's transform gives them)
+    scored by `scorer` on `device` (its final maps and image scores): threshold_entry's image and pixel
+    thresholds and ranks at false_alarm_rate, and "calibration_images"."""
+    scores, pixels = [], []
+    with torch.no_grad():
+        for images in batches:
+            maps, image = scorer(images.to(device))
+            scores.append(image.cpu())
+            pixels.append(maps.cpu().flatten())
+    scores = torch.cat(scores)
+    return {**threshold_entry(scores, torch.cat(pixels), false_alarm_rate), "calibration_images": len(scores)}
 
 
 def run_transform(cfg):

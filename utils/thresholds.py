@@ -6,9 +6,12 @@ set's evaluation path (alignment calibration, blur, image score), and the image 
 that a fraction `false_alarm_rate` of the held-out images exceed (`threshold_at`); the pixel threshold
 the same over their pixels. An image (pixel) is called anomalous when its score is above the threshold.
 The test set never enters a threshold. `thresholds.json` in the run folder keeps them per model and
-alignment; predict.py reads it back.
+alignment, each with the rank it reached (`threshold_entry`: fewer than 1 / false_alarm_rate images cannot
+reach the rate, their maximum is the threshold); predict.py reads it back. `predict.py --calibrate` writes
+a file of the same layout from normal images of the line (`save_calibration`), for `predict.py --thresholds`.
 """
 import copy
+import hashlib
 import json
 from pathlib import Path
 
@@ -60,6 +63,38 @@ def threshold_at(scores, false_alarm_rate):
     return flat.kthvalue(flat.numel() - above).values.item()
 
 
+def _ordinal(k):
+    return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
+
+
+def threshold_entry(image_scores, pixels, false_alarm_rate, noun="images"):
+    """The image and pixel thresholds (threshold_at) of n normal images with what each reaches: "<kind>_rank"
+    (the k-th highest), "<kind>_above" (the fraction of them above it, ties counted: at most false_alarm_rate)
+    and "<kind>_quantile" in words ("maximum of 6 images" when n < 1 / false_alarm_rate)."""
+    entry = {}
+    for kind, scores, unit in (("image", image_scores, noun), ("pixel", pixels, "pixels")):
+        flat = scores.flatten()
+        threshold = threshold_at(flat, false_alarm_rate)
+        rank = int(false_alarm_rate * flat.numel()) + 1
+        above = (flat > threshold).double().mean().item()
+        where = "maximum" if rank == 1 else f"{_ordinal(rank)} highest"
+        entry.update({kind: threshold, f"{kind}_rank": rank, f"{kind}_above": above,
+                      f"{kind}_quantile": f"{where} of {flat.numel()} {unit} ({100 * above:.3g} % above it)"})
+    return entry
+
+
+def too_few(n_images, false_alarm_rate):
+    """Whether n images are too few to set a threshold at this rate: fewer than 1 / false_alarm_rate."""
+    return n_images * false_alarm_rate < 1
+
+
+def too_few_note(name, n_images, entry, false_alarm_rate, source, remedy):
+    """The one line printed when too_few: which rank of the images the image threshold is, and a remedy."""
+    where = entry["image_quantile"].split(" of ")[0]
+    return (f"{name}: the image threshold is the {where} of the {n_images} {source}, fewer than 1 / false_alarm_rate "
+            f"= {1 / false_alarm_rate:g}: it cannot reach a false-alarm rate of {false_alarm_rate:g} ({remedy})")
+
+
 def alarm_rates(scores, labels, threshold):
     """{"FAR@thr": fraction of normal images above the threshold, "recall@thr": of anomalous ones}
     (None where a kind is absent)."""
@@ -71,12 +106,12 @@ def alarm_rates(scores, labels, threshold):
     return rates
 
 
-def read_thresholds(run_dir):
-    """The thresholds.json of a run folder as a dict; a missing or damaged one is refused (ValueError)."""
-    path = Path(run_dir) / FILE_NAME
+def read_thresholds(source):
+    """The thresholds of a run folder (its thresholds.json) or a file (predict.py --calibrate's) as a dict;
+    a missing or damaged one is refused (ValueError)."""
+    path = Path(source) / FILE_NAME if Path(source).is_dir() else Path(source)
     if not path.is_file():
-        raise ValueError(f"{run_dir}: no {FILE_NAME} (trained with --val_fraction 0 or by an older version): "
-                         "no threshold to decide with")
+        raise ValueError(f"{path}: no such file: no threshold to decide with")
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError) as error:
@@ -95,3 +130,20 @@ def save_thresholds(run_dir, model, align, entry, settings):
     saved["models"].setdefault(model, {})[align] = entry
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(saved, indent=2)))
     return path
+
+
+def checkpoint_digest(files):
+    """SHA-256 of the checkpoint files' bytes, in order: which model a calibration's thresholds belong to."""
+    digest = hashlib.sha256()
+    for file in files:
+        with open(file, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def save_calibration(path, model, align, entry, settings):
+    """Write predict.py --calibrate's thresholds file: thresholds.json's layout (one model and alignment)
+    with the calibration's settings (false_alarm_rate, run, checkpoint digest, sources), atomically."""
+    text = json.dumps({**settings, "models": {model: {align: entry}}}, indent=2)
+    return atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
