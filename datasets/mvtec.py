@@ -154,7 +154,7 @@ def resolve_classes(root, requested=(), dataset_cls=MVTecDataset, source_hint=DA
     `threads` threads, default every core), so a missing folder or mask, a test split without normal or
     anomalous images, a truncated, corrupt or unsupported file, or a defective image's empty mask fails here,
     in one line naming the file, rather than after training the classes before it (warnings are left to the
-    loading of that image). On MVTec AD the pass costs about a minute on 2 cores (README, "Data checks").
+    loading of that image). On MVTec AD the pass costs about 2 minutes of one core (README, Data).
     """
     root = Path(root)
     if not root.is_dir():
