@@ -143,7 +143,8 @@ def _requested_list(requested):
     return list(dict.fromkeys(str(name).strip() for name in names if str(name).strip()))
 
 
-def resolve_classes(root, requested=(), dataset_cls=MVTecDataset, source_hint=DATASET_SOURCES["folder"], threads=None):
+def resolve_classes(root, requested=(), dataset_cls=MVTecDataset, source_hint=DATASET_SOURCES["folder"], threads=None,
+                    refuse_empty_masks=True):
     """The classes a run will use, checked before any work: `requested` (a sequence or a comma string)
     in its order, or every class found in `root` (sorted) when it is empty.
 
@@ -152,9 +153,10 @@ def resolve_classes(root, requested=(), dataset_cls=MVTecDataset, source_hint=DA
     is missing (naming all the missing ones and the available ones). Then builds every class's
     train and test file lists and decodes every image and mask in them once (decode_every_file, on
     `threads` threads, default every core), so a missing folder or mask, a test split without normal or
-    anomalous images, a truncated, corrupt or unsupported file, or a defective image's empty mask fails here,
-    in one line naming the file, rather than after training the classes before it (warnings are left to the
-    loading of that image). On MVTec AD the pass costs about 2 minutes of one core (README, Data).
+    anomalous images, a truncated, corrupt or unsupported file, or a defective image's empty mask (unless
+    `refuse_empty_masks` is False) fails here, in one line naming the file, rather than after training the
+    classes before it (warnings are left to the loading of that image). On MVTec AD the pass costs about
+    2 minutes of one core (README, Data).
     """
     root = Path(root)
     if not root.is_dir():
@@ -173,7 +175,7 @@ def resolve_classes(root, requested=(), dataset_cls=MVTecDataset, source_hint=DA
         raise ValueError(f"unknown class{'es' if len(missing) > 1 else ''} {', '.join(described)} in {root}; "
                          f"available: {', '.join(available)}")
     datasets = [dataset_cls(root, name, split, source_hint=source_hint) for name in names for split in SPLITS]
-    decode_every_file((sample for dataset in datasets for sample in dataset.samples), threads)
+    decode_every_file((sample for dataset in datasets for sample in dataset.samples), threads, refuse_empty_masks)
     return names
 
 

@@ -278,3 +278,11 @@ def test_a_defective_image_whose_mask_is_empty_is_refused_naming_the_mask(tmp_pa
     mask.unlink()  # no mask at all: refused by the file list, as before
     with pytest.raises(ValueError, match=f"^defective image .*001.png has no mask: expected {mask}$"):
         resolve_classes(tmp_path)
+
+
+def test_empty_masks_pass_where_the_caller_lets_them(tmp_path):
+    class_dir = make_mvtec_class(tmp_path)
+    Image.fromarray(np.zeros((HEIGHT, WIDTH), np.uint8)).save(class_dir / "ground_truth" / "crack" / "000_mask.png")
+    assert resolve_classes(tmp_path, refuse_empty_masks=False) == ["widget"]
+    with pytest.raises(ValueError, match="^empty mask "):
+        resolve_classes(tmp_path)
