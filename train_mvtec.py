@@ -30,7 +30,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.btad import BTADDataset
-from datasets.common import load_rgb
 from datasets.demo import make_demo
 from datasets.download import download_dataset
 from datasets.mvtec import DATASET_SOURCES, MixedDataset, MVTecDataset, resolve_classes
@@ -204,19 +203,21 @@ cfg, given = parse_config(script_constants(globals()), presets=PRESETS, script=_
 cfg = resumed_config(cfg, given)  # with --resume, the interrupted run's own configuration
 check_config(cfg, positive=("batch_size", "lr", "encoder_lr", "target_norm", "image_size", "top_fraction",
                             "cada_lr", "cada_beta", "cada_batch_size", "cada_linears"),
-             non_negative=("epochs", "iters", "crop_size", "num_workers", "weight_decay", "blur_sigma",
+             non_negative=("seed", "epochs", "iters", "crop_size", "num_workers", "weight_decay", "blur_sigma",
                            "cache_memory_gb", "lr_drop_at", "hm_factor", "blur_kernel", "cada_iters", "cada_momentum",
                            "cada_weight_decay", "checkpoint_every", "cada_convs", "cada_dropout", "val_fraction",
                            "false_alarm_rate", "warmup_iters", "final_lr", "bottleneck_dropout", "eval_size"),
-             choices={"setting": ("separate", "unified"), "resize": ("cv2", "pil"),
+             choices={"dataset": ("mvtec", "mpdd", "visa", "btad", "demo"), "setting": ("separate", "unified"),
+                      "resize": ("cv2", "pil"), "blur_kernel": (0, 5),
                       "optimizer": ("adamw", "adam", "stable_adamw"), "lr_schedule": ("step", "warmup_cosine"),
                       "image_score": ("max", "top_mean", "pooled_max"),
                       "cache_dtype": ("float32", "float16", "bfloat16"), "loss_form": ("global", "pixel"),
                       "decoder_activation": ("relu", "gelu"), "align_input": ("bottleneck", "encoder"),
                       "cada_dropout_at": cada.DROPOUT_PLACES},
              at_most={"top_fraction": 1.0, "lr_drop_at": 1.0},
-             below={"cada_dropout": 1.0, "val_fraction": 1.0, "false_alarm_rate": 1.0, "bottleneck_dropout": 1.0},
-             non_empty=("target_norm", "align"))
+             below={"seed": 2 ** 32, "cada_dropout": 1.0, "val_fraction": 1.0, "false_alarm_rate": 1.0,
+                    "bottleneck_dropout": 1.0},
+             non_empty=("target_norm", "align", "layers"))
 method = method_of(cfg, given)  # the registry entry: an unknown method or another method's option is refused
 check_structured(cfg, cada.ALIGNMENTS)  # the options that must agree with each other
 check_saved_files(cfg.resume, cfg.checkpoint, vars(cfg))  # damaged or foreign files: refused before any work
@@ -245,13 +246,11 @@ with distributed.rank0_first(rank, world):  # one process writes the files, the 
         root = prepare_visa(root, root / "visa_pytorch")
 Dataset = BTADDataset if cfg.dataset == "btad" else MVTecDataset
 source_hint = DATASET_SOURCES.get(cfg.dataset, DATASET_SOURCES["folder"])
-class_names = resolve_classes(root, cfg.classes, Dataset, source_hint)
+class_names = resolve_classes(root, cfg.classes, Dataset, source_hint)  # every image and mask decoded once
 train_sets, test_sets = ({c: Dataset(root, c, split, cfg.image_size, cfg.crop_size, resize=cfg.resize,
                                      source_hint=source_hint) for c in class_names} for split in ("train", "test"))
 splits = {c: hold_out(train_sets[c], cfg.val_fraction, cfg.seed) for c in class_names}  # the thresholds' images
 train_sets, held_out = ({c: parts[i] for c, parts in splits.items()} for i in (0, 1))  # held-out ones never train
-for path, *_ in (sample for part in held_out.values() for sample in part.samples):
-    load_rgb(path)  # they are read only after training: a damaged one is found now, before any work
 cfg.data_path, cfg.classes = str(root), tuple(class_names)  # config.json records what ran
 separate = cfg.setting == "separate"
 drop_last = not separate  # the multi-class reference drops the last short batch; NoCo and RD4AD keep it

@@ -4,11 +4,17 @@
     python benchmarks/bench_decode.py                      # generated 1024x1024 files
     python benchmarks/bench_decode.py --repeats 30 --threads 1
     python benchmarks/bench_decode.py --data_path /data/magnetic_tile   # also real files (first 200)
+    python benchmarks/bench_decode.py --only_check --check_path data/demo --check_path /data/magnetic_tile
 
 For every kind it prints the median time per image of each decoder and whether the two give the
 same RGB pixels (max absolute difference). OpenCV runs with IMREAD_IGNORE_ORIENTATION: without it,
 IMREAD_COLOR applies a JPEG's EXIF rotation, which PIL does not. Then it times the two resizes of
 datasets.common.ImageTransform on a decoded image ("pil": antialiased, "cv2": INTER_LINEAR).
+
+The start-up pass (datasets.common.decode_every_file, which resolve_classes runs before the first class
+trains): its wall time on 1 and 2 threads over generated `--size` px RGB PNGs with a mask each (the per-image
+cost, extrapolated to MVTec AD's 5354 images and 1258 masks), and over each `--check_path` (an MVTec-layout
+folder: every class's train and test images and masks), beside the header-only pass it replaced.
 """
 import argparse
 import statistics
@@ -105,6 +111,79 @@ def compare_resizes(size, repeats, out_size=256):
         print(f"| resize {size}px RGB -> {out_size} ({resize}) | {seconds * 1e3:.2f} ms |", flush=True)
 
 
+MVTEC_IMAGES, MVTEC_MASKS = 5354, 1258  # MVTec AD: 3629 training + 1725 test images, 1258 defect masks
+
+
+def structured_samples(root):
+    """Every (image, label, mask) triple of every class and split of an MVTec-layout folder."""
+    from datasets.mvtec import MVTecDataset, list_classes
+
+    return [sample for name in list_classes(root) for split in ("train", "test")
+            for sample in MVTecDataset(root, name, split).samples]
+
+
+def wall_seconds(action, repeats, cpu=False):
+    """The median wall time of `action` (with cpu=True: the median CPU time of this process, which other
+    processes on a busy machine do not inflate)."""
+    clock = time.process_time if cpu else time.perf_counter
+    times = []
+    for _ in range(repeats):
+        start = clock()
+        action()
+        times.append(clock() - start)
+    return statistics.median(times)
+
+
+def time_check_pass(name, samples, repeats, thread_counts=(1, 2)):
+    """Seconds of the header pass and of the decoding pass on each thread count; returns {threads: seconds}."""
+    from datasets.common import check_image_header, decode_every_file
+
+    def headers():
+        for image, _, mask in samples:
+            check_image_header(image)
+            if mask is not None:
+                check_image_header(mask, "mask")
+
+    def decode(threads):  # Magnetic Tile has 4 empty masks, which the run refuses; here they are timed too
+        decode_every_file(samples, threads, refuse_empty_masks=False)
+
+    cold = wall_seconds(lambda: decode(max(thread_counts)), 1)  # first read: the page cache fills
+    masks = sum(mask is not None for _, _, mask in samples)
+    pixels = 0
+    for image, _, _ in samples:
+        with Image.open(image) as opened:
+            pixels += opened.width * opened.height
+    print(f"| {name}: {len(samples)} images ({pixels / len(samples) / 1e6:.2f} Mpx each on average), {masks} masks "
+          f"| headers only | {wall_seconds(headers, repeats):.2f} s | first pass, {max(thread_counts)} threads: "
+          f"{cold:.2f} s |", flush=True)
+    seconds = {"cpu": wall_seconds(lambda: decode(1), repeats, cpu=True)}
+    print(f"| {name} | decoded, CPU time | {seconds['cpu']:.2f} s | {seconds['cpu'] / len(samples) * 1e3:.1f} ms "
+          "per image |", flush=True)
+    for threads in thread_counts:
+        seconds[threads] = wall_seconds(lambda: decode(threads), repeats)
+        print(f"| {name} | decoded, {threads} thread{'s' * (threads > 1)} | {seconds[threads]:.2f} s "
+              f"| {seconds[threads] / len(samples) * 1e3:.1f} ms per image |", flush=True)
+    return seconds
+
+
+def generated_check_pass(size, count, repeats):
+    """The decoding pass over `count` generated size x size RGB PNGs, each with a mask; extrapolated to MVTec AD."""
+    with tempfile.TemporaryDirectory() as folder:
+        samples = []
+        for i in range(count):
+            image, mask = Path(folder) / f"{i}.png", Path(folder) / f"{i}_mask.png"
+            Image.fromarray(natural_image(size, 100 + i)).save(image)
+            defect = np.zeros((size, size), np.uint8)
+            defect[size // 3: size // 2, size // 4: size // 2] = 255
+            Image.fromarray(defect).save(mask)
+            samples.append((image, 1, mask))
+        seconds = time_check_pass(f"generated {size}px RGB PNG + mask", samples, repeats)
+    for how, total in seconds.items():
+        how = "CPU time" if how == "cpu" else f"{how} thread{'s' * (how > 1)}"
+        print(f"| MVTec AD extrapolated ({MVTEC_IMAGES} images as {size}px RGB, each with a mask) | {how} "
+              f"| {total / count * MVTEC_IMAGES:.0f} s |", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=1024)
@@ -112,11 +191,22 @@ def main():
     parser.add_argument("--threads", type=int, default=-1, help="cv2.setNumThreads (-1: OpenCV's default)")
     parser.add_argument("--data_path", default="", help="also decode real .png/.jpg/.bmp files under this folder")
     parser.add_argument("--max_files", type=int, default=200)
+    parser.add_argument("--check_path", action="append", default=[],
+                        help="an MVTec-layout folder to time the start-up decoding pass on (repeatable)")
+    parser.add_argument("--check_count", type=int, default=24, help="generated files for the start-up pass")
+    parser.add_argument("--only_check", action="store_true", help="time only the start-up pass")
     args = parser.parse_args()
     if args.threads >= 0:
         cv2.setNumThreads(args.threads)
     print(f"Pillow {Image.__version__}, OpenCV {cv2.__version__}, numpy {np.__version__}, "
           f"cv2 threads {cv2.getNumThreads()}, python {sys.version.split()[0]}")
+    if args.only_check or args.check_path:
+        print("\n| start-up pass | how | wall time | |\n|---|---|---|---|")
+        generated_check_pass(args.size, args.check_count, max(1, args.repeats // 5))
+        for root in args.check_path:
+            time_check_pass(root, structured_samples(root), max(1, args.repeats // 5))
+        if args.only_check:
+            return
     print("| file | PIL | cv2 | PIL / cv2 | pixels |\n|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         for kind, path in make_files(Path(folder), args.size).items():

@@ -227,6 +227,50 @@ def test_check_out_dir_refuses_a_file_or_an_unwritable_folder_and_creates_nothin
     assert sorted(p.name for p in tmp_path.iterdir()) == ["locked", "results"] and not any(locked.iterdir())
 
 
+def test_check_out_dir_refuses_an_empty_path_which_would_be_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for empty in ("", None):
+        with pytest.raises(ConfigError) as error:
+            check_out_dir(empty)
+        assert str(error.value) == '--out_dir: expected a folder, got ""'
+    check_out_dir(".")  # the current folder, named, is a folder like any other
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("backbone, layers, message", [
+    ("wide_resnet50_2", ("layer1", "layer9"), "--layers: expected each one of layer1, layer2, layer3, layer4, avgpool "
+                                              "(the taps of wide_resnet50_2), got 'layer9' (in layer1,layer9)"),
+    ("resnet18", ("layer0",), "--layers: expected each one of layer1, layer2, layer3, layer4, avgpool "
+                              "(the taps of resnet18), got 'layer0' (in layer0)"),
+    ("efficientnet_lite0", ("layer0", "layer5"), "--layers: expected each one of layer0, layer1, layer2, layer3, "
+                                                 "layer4, avgpool (the taps of efficientnet_lite0), got 'layer5' "
+                                                 "(in layer0,layer5)"),
+])
+def test_check_backbone_refuses_a_layer_the_backbone_has_not(backbone, layers, message):
+    from types import SimpleNamespace
+    checks.check_backbone(SimpleNamespace(backbone=backbone, layers=("layer1", "avgpool")))
+    checks.check_backbone(SimpleNamespace(backbone=backbone))  # a script without --layers
+    with pytest.raises(ConfigError) as error:
+        checks.check_backbone(SimpleNamespace(backbone=backbone, layers=layers))
+    assert str(error.value) == message
+
+
+def test_run_metadata_records_the_intra_op_threads_and_omp_num_threads(monkeypatch):
+    from utils.results import run_metadata
+    threads = torch.get_num_threads()
+    try:
+        for count, environment in ((1, "1"), (2, None)):
+            torch.set_num_threads(count)
+            if environment is None:
+                monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+            else:
+                monkeypatch.setenv("OMP_NUM_THREADS", environment)
+            meta = run_metadata("cpu", started=0.0)
+            assert (meta["torch_num_threads"], meta["OMP_NUM_THREADS"]) == (count, environment)
+    finally:
+        torch.set_num_threads(threads)
+
+
 # one line for bad input ------------------------------------------------------------------------
 def _wrapped(error):
     """The exception a DataLoader worker's `error` becomes in the main process."""

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from datasets.btad import BTADDataset
-from datasets.common import check_image_header, load_mask, load_rgb
+from datasets.common import check_image_header, decode_every_file, load_mask, load_rgb
 from datasets.mvtec import MVTecDataset, resolve_classes
 from tests.test_datasets_structured import HEIGHT, WIDTH, make_mvtec_class, write_image
 
@@ -220,14 +220,69 @@ def test_a_file_that_is_not_an_image_is_refused_up_front_naming_it(tmp_path):
                                 "(expected 8- or 16-bit grey or RGB)")
 
 
-def test_the_header_pass_decodes_no_pixel(tmp_path):
+def cut_body(path):
+    """Keep the header and the start of the pixel data: the header check passes, decoding fails."""
+    data = path.read_bytes()
+    path.write_bytes(data[:min(200, len(data) * 2 // 3)])  # a 40 x 30 mask is 89 bytes, its header 33
+    check_image_header(path, "mask" if path.stem.endswith("_mask") else "image")
+    return path
+
+
+@pytest.mark.parametrize("where", ["train/good/001.png", "train/good/002.png (16-bit)", "test/good/000.png",
+                                   "test/crack/001.png", "ground_truth/crack/001_mask.png"])
+def test_every_file_of_every_class_is_decoded_before_training(tmp_path, where):
+    """A file of the second class whose header is whole but whose body is cut stops resolve_classes, naming
+    it in one line; the first class alone passes. Every training image is there, the held-out ones too."""
+    make_mvtec_class(tmp_path, "alpha")
+    beta = make_mvtec_class(tmp_path, "beta")
+    path = beta / where.split(" ")[0]
+    if "16-bit" in where:
+        write_16bit(path, RGB8.astype(np.uint16) * 257)
+    cut_body(path)
+    kind = "mask" if "ground_truth" in where else "image"
+    with pytest.raises(ValueError) as error:
+        resolve_classes(tmp_path)
+    assert str(error.value).startswith(f"cannot read {kind} {path}: ") and "\n" not in str(error.value)
+    assert resolve_classes(tmp_path, "alpha") == ["alpha"]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_the_first_bad_file_in_order_is_named_whatever_the_threads(tmp_path, threads):
+    class_dir = make_mvtec_class(tmp_path, n_train=12)
+    first, later = (cut_body(class_dir / "train" / "good" / f"{i:03d}.png") for i in (4, 9))
+    samples = MVTecDataset(tmp_path, "widget", "train").samples
+    for _ in range(3):
+        with pytest.raises(ValueError, match=f"^cannot read image {first}: "):
+            decode_every_file(samples, threads)
+    decode_every_file(samples[5:9], threads)  # the files between the two are whole
+    with pytest.raises(ValueError, match=f"^cannot read image {later}: "):
+        decode_every_file(samples[5:], threads)
+
+
+def test_a_defective_image_whose_mask_is_empty_is_refused_naming_the_mask(tmp_path):
+    make_mvtec_class(tmp_path, "alpha")
+    beta = make_mvtec_class(tmp_path, "beta")
+    mask = beta / "ground_truth" / "crack" / "001_mask.png"
+    for values in (np.zeros((HEIGHT, WIDTH), np.uint8), np.zeros((HEIGHT, WIDTH, 3), np.uint8)):
+        Image.fromarray(values).save(mask)
+        with pytest.raises(ValueError) as error:
+            resolve_classes(tmp_path)
+        assert str(error.value) == (
+            f"empty mask {mask}: no pixel is marked, but its image {beta / 'test' / 'crack' / '001.png'} is "
+            "defective; expected the defect's pixels > 0 (the pixel metrics would count them as normal): mark the "
+            "defect, or take the image out of the test set")
+    one_pixel = np.zeros((HEIGHT, WIDTH), np.uint16)
+    one_pixel[3, 5] = 1  # 1 of 65535 in one pixel is a marked pixel (masks are binarised > 0)
+    write_16bit(mask, one_pixel)
+    assert resolve_classes(tmp_path) == ["alpha", "beta"]
+    mask.unlink()  # no mask at all: refused by the file list, as before
+    with pytest.raises(ValueError, match=f"^defective image .*001.png has no mask: expected {mask}$"):
+        resolve_classes(tmp_path)
+
+
+def test_empty_masks_pass_where_the_caller_lets_them(tmp_path):
     class_dir = make_mvtec_class(tmp_path)
-    for name in ("001.png", "002.png"):  # 8-bit, then 16-bit
-        path = class_dir / "train" / "good" / name
-        if name == "002.png":
-            write_16bit(path, RGB8.astype(np.uint16) * 257)
-        path.write_bytes(path.read_bytes()[:200])  # the header and the start of the pixel data
-        assert resolve_classes(tmp_path) == ["widget"]
-        with pytest.raises(ValueError, match=f"^cannot read image {path}: "):
-            MVTecDataset(tmp_path, "widget", "train")[int(name[:3])]
-        write_image(path, seed=1)
+    Image.fromarray(np.zeros((HEIGHT, WIDTH), np.uint8)).save(class_dir / "ground_truth" / "crack" / "000_mask.png")
+    assert resolve_classes(tmp_path, refuse_empty_masks=False) == ["widget"]
+    with pytest.raises(ValueError, match="^empty mask "):
+        resolve_classes(tmp_path)

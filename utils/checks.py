@@ -1,11 +1,11 @@
 """Checks of a script's configuration before any work starts: value ranges and choices
-(`check_config`), a known backbone (`check_backbone`), the structured script's options that must agree
+(`check_config`), a known backbone and its layers (`check_backbone`), the structured script's options that must agree
 (`check_structured`) and a writable output folder (`check_out_dir`); each failure is one ConfigError line."""
 import math
 import os
 from pathlib import Path
 
-from models.backbones import BACKBONES
+from models.backbones import BACKBONES, tap_channels
 from utils.config import ConfigError, _format_value
 
 
@@ -65,8 +65,10 @@ def check_config(cfg, positive=(), non_negative=(), choices=None, at_most=None, 
 def check_out_dir(path, option="out_dir"):
     """Raise ConfigError naming --out_dir when `path` cannot be the output folder: it exists and is not
     a folder, or it (or, when it does not exist yet, its nearest existing ancestor) is not writable.
-    Creates nothing."""
-    path = Path(path or ".")
+    Creates nothing. An empty path is refused: it would put the run's folder in the current folder."""
+    if path is None or str(path) == "":
+        raise ConfigError(f'--{option}: expected a folder, got ""')
+    path = Path(path)
     try:
         _check_out_dir(path, option)
     except PermissionError as err:  # a parent folder that cannot even be searched
@@ -90,9 +92,14 @@ def _check_out_dir(path, option):
 
 
 def check_backbone(cfg):
-    """Raise ConfigError unless --backbone names one of models.backbones.BACKBONES."""
+    """Raise ConfigError unless --backbone names one of models.backbones.BACKBONES and, where the script has
+    --layers, each of its layers is a tap of that backbone (models.backbones.tap_channels)."""
     if cfg.backbone not in BACKBONES:
         raise ConfigError(f"--backbone: expected one of {', '.join(BACKBONES)}, got {cfg.backbone!r}")
+    taps = tap_channels(cfg.backbone)
+    if wrong := [layer for layer in getattr(cfg, "layers", ()) if layer not in taps]:
+        raise ConfigError(f"--layers: expected each one of {', '.join(taps)} (the taps of {cfg.backbone}), "
+                          f"got {wrong[0]!r} (in {_describe(cfg.layers)})")
 
 
 def check_structured(cfg, alignments):

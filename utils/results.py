@@ -124,6 +124,9 @@ def run_metadata(device, started, processes=1):
         "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
                    else f"cpu ({platform.processor() or platform.machine()})"),
         "processes": processes,  # torchrun: how many trained and evaluated together
+        # CPU sums are split over the intra-op threads, so a CPU run's numbers depend on their count (README)
+        "torch_num_threads": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "git_commit": _git_commit(),
         "wall_time_s": round(time.time() - started, 1),
         "finished": datetime.datetime.now().isoformat(timespec="seconds"),

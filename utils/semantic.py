@@ -23,11 +23,12 @@ def checked_config(cfg, given, script, datasets):
     """The configuration to run: cfg itself, or with --resume the interrupted run's; checked before any work."""
     cfg = resumed_config(cfg, given)
     check_config(cfg, positive=("batch_size", "lr", "target_norm", "image_size"),
-                 non_negative=("epochs", "crop_size", "num_workers", "weight_decay", "cache_memory_gb",
+                 non_negative=("seed", "epochs", "crop_size", "num_workers", "weight_decay", "cache_memory_gb",
                                "radius_penalty", "lr_drop_at"),
                  choices={"method": ("noco",), "dataset": datasets, "resize": ("pil", "cv2"),
                           "optimizer": ("adamw", "adam"),
-                          "cache_dtype": ("float32", "float16", "bfloat16")}, at_most={"lr_drop_at": 1.0})
+                          "cache_dtype": ("float32", "float16", "bfloat16")}, at_most={"lr_drop_at": 1.0},
+                 below={"seed": 2 ** 32})
     check_backbone(cfg)
     if not cfg.resume:
         check_out_dir(cfg.out_dir)
