@@ -145,7 +145,7 @@ def time_check_pass(name, samples, repeats, thread_counts=(1, 2)):
                 check_image_header(mask, "mask")
 
     def decode(threads):  # Magnetic Tile has 4 empty masks, which the run refuses; here they are timed too
-        decode_every_file(samples, threads, refuse_empty_masks=False)
+        decode_every_file(samples, threads)
 
     cold = wall_seconds(lambda: decode(max(thread_counts)), 1)  # first read: the page cache fills
     masks = sum(mask is not None for _, _, mask in samples)

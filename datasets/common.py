@@ -14,7 +14,6 @@ import struct
 import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 
 import cv2
@@ -143,13 +142,11 @@ def load_mask(path, size=None):
     return mask
 
 
-def _decode_sample(sample, refuse_empty_masks=True):
+def _decode_sample(sample):
+    """Decode one (image path, label, mask path or None) sample; True when its mask marks no pixel."""
     image_path, _, mask_path = sample
     load_rgb(image_path)
-    if mask_path is not None and load_mask(mask_path).getbbox() is None and refuse_empty_masks:
-        raise ValueError(f"empty mask {mask_path}: no pixel is marked, but its image {image_path} is defective; "
-                         "expected the defect's pixels > 0 (the pixel metrics would count them as normal): mark "
-                         "the defect, or take the image out of the test set")
+    return mask_path is not None and load_mask(mask_path).getbbox() is None
 
 
 def default_threads():
@@ -157,21 +154,22 @@ def default_threads():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def decode_every_file(samples, threads=None, refuse_empty_masks=True):
+def decode_every_file(samples, threads=None):
     """Decode every image and mask of `samples` ((image path, label, mask path or None) triples) once, with the
     loaders' own functions (load_rgb, load_mask), on `threads` threads (default: every core this process may
     use). Raises the ValueError of the first bad file in sample order, one line naming it: a truncated, corrupt
-    or unsupported image or mask, or (unless `refuse_empty_masks` is False) a mask with no pixel marked.
-    Warnings (a mask of another size than its image, a huge image) are left to the loading of the file."""
+    or unsupported image or mask. Returns the samples whose mask marks no pixel (a defective image with an empty
+    mask: Magnetic Tile has four), in order. Warnings (a mask of another size than its image, a huge image) are
+    left to the loading of the file."""
     samples = list(samples)
     pool = ThreadPoolExecutor(max_workers=max(1, min(threads or default_threads(), len(samples) or 1)))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for _ in pool.map(partial(_decode_sample, refuse_empty_masks=refuse_empty_masks), samples):
-                pass
+            empty = list(pool.map(_decode_sample, samples))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    return [sample for sample, is_empty in zip(samples, empty) if is_empty]
 
 
 def _rgb_array(image):

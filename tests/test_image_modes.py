@@ -2,7 +2,9 @@
 test splits without both kinds of image, are refused before any training (resolve_classes)."""
 import shutil
 import struct
+import warnings
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -259,30 +261,38 @@ def test_the_first_bad_file_in_order_is_named_whatever_the_threads(tmp_path, thr
         decode_every_file(samples[5:], threads)
 
 
-def test_a_defective_image_whose_mask_is_empty_is_refused_naming_the_mask(tmp_path):
+def test_a_defective_image_whose_mask_is_empty_is_kept_with_one_warning_naming_the_mask(tmp_path):
     make_mvtec_class(tmp_path, "alpha")
     beta = make_mvtec_class(tmp_path, "beta")
     mask = beta / "ground_truth" / "crack" / "001_mask.png"
     for values in (np.zeros((HEIGHT, WIDTH), np.uint8), np.zeros((HEIGHT, WIDTH, 3), np.uint8)):
         Image.fromarray(values).save(mask)
-        with pytest.raises(ValueError) as error:
-            resolve_classes(tmp_path)
-        assert str(error.value) == (
-            f"empty mask {mask}: no pixel is marked, but its image {beta / 'test' / 'crack' / '001.png'} is "
-            "defective; expected the defect's pixels > 0 (the pixel metrics would count them as normal): mark the "
-            "defect, or take the image out of the test set")
+        with pytest.warns(UserWarning) as caught:
+            assert resolve_classes(tmp_path) == ["alpha", "beta"]
+        assert [str(w.message) for w in caught] == [
+            f"1 of 2 defect masks of class beta mark no pixel (first: {mask}): those images count as anomalous "
+            "images with no anomalous pixel"]
     one_pixel = np.zeros((HEIGHT, WIDTH), np.uint16)
     one_pixel[3, 5] = 1  # 1 of 65535 in one pixel is a marked pixel (masks are binarised > 0)
     write_16bit(mask, one_pixel)
-    assert resolve_classes(tmp_path) == ["alpha", "beta"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_classes(tmp_path) == ["alpha", "beta"]
+    for name in ("000", "001"):  # every defect mask of a class empty: its pixel metrics cannot be computed
+        Image.fromarray(np.zeros((HEIGHT, WIDTH), np.uint8)).save(beta / "ground_truth" / "crack" / f"{name}_mask.png")
+    with pytest.raises(ValueError, match=f"^every defect mask of class beta is empty \\(first: "
+                                         f"{beta / 'ground_truth' / 'crack' / '000_mask.png'}\\): "):
+        resolve_classes(tmp_path)
     mask.unlink()  # no mask at all: refused by the file list, as before
     with pytest.raises(ValueError, match=f"^defective image .*001.png has no mask: expected {mask}$"):
         resolve_classes(tmp_path)
 
 
-def test_empty_masks_pass_where_the_caller_lets_them(tmp_path):
-    class_dir = make_mvtec_class(tmp_path)
-    Image.fromarray(np.zeros((HEIGHT, WIDTH), np.uint8)).save(class_dir / "ground_truth" / "crack" / "000_mask.png")
-    assert resolve_classes(tmp_path, refuse_empty_masks=False) == ["widget"]
-    with pytest.raises(ValueError, match="^empty mask "):
-        resolve_classes(tmp_path)
+def test_the_decoding_pass_returns_the_samples_whose_mask_is_empty_in_order(tmp_path):
+    class_dir = make_mvtec_class(tmp_path, n_crack=4)
+    for name in ("003", "001"):
+        Image.fromarray(np.zeros((HEIGHT, WIDTH), np.uint8)).save(class_dir / "ground_truth" / "crack" / f"{name}_mask.png")
+    samples = MVTecDataset(tmp_path, "widget", "test").samples
+    for threads in (1, 2):
+        assert [Path(mask).name for _, _, mask in decode_every_file(samples, threads)] == ["001_mask.png",
+                                                                                            "003_mask.png"]
