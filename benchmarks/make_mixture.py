@@ -123,6 +123,8 @@ def make_mixture(source, out, balanced=False, seed=0):
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    finally:
+        (partial.parent / f".{partial.name}.lock").unlink(missing_ok=True)  # make_demo's lock beside its folder
     return manifest
 
 

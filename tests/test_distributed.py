@@ -85,7 +85,7 @@ def test_an_alignment_head_trains_over_two_processes_when_the_set_leaves_a_short
     done = torchrun(args, tmp_path / "two")
     assert done.returncode == 0, done.stderr[-3000:]
     table = pd.read_csv(results_path(done))
-    assert table["align"].tolist() == ["none"] * 5 + ["cada"] * 5  # 3 classes, mean, mixed: a block each
+    assert table["align"].tolist() == ["none"] * 6 + ["cada"] * 6  # 3 classes, mean, mixed, ideal: a block each
     assert table["I-AUROC"].notna().all()
     run_dir = results_path(done).parent
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["unified.pt", "unified_cada.pt"]
