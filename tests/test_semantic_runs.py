@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from datasets.oneclass import OneClassDataset, SemanticDataset
 from tests.test_datasets_semantic import mnist_raw_files, write_mnist_raw
@@ -116,3 +117,23 @@ def test_a_semantic_run_interrupted_mid_training_resumes_to_the_same_table(tmp_p
         pd.testing.assert_frame_equal(pd.read_csv(run_dir / table), pd.read_csv(whole.parent / table))
     assert results_path(resumed) == run_dir / "norm_study.csv"
     assert not list((run_dir / "checkpoints").glob("*.train.pt"))  # snapshots go once training ends
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_semantic_model_one_process_trains_and_write_one_table(tmp_path):
+    write_pattern_mnist(tmp_path / "data")
+    args = [*MNIST_ARGS, "--data_path", str(tmp_path / "data"), "--epochs", "2", "--batch_size", "4"]  # 30 = 7*4 + 2
+    one = results_path(run_script("train_mnist.py", *args, "--out_dir", str(tmp_path / "one"))).parent
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(REPO / "train_mnist.py"), *args, "--out_dir", str(tmp_path / "two")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("results: ") == 1  # one voice
+    (two,) = (tmp_path / "two").iterdir()
+    assert results_path(done) == two / "results.csv"
+    for name in ("class0.pt", "class1.pt"):
+        reference, parallel = (torch.load(run / "checkpoints" / name, weights_only=True)["model"] for run in (one, two))
+        for key in reference:
+            torch.testing.assert_close(parallel[key], reference[key], rtol=1e-5, atol=1e-7)
+    pd.testing.assert_frame_equal(pd.read_csv(two / "results.csv"), pd.read_csv(one / "results.csv"))
