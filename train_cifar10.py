@@ -5,10 +5,13 @@ and Cats-vs-Dogs. Each class in turn is normal; one model per class; image-level
     python train_cifar10.py --dataset cifar100 --data_path /data
     python train_cifar10.py --dataset cats_vs_dogs --data_path /data/CatsVSDogs/0.2-0.8
     python train_cifar10.py --dataset cifar10 --classes frog --target_norm 1,32   # the norm study
+    python train_cifar10.py --resume results/<run folder>            # finish an interrupted run
+    python train_cifar10.py --checkpoint results/<run folder> ...    # reuse its models where trained exactly so
 
-The run itself (data, frozen features once, a model per class and target norm, evaluation of the
-last checkpoint, the table) is utils/semantic.py, shared with train_mnist.py. Every constant below
-can be overridden as --name value. The last line printed is `results: <csv>`.
+The run itself (data, frozen features once, a model per class and target norm built by models.METHODS["noco"]
+and trained by utils.training.Trainer as train_mvtec.py's are, evaluation of the last checkpoint, the table)
+is utils/semantic.py, shared with train_mnist.py; torchrun runs it as it runs train_mvtec.py. Every
+constant below can be overridden as --name value. The last line printed is `results: <csv>`.
 """
 from utils.config import parse_config, script_constants
 from utils.semantic import HELP, checked_config, run_semantic_noco

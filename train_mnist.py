@@ -5,10 +5,13 @@ turn is normal; one model per class; image-level metrics.
     python train_mnist.py --dataset fmnist --data_path /data
     python train_mnist.py --dataset mnist --data_path data --weights none --backbone resnet18 \
         --image_size 64 --crop_size 0
+    python train_mnist.py --resume results/<run folder>            # finish an interrupted run
+    python train_mnist.py --checkpoint results/<run folder> ...    # reuse its models where trained exactly so
 
-The run itself (data, frozen features once, a model per class and target norm, evaluation of the
-last checkpoint, the table) is utils/semantic.py, shared with train_cifar10.py. Every constant below
-can be overridden as --name value. The last line printed is `results: <csv>`.
+The run itself (data, frozen features once, a model per class and target norm built by models.METHODS["noco"]
+and trained by utils.training.Trainer as train_mvtec.py's are, evaluation of the last checkpoint, the table)
+is utils/semantic.py, shared with train_cifar10.py; torchrun runs it as it runs train_mvtec.py. Every
+constant below can be overridden as --name value. The last line printed is `results: <csv>`.
 """
 from utils.config import parse_config, script_constants
 from utils.semantic import HELP, checked_config, run_semantic_noco

@@ -30,7 +30,8 @@ def test_the_training_data_fingerprint_is_the_images_not_their_folder(tmp_path):
     a, b = mnist_split(tmp_path / "a"), mnist_split(tmp_path / "b")
     assert one_class_fingerprint(OneClassDataset(a, 1)) == one_class_fingerprint(OneClassDataset(b, 1))
     assert one_class_fingerprint(OneClassDataset(a, 1)) != one_class_fingerprint(OneClassDataset(a, 2))
-    assert split_fingerprint(mnist_split(tmp_path / "a", "test")) == split_fingerprint(mnist_split(tmp_path / "b", "test"))
+    tests = [split_fingerprint(mnist_split(tmp_path / folder, "test")) for folder in ("a", "b")]
+    assert tests[0] == tests[1]
     # one pixel of one class-1 training image changed: class 1's fingerprint changes, class 2's does not
     raw = tmp_path / "b" / "MNIST" / "raw" / "train-images-idx3-ubyte"
     data = bytearray(raw.read_bytes())
@@ -55,6 +56,20 @@ def trained(done):
     """The progress bars of training and of the training features' extraction that a run showed, in order."""
     found = re.findall(r"(train features|class\d+(?:_norm[\d.]+)? train):", done.stderr)
     return list(dict.fromkeys(found))
+
+
+def constant_lines(script):
+    """{constant: its line with the comment beside it} of a script's block of constants."""
+    block = (REPO / script).read_text().split("# " + "-" * 77 + "\n")[1]
+    return {line.split(" = ")[0]: line for line in block.splitlines() if " = " in line and not line.startswith(" ")}
+
+
+def test_the_two_semantic_scripts_differ_only_in_their_datasets_and_reference_constants():
+    """Both run utils/semantic.py; their constants are the same option table, line for line, but for these."""
+    mnist, cifar = constant_lines("train_mnist.py"), constant_lines("train_cifar10.py")
+    assert list(mnist) == list(cifar)
+    assert [name for name in mnist if mnist[name] != cifar[name]] == [
+        "dataset", "data_path", "download", "epochs", "radius_penalty"]
 
 
 MNIST_ARGS = ["--dataset", "mnist", "--classes", "0,1", "--image_size", "32", "--crop_size", "0", *SMALL]
