@@ -5,13 +5,16 @@ and Cats-vs-Dogs. Each class in turn is normal; one model per class; image-level
     python train_cifar10.py --dataset cifar100 --data_path /data
     python train_cifar10.py --dataset cats_vs_dogs --data_path /data/CatsVSDogs/0.2-0.8
     python train_cifar10.py --dataset cifar10 --classes frog --target_norm 1,32   # the norm study
+    python train_cifar10.py --resume results/<run folder>            # finish an interrupted run
+    python train_cifar10.py --checkpoint results/<run folder> ...    # reuse its models where trained exactly so
 
-The run itself (data, frozen features once, a model per class and target norm, evaluation of the
-last checkpoint, the table) is utils/semantic.py, shared with train_mnist.py. Every constant below
-can be overridden as --name value. The last line printed is `results: <csv>`.
+The run itself (data, frozen features once, a model per class and target norm built by models.METHODS["noco"]
+and trained by utils.training.Trainer as train_mvtec.py's are, evaluation of the last checkpoint, the table)
+is utils/semantic.py, shared with train_mnist.py; torchrun runs it as it runs train_mvtec.py. Every
+constant below can be overridden as --name value. The last line printed is `results: <csv>`.
 """
 from utils.config import parse_config, script_constants
-from utils.semantic import checked_config, run_semantic_noco
+from utils.semantic import HELP, checked_config, run_semantic_noco
 
 # -----------------------------------------------------------------------------
 method = "noco"              # the detector (NoCo, one model per normal class)
@@ -21,6 +24,8 @@ classes = ()                 # comma list of normal classes (names or indices); 
 download = False             # let torchvision fetch CIFAR (Cats-vs-Dogs cannot be fetched)
 out_dir = "results"          # each run writes results/<script>_<dataset>_noco_<time>/
 resume = ""                  # the folder of an interrupted run: train and evaluate the classes it is missing
+checkpoint = ""              # a run folder (or one .pt file) whose trained models are reused if their training
+                             # configuration matches
 seed = 0                     # seeds the target, the projector's init, a random-init encoder and the batch order
 device = "auto"              # auto | cpu | cuda
 weights = "imagenet"         # imagenet | none (random init) | <path to a state-dict file>
@@ -52,11 +57,14 @@ cache_dtype = "float32"      # float32 | float16 | bfloat16
 cache_memory_gb = 8.0        # above this, cached features go to a memory-mapped file
 cache_dir = ""               # where those files go ("" = the system's temporary folder)
 save_checkpoints = True      # the last checkpoint of each model (no other is ever kept or chosen)
+checkpoint_every = 1000      # iterations between training snapshots that --resume restarts from (0 = none);
+                             # removed when training ends
 plots = False                # also draw the figures (PNG) and report.md beside the CSV
 # -----------------------------------------------------------------------------
 PRESETS = [({"dataset": "cats_vs_dogs"}, {"resize": "cv2"})]  # NoCo's Cats-vs-Dogs loader resizes with OpenCV
-cfg, given = parse_config(script_constants(globals()), presets=PRESETS, script=__file__, return_given=True)
+cfg, given = parse_config(script_constants(globals()), presets=PRESETS, script=__file__, return_given=True,
+                          epilog=HELP)
 cfg = checked_config(cfg, given, "train_cifar10", datasets=("cifar10", "cifar100", "cats_vs_dogs"))
-csv_path = run_semantic_noco(cfg, "train_cifar10",
+csv_path = run_semantic_noco(cfg, given, "train_cifar10",
                              default_root="data/cats_vs_dogs" if cfg.dataset == "cats_vs_dogs" else "data")
 print(f"results: {csv_path}")

@@ -51,11 +51,15 @@ def _noco_encoder(cfg):
 
 
 def _noco_model(cfg, encoder, norm, generator):
+    """Structured (patch maps) on layer taps; image-level on the semantic scripts' one pooled vector per image
+    (--layers avgpool), where train_cifar10.py's radius_penalty adds its reference term to the loss."""
     side = input_side(cfg)
     with torch.no_grad():
         probe = encoder(torch.zeros(1, 3, side, side, device=next(encoder.parameters()).device))
-    return NoCo(sum(f.shape[1] for f in probe.values()), structured=True, target=cfg.target, target_norm=norm,
-                p=cfg.target_p, nu=cfg.nu, radius_init=cfg.radius_init, generator=generator, map_size=side)
+    image_level = tuple(cfg.layers) == ("avgpool",)
+    return NoCo(sum(f.shape[1] for f in probe.values()), structured=not image_level, target=cfg.target,
+                target_norm=norm, p=cfg.target_p, nu=cfg.nu, radius_init=cfg.radius_init,
+                radius_penalty=getattr(cfg, "radius_penalty", 0.0), generator=generator, map_size=side)
 
 
 @torch.no_grad()
