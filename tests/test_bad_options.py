@@ -29,6 +29,8 @@ def assert_one_line(done, message, cwd):
 @pytest.mark.parametrize("script, args, message", [
     ("train_mvtec.py", ["--layers", "layer9"], "--layers: expected each one of layer1, layer2, layer3, layer4, "
                                                "avgpool (the taps of resnet18), got 'layer9' (in layer9)"),
+    ("train_mvtec.py", ["--layers", "layer2,avgpool"], "--layers avgpool: the pooled vector is the semantic scripts' "
+     "tap (one score per image); structured AD needs spatial taps (layer1-layer4)"),
     ("train_mvtec.py", ["--dataset", "cifar10", "--data_path", "{demo}"],
      "--dataset: expected one of mvtec, mpdd, visa, btad, demo, got 'cifar10'"),
     ("train_mvtec.py", ["--seed", "-1"], "--seed: expected a non-negative int, got -1"),

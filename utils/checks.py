@@ -106,6 +106,9 @@ def check_structured(cfg, alignments):
     """train_mvtec.py: --backbone, --lr_schedule against --lr_drop_at, and --align against --setting (a
     method's own options are checked by its registry entry, models.method_of)."""
     check_backbone(cfg)
+    if "avgpool" in cfg.layers:
+        raise ConfigError("--layers avgpool: the pooled vector is the semantic scripts' tap (one score per image); "
+                          "structured AD needs spatial taps (layer1-layer4)")
     if cfg.lr_schedule == "warmup_cosine" and cfg.lr_drop_at:
         raise ConfigError(f"--lr_drop_at {cfg.lr_drop_at}: --lr_schedule warmup_cosine replaces the step drop; "
                           "give --lr_drop_at 0 or --lr_schedule step")
