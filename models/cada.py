@@ -26,17 +26,23 @@ first linear layer only (the two agree for one linear layer). The kernel, normal
 and pooling are ours (named constants below). The default head on a wide_resnet50_2 bottleneck (2048
 channels) has 4,723,458 parameters.
 
+Every alignment is one entry of ALIGNMENTS (as every method is one of models.METHODS): whether it has a
+head to train (and a checkpoint <model>_<kind>.pt), whether it reads the head input (features), whether it
+needs each image's class label at test, the (u, gamma) it estimates per image, its loss, how it
+estimates at test and its optimiser (utils.optim). Scripts and utils read these fields, never a name.
+
 A batch for `loss` is a dict of tensors: "features" (B, C, h, w), "mean", "max", "std" (B,) of each
 image's map, "label" (B,) its class index. Nothing here reads files or prints.
 """
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.optim import build_optimizer, optimizer_settings
 
-ALIGNMENTS = ("none", "cada", "cada_sigma", "class_aware", "classifier")
-TRAINED = ("cada", "cada_sigma", "classifier")  # the alignments with a head to train
 DROPOUT_PLACES = ("every_linear", "first_linear")
 
 CONVS = 1             # Table 3's default structure: 1 conv, ...
@@ -82,14 +88,6 @@ def map_statistics(maps):
     return {"mean": flat.mean(dim=1), "max": flat.amax(dim=1), "std": flat.std(dim=1)}
 
 
-def targets(kind, stats):
-    """The (u, gamma) an alignment of `kind` estimates, per image of map_statistics `stats`: (mean, max)
-    (eq. 3), or for cada_sigma (mean, mean + SIGMA_WIDTH * std) (sec. 4.4, Table 5)."""
-    if kind == "cada_sigma":
-        return stats["mean"], stats["mean"] + SIGMA_WIDTH * stats["std"]
-    return stats["mean"], stats["max"]
-
-
 def class_statistics(stats, labels, n_classes):
     """(n_classes, 2) CaDA-A statistics: u_c = mean of the images' means (all maps have one size, so
     this is the mean over the class's pixels), gamma_c = mean of the images' maxima."""
@@ -108,6 +106,86 @@ def calibrate(maps, u, gamma):
     return (maps - u) / (gamma - u).clamp_min(MIN_SPREAD)
 
 
+def mean_and_max(stats):
+    """(u, gamma) = each image's (mean, max) of its map (CADA eq. 3)."""
+    return stats["mean"], stats["max"]
+
+
+def mean_and_sigma_width(stats):
+    """(u, gamma) = (mean, mean + SIGMA_WIDTH * std) of each image's map (sec. 4.4, Table 5)."""
+    return stats["mean"], stats["mean"] + SIGMA_WIDTH * stats["std"]
+
+
+def _regression_loss(alignment, out, batch):
+    u, gamma = alignment.spec.targets(batch)
+    return (F.smooth_l1_loss(out[:, 0], u, beta=alignment.beta)  # CADA eq. 3
+            + F.smooth_l1_loss(out[:, 1], gamma, beta=alignment.beta))
+
+
+def _class_loss(alignment, out, batch):
+    return F.cross_entropy(out, batch["label"].long())
+
+
+def _identity(alignment, features, labels):
+    n = len(labels if features is None else features)
+    return torch.zeros(n), torch.ones(n)
+
+
+def _head_outputs(alignment, features, labels):
+    out = alignment.head(features).float().cpu()
+    return out[:, 0], out[:, 1]
+
+
+def _class_of_label(alignment, features, labels):
+    picked = alignment.class_stats.cpu()[labels.long().cpu()]
+    return picked[:, 0], picked[:, 1]
+
+
+def _class_of_argmax(alignment, features, labels):
+    picked = alignment.class_stats.cpu()[alignment.head(features).float().cpu().argmax(dim=1)]
+    return picked[:, 0], picked[:, 1]
+
+
+def head_sgd(cfg):
+    """The heads' optimiser: utils.optim's SGD (CADA sec. 4.2: lr 5e-2, momentum 0.9, weight decay 1e-4),
+    no schedule."""
+    return optimizer_settings(lr=cfg.cada_lr, weight_decay=cfg.cada_weight_decay, optimizer="sgd",
+                              momentum=cfg.cada_momentum)
+
+
+@dataclass(frozen=True)
+class AlignmentKind:
+    name: str
+    trained: bool                # a head trained by `loss` with `optimizer`, saved as <model>_<name>.pt
+    reads_features: bool         # estimates (u, gamma) from the head input (models.Method.head_input)
+    needs_labels: bool           # needs each image's class label at test (predict.py cannot serve it)
+    calibrates: bool             # False: the maps are scored as they are (eq. 5 with u = 0, gamma = 1)
+    estimate: Callable           # (alignment, features, labels) -> (u, gamma) per image, on the CPU
+    targets: Callable = mean_and_max  # (map statistics) -> the true (u, gamma) per image it estimates
+    head_outputs: Callable = None     # (n_classes) -> the head's outputs (trained kinds)
+    loss: Callable = None             # (alignment, head output, batch) -> scalar (trained kinds)
+    optimizer: Callable = None        # (cfg) -> utils.optim.optimizer_settings (trained kinds)
+
+
+ALIGNMENTS = {kind.name: kind for kind in (
+    AlignmentKind("none", False, False, False, False, _identity),
+    AlignmentKind("cada", True, True, False, True, _head_outputs, mean_and_max, lambda n: 2, _regression_loss,
+                  head_sgd),
+    AlignmentKind("cada_sigma", True, True, False, True, _head_outputs, mean_and_sigma_width, lambda n: 2,
+                  _regression_loss, head_sgd),
+    AlignmentKind("class_aware", False, False, True, True, _class_of_label),
+    AlignmentKind("classifier", True, True, False, True, _class_of_argmax, mean_and_max, lambda n: n, _class_loss,
+                  head_sgd),
+)}
+UNCALIBRATED = "none"    # predict.py's alignment when the run trained no PREDICT_DEFAULT
+PREDICT_DEFAULT = "cada"  # ... and the one it calibrates with when the run trained it
+
+
+def targets(kind, stats):
+    """The true (u, gamma) per image of map_statistics `stats` that an alignment of `kind` estimates."""
+    return ALIGNMENTS[kind].targets(stats)
+
+
 class Alignment(nn.Module):
     """One alignment of ALIGNMENTS with the module face of the base models: loss(batch),
     configure_optimizers(cfg, total_iters), and statistics(features, labels) -> (u, gamma). The
@@ -118,41 +196,23 @@ class Alignment(nn.Module):
         super().__init__()
         if kind not in ALIGNMENTS:
             raise ValueError(f"alignment must be one of {', '.join(ALIGNMENTS)}, got {kind!r}")
-        self.kind, self.beta = kind, smooth_l1_beta
-        outputs = n_classes if kind == "classifier" else 2
-        self.head = StatsHead(channels, outputs, convs, linears, dropout, dropout_at,
-                              kernel_size) if kind in TRAINED else None
+        self.kind, self.spec, self.beta = kind, ALIGNMENTS[kind], smooth_l1_beta
+        self.head = StatsHead(channels, self.spec.head_outputs(n_classes), convs, linears, dropout, dropout_at,
+                              kernel_size) if self.spec.trained else None
         self.register_buffer("class_stats", torch.zeros(n_classes, 2))  # CaDA-A/B: (u_c, gamma_c)
 
     def set_class_statistics(self, stats, labels):
         self.class_stats.copy_(class_statistics(stats, labels, len(self.class_stats)))
 
     def loss(self, batch):
-        out = self.head(batch["features"]).float()
-        if self.kind == "classifier":
-            return F.cross_entropy(out, batch["label"].long())
-        u, gamma = targets(self.kind, batch)
-        return (F.smooth_l1_loss(out[:, 0], u, beta=self.beta)  # CADA eq. 3
-                + F.smooth_l1_loss(out[:, 1], gamma, beta=self.beta))
+        return self.spec.loss(self, self.head(batch["features"]).float(), batch)
 
     @torch.no_grad()
     def statistics(self, features=None, labels=None):
-        """(u, gamma) per image. `labels` (class indices) are read by class_aware only; `features` by
-        the trained heads; none gives u = 0, gamma = 1 (the identity calibration)."""
-        if self.kind == "none":
-            n = len(labels if features is None else features)
-            return torch.zeros(n), torch.ones(n)
-        if self.kind == "class_aware":
-            picked = self.class_stats.cpu()[labels.long().cpu()]
-            return picked[:, 0], picked[:, 1]
-        out = self.head(features).float().cpu()
-        if self.kind == "classifier":
-            picked = self.class_stats.cpu()[out.argmax(dim=1)]
-            return picked[:, 0], picked[:, 1]
-        return out[:, 0], out[:, 1]
+        """(u, gamma) per image. `labels` (class indices) are read by the kinds that need_labels only;
+        `features` by those that read_features; none gives u = 0, gamma = 1 (the identity calibration)."""
+        return self.spec.estimate(self, features, labels)
 
     def configure_optimizers(self, cfg, total_iters=None):
-        """utils.optim.build_optimizer's SGD (CADA sec. 4.2: lr 5e-2, momentum 0.9, weight decay 1e-4), no schedule."""
-        settings = optimizer_settings(lr=cfg.cada_lr, weight_decay=cfg.cada_weight_decay, optimizer="sgd",
-                                      momentum=cfg.cada_momentum)
-        return build_optimizer(self.head.parameters(), settings, total_iters)
+        """utils.optim.build_optimizer with the kind's optimizer settings (CADA sec. 4.2's SGD), no schedule."""
+        return build_optimizer(self.head.parameters(), self.spec.optimizer(cfg), total_iters)

@@ -230,7 +230,7 @@ def test_none_is_the_identity_and_unknown_kinds_are_refused():
     assert u.tolist() == [0, 0, 0] and gamma.tolist() == [1, 1, 1]
     with pytest.raises(ValueError, match="alignment must be one of"):
         Alignment("cada2")
-    assert ALIGNMENTS == ("none", "cada", "cada_sigma", "class_aware", "classifier")
+    assert tuple(ALIGNMENTS) == ("none", "cada", "cada_sigma", "class_aware", "classifier")
 
 
 def test_dropout_is_active_in_training_only():
@@ -292,3 +292,21 @@ def test_head_options_train_the_head_only_and_the_head_batch_is_cada_batch_size(
     other = torch.load(results_path(again).parent / "checkpoints" / "unified_cada.pt", weights_only=False)["model"]
     # the same base, seed and batch order: only batches of 4 against batches of 8 make the heads differ
     assert not torch.equal(head["head.mlp.5.weight"], other["head.mlp.5.weight"])
+
+
+def test_the_registry_declares_what_each_alignment_trains_reads_and_needs():
+    assert [kind for kind, spec in ALIGNMENTS.items() if spec.trained] == ["cada", "cada_sigma", "classifier"]
+    assert [kind for kind, spec in ALIGNMENTS.items() if spec.needs_labels] == ["class_aware"]
+    assert [kind for kind, spec in ALIGNMENTS.items() if not spec.calibrates] == ["none"]
+    for kind, spec in ALIGNMENTS.items():  # a trained kind has a head, a loss and an optimiser; the others none
+        assert (spec.head_outputs is not None) == (spec.loss is not None) == (spec.optimizer is not None) == spec.trained
+        assert (Alignment(kind, channels=8, n_classes=3).head is not None) == spec.trained
+    assert ALIGNMENTS["classifier"].head_outputs(5) == 5 and ALIGNMENTS["cada"].head_outputs(5) == 2
+    settings = SimpleNamespace(cada_lr=0.05, cada_momentum=0.9, cada_weight_decay=1e-4)
+    optimizer, scheduler = Alignment("cada", channels=8).configure_optimizers(settings, 10)
+    assert isinstance(optimizer, torch.optim.SGD) and scheduler is None
+    assert (optimizer.defaults["lr"], optimizer.defaults["momentum"], optimizer.defaults["weight_decay"]) == (
+        0.05, 0.9, 1e-4)
+    stats = {"mean": torch.tensor([1.0]), "max": torch.tensor([4.0]), "std": torch.tensor([0.5])}
+    assert [t.item() for t in ALIGNMENTS["cada_sigma"].targets(stats)] == [1.0, 2.5]
+    assert [t.item() for t in ALIGNMENTS["class_aware"].targets(stats)] == [1.0, 4.0]
