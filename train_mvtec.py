@@ -312,7 +312,7 @@ if cfg.checkpoint:  # reuse was asked for: every base model must be there before
                           f"checkpoints/{{{','.join(wanted)}}}.pt")
 if cfg.resume and cfg.save_checkpoints:  # a finished model whose files are gone is trained again, not skipped
     for name in model_names.values():
-        files = [f"{name}.pt", *(f"{name}_{kind}.pt" for kind in cfg.align if cada.ALIGNMENTS[kind].trained)]
+        files = [f"{name}.pt", *(f"{name}_{kind}.pt" for kind in cfg.align if cada.ALIGNMENTS[kind].saved)]
         if run.finished(name) and (lost := [f for f in files if not (run.path / "checkpoints" / f).is_file()]):
             print(f"{name}: checkpoints/{', '.join(lost)} missing from {run.path}: trained again where needed")
             run.rows = [row for row in run.rows if row.get("model") != name]
@@ -360,12 +360,15 @@ for group_name, group in groups:
                 alignment = cada.Alignment(kind, head_table["features"].shape[1] if needs_head_input else 0, len(group),
                                            cfg.cada_beta, cfg.cada_convs, cfg.cada_linears, cfg.cada_dropout,
                                            cfg.cada_dropout_at).to(device)
-                alignment.set_class_statistics(head_table, head_table["label"].long())
+                alignment.fit_statistics(head_table, cfg.seed)
                 if cada.ALIGNMENTS[kind].trained:  # its loss (CADA eq. 3, or cross-entropy), the base frozen
                     alignment = train(alignment, f"{model_name}_{kind}", {**training_config, "align": kind},
                                       NOT_TRAINING | not_in_fingerprint(method),
                                       lambda: CachedBatches(head_table, cfg.cada_batch_size), cfg.cada_iters, cfg,
                                       base=False, drop_last=True, batch_option="cada_batch_size")
+                elif cada.ALIGNMENTS[kind].saved and cfg.save_checkpoints:  # fitted, not trained: for predict.py
+                    run.save_checkpoint({"model": alignment.state_dict(), "fingerprint": "",
+                                         "training_config": {**training_config, "align": kind}}, f"{model_name}_{kind}")
             # evaluate the last checkpoint ------------------------------------------------
             per_class, pooled, kept = evaluate(tested, cfg, alignment, pooled=not separate, keep=shown)
             threshold = None  # from the held-out normal images only, through the same path as the test set

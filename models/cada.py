@@ -15,6 +15,10 @@ blur. The base model is frozen throughout; only the small head below is trained.
                maxima (the paper's choice "to avoid outliers"); the class label is used at test.
   classifier   CaDA-B: a head of the regressor's structure (sec. 4.4), trained with cross-entropy on the
                training images' class labels, picks (u_c, gamma_c) of its argmax class at test.
+  cluster      ours (no paper): class statistics without class labels. The training images' head inputs,
+               global-average-pooled and standardised, are clustered by k-means (scikit-learn, k = 2 .. 10
+               chosen by the best silhouette score on the training images alone); each cluster gets
+               class_aware's (u, gamma) over its images, and a test image takes its nearest centroid's.
 
 Head (CADA Table 3's structures; default "1 conv, 2 linear"): `convs` times [conv (channels kept,
 CONV_KERNEL) -> BatchNorm -> ReLU], global average pooling, then `linears` linear layers, HIDDEN wide
@@ -37,6 +41,8 @@ image's map, "label" (B,) its class index. Nothing here reads files or prints.
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -53,6 +59,8 @@ DROPOUT = 0.25        # CADA sec. 4.2
 DROPOUT_AT = "every_linear"  # sec. 3.3: "a simple Dropout before linear layers"
 SIGMA_WIDTH = 3.0     # sec. 4.4, Table 5: gamma = u + 3 sigma
 MIN_SPREAD = 1e-6     # eq. 5 guard: gamma_hat - u_hat is clamped to at least this (maps stay ordered, finite)
+MAX_CLUSTERS = 10     # cluster: k is tried from 2 to min(MAX_CLUSTERS, training images - 1) ...
+KMEANS_INITS = 10     # ... each k-means run from this many seeded initialisations (scikit-learn's n_init)
 
 
 class StatsHead(nn.Module):
@@ -146,6 +154,66 @@ def _class_of_argmax(alignment, features, labels):
     return picked[:, 0], picked[:, 1]
 
 
+def _class_table(alignment, table, seed):
+    alignment.set_class_statistics(table, table["label"].long())
+
+
+def pooled_standardised(features, mean, std):
+    """(N, C, h, w) head inputs -> (N, C): global average pooled, then (x - mean) / std per channel."""
+    return (features.float().mean(dim=(2, 3)) - mean) / std
+
+
+def choose_clusters(points, seed, max_clusters=MAX_CLUSTERS):
+    """(k, labels (N,), centroids (k, D)) of (N, D) points: scikit-learn KMeans (random_state `seed`,
+    KMEANS_INITS initialisations) for k = 2 .. min(max_clusters, N - 1), the k of the best silhouette score
+    (the smallest on a tie). Reads the points only."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+    points = np.asarray(points, dtype=np.float64)
+    if len(points) < 3:
+        raise ValueError(f"cluster: k-means with a silhouette needs at least 3 training images, got {len(points)}")
+    best = None
+    for k in range(2, min(max_clusters, len(points) - 1) + 1):
+        kmeans = KMeans(n_clusters=k, random_state=seed, n_init=KMEANS_INITS).fit(points)
+        if len(set(kmeans.labels_)) < 2:  # identical points: one cluster, no silhouette
+            continue
+        score = silhouette_score(points, kmeans.labels_)
+        if best is None or score > best[0]:
+            best = (score, k, kmeans.labels_, kmeans.cluster_centers_)
+    if best is None:
+        raise ValueError("cluster: the training images' head inputs are all identical: nothing to cluster")
+    return best[1], torch.as_tensor(best[2]).long(), torch.as_tensor(best[3]).float()
+
+
+def _cluster_table(alignment, table, seed):
+    """Fit `cluster` on the training table: standardise the pooled head inputs, choose_clusters, each
+    cluster's class_statistics; record k and the adjusted Rand index against the class labels (never used)."""
+    from sklearn.metrics import adjusted_rand_score
+    pooled = table["features"].float().mean(dim=(2, 3))
+    mean, std = pooled.mean(dim=0), pooled.std(dim=0)
+    std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel: left as it is
+    k, labels, centroids = choose_clusters(pooled_standardised(table["features"], mean, std), seed)
+    device = alignment.class_stats.device
+    for name, value in (("feature_mean", mean), ("feature_std", std), ("centroids", centroids),
+                        ("cluster_stats", class_statistics(table, labels, k))):
+        alignment.register_buffer(name, value.to(device))
+    alignment.record = {"clusters": k, "cluster_ari": adjusted_rand_score(table["label"].long().numpy(),
+                                                                          labels.numpy())}
+
+
+def _cluster_buffers(channels):
+    return {"feature_mean": torch.zeros(channels), "feature_std": torch.ones(channels),
+            "centroids": torch.zeros(0, channels), "cluster_stats": torch.zeros(0, 2)}
+
+
+def _nearest_cluster(alignment, features, labels):
+    pooled = pooled_standardised(features.to(alignment.centroids.device), alignment.feature_mean,
+                                 alignment.feature_std)
+    nearest = ((pooled[:, None] - alignment.centroids[None]) ** 2).sum(dim=2).argmin(dim=1)
+    picked = alignment.cluster_stats[nearest].cpu()
+    return picked[:, 0], picked[:, 1]
+
+
 def head_sgd(cfg):
     """The heads' optimiser: utils.optim's SGD (CADA sec. 4.2: lr 5e-2, momentum 0.9, weight decay 1e-4),
     no schedule."""
@@ -165,6 +233,13 @@ class AlignmentKind:
     head_outputs: Callable = None     # (n_classes) -> the head's outputs (trained kinds)
     loss: Callable = None             # (alignment, head output, batch) -> scalar (trained kinds)
     optimizer: Callable = None        # (cfg) -> utils.optim.optimizer_settings (trained kinds)
+    fit: Callable = _class_table      # (alignment, training table, seed): statistics fitted before any training
+    buffers: Callable = None          # (channels) -> {name: tensor}: its own state, sized by `fit`
+    saved: bool = None                # its state is saved as <model>_<name>.pt (None: when trained)
+
+    def __post_init__(self):
+        if self.saved is None:
+            object.__setattr__(self, "saved", self.trained)
 
 
 ALIGNMENTS = {kind.name: kind for kind in (
@@ -176,6 +251,8 @@ ALIGNMENTS = {kind.name: kind for kind in (
     AlignmentKind("class_aware", False, False, True, True, _class_of_label),
     AlignmentKind("classifier", True, True, False, True, _class_of_argmax, mean_and_max, lambda n: n, _class_loss,
                   head_sgd),
+    AlignmentKind("cluster", False, True, False, True, _nearest_cluster, fit=_cluster_table,
+                  buffers=_cluster_buffers, saved=True),
 )}
 UNCALIBRATED = "none"    # predict.py's alignment when the run trained no PREDICT_DEFAULT
 PREDICT_DEFAULT = "cada"  # ... and the one it calibrates with when the run trained it
@@ -200,9 +277,23 @@ class Alignment(nn.Module):
         self.head = StatsHead(channels, self.spec.head_outputs(n_classes), convs, linears, dropout, dropout_at,
                               kernel_size) if self.spec.trained else None
         self.register_buffer("class_stats", torch.zeros(n_classes, 2))  # CaDA-A/B: (u_c, gamma_c)
+        for name, value in (self.spec.buffers(channels) if self.spec.buffers else {}).items():
+            self.register_buffer(name, value)
+        self.record = {}  # what fit_statistics found, for alignment_stats.csv (cluster: k and the ARI)
 
     def set_class_statistics(self, stats, labels):
         self.class_stats.copy_(class_statistics(stats, labels, len(self.class_stats)))
+
+    def fit_statistics(self, table, seed=0):
+        """The kind's statistics from the training table (evaluation.head_training_table): the class table
+        by label, or (cluster) k-means clusters of the head inputs and theirs, seeded by `seed`."""
+        self.spec.fit(self, table, seed)
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        for name in self.spec.buffers(0) if self.spec.buffers else ():  # sized by fit: take the saved sizes
+            if name in state_dict:
+                self.register_buffer(name, torch.empty_like(state_dict[name], device=self.class_stats.device))
+        return super().load_state_dict(state_dict, *args, **kwargs)
 
     def loss(self, batch):
         return self.spec.loss(self, self.head(batch["features"]).float(), batch)

@@ -34,17 +34,19 @@ def tiny():
 
 def alignment_of(kind, tiny):
     """An alignment of `kind` as train_mvtec.py builds it (None for a kind that does not calibrate), its head
-    random, its class table from made-up statistics that differ per class."""
+    random, its statistics fitted on the images' head inputs and made-up maps whose statistics differ per class."""
     cfg, method, encoder, model, images = tiny
     if not ALIGNMENTS[kind].calibrates:
         return None
+    batch = torch.cat([images[c] for c in CLASSES])
     with torch.no_grad():
-        channels = method.head_input(model, encoder(images[CLASSES[0]][:1]), cfg.align_input).shape[1]
+        features = method.head_input(model, encoder(batch), cfg.align_input)
+    labels = torch.arange(len(CLASSES)).repeat_interleave(PER_CLASS)
+    maps = (1.0 + 2 * labels.float())[:, None, None] * (1 + torch.rand(len(labels), 4, 4,
+                                                                        generator=torch.Generator().manual_seed(3)))
     torch.manual_seed(2)
-    alignment = Alignment(kind, channels, len(CLASSES)).eval()
-    maps = torch.stack([torch.full((4, 4), 1.0), torch.full((4, 4), 3.0)])
-    maps[1, 0, 0] = 9.0
-    alignment.set_class_statistics(map_statistics(maps), torch.tensor([0, 1]))
+    alignment = Alignment(kind, features.shape[1], len(CLASSES)).eval()
+    alignment.fit_statistics({**map_statistics(maps), "label": labels.float(), "features": features}, seed=0)
     return alignment
 
 
@@ -100,3 +102,18 @@ def test_held_out_thresholds_are_predicts_calibration_of_the_same_images(tiny, k
     calibrated = calibration(scorer, [images[c] for c in CLASSES], torch.device("cpu"), 0.2)
     assert held.pop("held_out_images") == calibrated.pop("calibration_images") == PER_CLASS * len(CLASSES)
     assert held == calibrated
+
+
+@pytest.mark.parametrize("kind", ["cluster"])  # none, cada and classifier: tests/test_predict.py, on trained runs
+def test_an_alignment_exports_to_onnx_with_the_pytorch_maps(tiny, kind, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from utils.inference import export_onnx
+    cfg, method, encoder, model, images = tiny
+    scorer = Scorer(method, encoder, model, alignment_of(kind, tiny), cfg).eval()
+    path = export_onnx(scorer, SIDE, tmp_path / f"{kind}.onnx")
+    batch = torch.cat([images[c] for c in CLASSES])
+    with torch.no_grad():
+        maps, scores = scorer(batch)
+    onnx_maps, onnx_scores = onnxruntime.InferenceSession(str(path)).run(None, {"image": batch.numpy()})
+    assert abs(onnx_maps - maps.numpy()).max() <= 1e-4 * max(1.0, maps.abs().max().item())
+    assert abs(onnx_scores - scores.numpy()).max() <= 1e-4 * max(1.0, scores.abs().max().item())

@@ -85,7 +85,7 @@ def alignment_statistics(tested, alignment):
         rows.append({"class": name, "u_test_normal": true_u.mean().item(),
                      "gamma_test_normal": true_gamma.mean().item(), "u_estimated": u.mean().item(),
                      "gamma_estimated": gamma.mean().item(), "u_test_normal_std": _spread(true_u),
-                     "u_estimated_std": _spread(u), "u_correlation": correlation(true_u, u)})
+                     "u_estimated_std": _spread(u), "u_correlation": correlation(true_u, u), **alignment.record})
     return rows
 
 

@@ -108,7 +108,7 @@ def load_run(run_dir, align="", class_name="", thresholds="", need_thresholds=Tr
         raise ConfigError(f"--align {align}: it needs each image's class, which predict does not know; "
                           f"use {', '.join(usable[:-1])} or {usable[-1]}")
     files = [run_dir / "checkpoints" / f"{model_name}.pt"]
-    if ALIGNMENTS[align].trained:
+    if ALIGNMENTS[align].saved:
         files.append(run_dir / "checkpoints" / f"{model_name}_{align}.pt")
     if missing := [str(f.relative_to(run_dir)) for f in files if not f.is_file()]:
         raise ValueError(f"--run {run_dir}: no {', '.join(missing)} (" + (
