@@ -33,7 +33,8 @@ channels) has 4,723,458 parameters.
 Every alignment is one entry of ALIGNMENTS (as every method is one of models.METHODS): whether it has a
 head to train (and a checkpoint <model>_<kind>.pt), whether it reads the head input (features), whether it
 needs each image's class label at test, the (u, gamma) it estimates per image, its loss, how it
-estimates at test and its optimiser (utils.optim). Scripts and utils read these fields, never a name.
+estimates at test, its optimiser (utils.optim), what it fits before training (class table, clusters) and
+whether its state is saved. Scripts and utils read these fields, never a name.
 
 A batch for `loss` is a dict of tensors: "features" (B, C, h, w), "mean", "max", "std" (B,) of each
 image's map, "label" (B,) its class index. Nothing here reads files or prints.
@@ -42,7 +43,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
