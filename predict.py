@@ -35,7 +35,6 @@ from utils.config import ConfigError, parse_config, resolve_device, script_const
 from utils.files import atomic_write
 from utils.inference import (ImageFiles, build_scorer, calibration, collate, export_onnx, image_files, load_run,
                              run_transform)
-from utils.maps import image_scores
 from utils.results import write_table
 from utils.thresholds import checkpoint_digest, save_calibration, too_few, too_few_note
 
@@ -148,12 +147,7 @@ for indices, batch, reasons in tqdm(loader, desc="predict", unit="batch"):
     if batch is None:
         continue
     with torch.no_grad():
-        raw, u, gamma, calibrated = scorer.parts(batch.to(device))
-        final = scorer.finished(calibrated)
-        scores = image_scores(final, trained.cfg.image_score, trained.cfg.top_fraction).cpu()
-        raw_scores = (image_scores(scorer.finished(raw), trained.cfg.image_score, trained.cfg.top_fraction).cpu()
-                      if aligned else scores)
-    final = final.cpu()
+        final, scores, raw_scores, u, gamma = (x if x is None else x.cpu() for x in scorer.predict(batch.to(device)))
     good = [index for index, reason in zip(indices, reasons) if not reason]
     for row, index in enumerate(good):
         rows[index] = {"path": str(files[index]), "score": raw_scores[row].item(),

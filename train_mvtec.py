@@ -258,7 +258,7 @@ train_sizes = {c: len(train_sets[c]) for c in class_names} if separate else {
     "the union of the classes": sum(len(part) for part in train_sets.values())}
 if cfg.epochs if separate else cfg.iters:  # refused now, not mid-run after a long training
     check_batches(train_sizes, cfg.batch_size, "batch_size", drop_last, world)
-if cfg.cada_iters and any(kind in cada.TRAINED for kind in cfg.align):  # heads drop the short batch, as the base
+if cfg.cada_iters and any(cada.ALIGNMENTS[kind].trained for kind in cfg.align):  # heads drop the short batch
     check_batches(train_sizes, cfg.cada_batch_size, "cada_batch_size", True, world)
 loader = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers)
 run = RunFolder(distributed.agreed(cfg.resume or new_run_path(cfg.out_dir, "train_mvtec", run_name, cfg.method,
@@ -312,11 +312,11 @@ if cfg.checkpoint:  # reuse was asked for: every base model must be there before
                           f"checkpoints/{{{','.join(wanted)}}}.pt")
 if cfg.resume and cfg.save_checkpoints:  # a finished model whose files are gone is trained again, not skipped
     for name in model_names.values():
-        files = [f"{name}.pt", *(f"{name}_{kind}.pt" for kind in cfg.align if kind in cada.TRAINED)]
+        files = [f"{name}.pt", *(f"{name}_{kind}.pt" for kind in cfg.align if cada.ALIGNMENTS[kind].saved)]
         if run.finished(name) and (lost := [f for f in files if not (run.path / "checkpoints" / f).is_file()]):
             print(f"{name}: checkpoints/{', '.join(lost)} missing from {run.path}: trained again where needed")
             run.rows = [row for row in run.rows if row.get("model") != name]
-needs_head_input = any(kind in cada.TRAINED for kind in cfg.align)
+needs_head_input = any(cada.ALIGNMENTS[kind].reads_features for kind in cfg.align)
 probe = report.noco_polar if cfg.plots and method.name == "noco" else None  # NoCo's polar figure
 alignment_rows = []  # per class: the true normal statistics on held-out (test) normal images beside each estimate
 for group_name, group in groups:
@@ -350,22 +350,25 @@ for group_name, group in groups:
         record = report.new_record(norm, not separate, tested, test_sets, shown) if cfg.plots else None
 
         # alignments: statistics of the frozen model's maps on every training image, once; a head each ---
-        if tuple(cfg.align) != ("none",):
+        if any(cada.ALIGNMENTS[kind].calibrates for kind in cfg.align):
             head_table = head_training_table([maps_of(model, train_sets[c], f"{c} train maps") for c in group])
         rows = []
         for kind in cfg.align:
             alignment = None
-            if kind != "none":
+            if cada.ALIGNMENTS[kind].calibrates:
                 seed_everything(cfg.seed)
                 alignment = cada.Alignment(kind, head_table["features"].shape[1] if needs_head_input else 0, len(group),
                                            cfg.cada_beta, cfg.cada_convs, cfg.cada_linears, cfg.cada_dropout,
                                            cfg.cada_dropout_at).to(device)
-                alignment.set_class_statistics(head_table, head_table["label"].long())
-                if kind in cada.TRAINED:  # CADA eq. 3 (cada, cada_sigma) or cross-entropy (classifier), the base frozen
+                alignment.fit_statistics(head_table, cfg.seed)
+                if cada.ALIGNMENTS[kind].trained:  # its loss (CADA eq. 3, or cross-entropy), the base frozen
                     alignment = train(alignment, f"{model_name}_{kind}", {**training_config, "align": kind},
                                       NOT_TRAINING | not_in_fingerprint(method),
                                       lambda: CachedBatches(head_table, cfg.cada_batch_size), cfg.cada_iters, cfg,
                                       base=False, drop_last=True, batch_option="cada_batch_size")
+                elif cada.ALIGNMENTS[kind].saved and cfg.save_checkpoints:  # fitted, not trained: for predict.py
+                    run.save_checkpoint({"model": alignment.state_dict(), "fingerprint": "",
+                                         "training_config": {**training_config, "align": kind}}, f"{model_name}_{kind}")
             # evaluate the last checkpoint ------------------------------------------------
             per_class, pooled, kept = evaluate(tested, cfg, alignment, pooled=not separate, keep=shown)
             threshold = None  # from the held-out normal images only, through the same path as the test set

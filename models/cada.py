@@ -15,6 +15,10 @@ blur. The base model is frozen throughout; only the small head below is trained.
                maxima (the paper's choice "to avoid outliers"); the class label is used at test.
   classifier   CaDA-B: a head of the regressor's structure (sec. 4.4), trained with cross-entropy on the
                training images' class labels, picks (u_c, gamma_c) of its argmax class at test.
+  cluster      ours (no paper): class statistics without class labels. The training images' head inputs,
+               global-average-pooled and standardised, are clustered by k-means (scikit-learn, k = 2 .. 10
+               chosen by the best silhouette score on the training images alone); each cluster gets
+               class_aware's (u, gamma) over its images, and a test image takes its nearest centroid's.
 
 Head (CADA Table 3's structures; default "1 conv, 2 linear"): `convs` times [conv (channels kept,
 CONV_KERNEL) -> BatchNorm -> ReLU], global average pooling, then `linears` linear layers, HIDDEN wide
@@ -26,17 +30,25 @@ first linear layer only (the two agree for one linear layer). The kernel, normal
 and pooling are ours (named constants below). The default head on a wide_resnet50_2 bottleneck (2048
 channels) has 4,723,458 parameters.
 
+Every alignment is one entry of ALIGNMENTS (as every method is one of models.METHODS): whether it has a
+head to train (and a checkpoint <model>_<kind>.pt), whether it reads the head input (features), whether it
+needs each image's class label at test, the (u, gamma) it estimates per image, its loss, how it
+estimates at test, its optimiser (utils.optim), what it fits before training (class table, clusters) and
+whether its state is saved. Scripts and utils read these fields, never a name.
+
 A batch for `loss` is a dict of tensors: "features" (B, C, h, w), "mean", "max", "std" (B,) of each
 image's map, "label" (B,) its class index. Nothing here reads files or prints.
 """
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.optim import build_optimizer, optimizer_settings
 
-ALIGNMENTS = ("none", "cada", "cada_sigma", "class_aware", "classifier")
-TRAINED = ("cada", "cada_sigma", "classifier")  # the alignments with a head to train
 DROPOUT_PLACES = ("every_linear", "first_linear")
 
 CONVS = 1             # Table 3's default structure: 1 conv, ...
@@ -47,6 +59,8 @@ DROPOUT = 0.25        # CADA sec. 4.2
 DROPOUT_AT = "every_linear"  # sec. 3.3: "a simple Dropout before linear layers"
 SIGMA_WIDTH = 3.0     # sec. 4.4, Table 5: gamma = u + 3 sigma
 MIN_SPREAD = 1e-6     # eq. 5 guard: gamma_hat - u_hat is clamped to at least this (maps stay ordered, finite)
+MAX_CLUSTERS = 10     # cluster: k is tried from 2 to min(MAX_CLUSTERS, training images - 1) ...
+KMEANS_INITS = 10     # ... each k-means run from this many seeded initialisations (scikit-learn's n_init)
 
 
 class StatsHead(nn.Module):
@@ -82,14 +96,6 @@ def map_statistics(maps):
     return {"mean": flat.mean(dim=1), "max": flat.amax(dim=1), "std": flat.std(dim=1)}
 
 
-def targets(kind, stats):
-    """The (u, gamma) an alignment of `kind` estimates, per image of map_statistics `stats`: (mean, max)
-    (eq. 3), or for cada_sigma (mean, mean + SIGMA_WIDTH * std) (sec. 4.4, Table 5)."""
-    if kind == "cada_sigma":
-        return stats["mean"], stats["mean"] + SIGMA_WIDTH * stats["std"]
-    return stats["mean"], stats["max"]
-
-
 def class_statistics(stats, labels, n_classes):
     """(n_classes, 2) CaDA-A statistics: u_c = mean of the images' means (all maps have one size, so
     this is the mean over the class's pixels), gamma_c = mean of the images' maxima."""
@@ -108,6 +114,155 @@ def calibrate(maps, u, gamma):
     return (maps - u) / (gamma - u).clamp_min(MIN_SPREAD)
 
 
+def mean_and_max(stats):
+    """(u, gamma) = each image's (mean, max) of its map (CADA eq. 3)."""
+    return stats["mean"], stats["max"]
+
+
+def mean_and_sigma_width(stats):
+    """(u, gamma) = (mean, mean + SIGMA_WIDTH * std) of each image's map (sec. 4.4, Table 5)."""
+    return stats["mean"], stats["mean"] + SIGMA_WIDTH * stats["std"]
+
+
+def _regression_loss(alignment, out, batch):
+    u, gamma = alignment.spec.targets(batch)
+    return (F.smooth_l1_loss(out[:, 0], u, beta=alignment.beta)  # CADA eq. 3
+            + F.smooth_l1_loss(out[:, 1], gamma, beta=alignment.beta))
+
+
+def _class_loss(alignment, out, batch):
+    return F.cross_entropy(out, batch["label"].long())
+
+
+def _identity(alignment, features, labels):
+    n = len(labels if features is None else features)
+    return torch.zeros(n), torch.ones(n)
+
+
+def _head_outputs(alignment, features, labels):
+    out = alignment.head(features).float().cpu()
+    return out[:, 0], out[:, 1]
+
+
+def _class_of_label(alignment, features, labels):
+    picked = alignment.class_stats.cpu()[labels.long().cpu()]
+    return picked[:, 0], picked[:, 1]
+
+
+def _class_of_argmax(alignment, features, labels):
+    picked = alignment.class_stats.cpu()[alignment.head(features).float().cpu().argmax(dim=1)]
+    return picked[:, 0], picked[:, 1]
+
+
+def _class_table(alignment, table, seed):
+    alignment.set_class_statistics(table, table["label"].long())
+
+
+def pooled_standardised(features, mean, std):
+    """(N, C, h, w) head inputs -> (N, C): global average pooled, then (x - mean) / std per channel."""
+    return (features.float().mean(dim=(2, 3)) - mean) / std
+
+
+def choose_clusters(points, seed, max_clusters=MAX_CLUSTERS):
+    """(k, labels (N,), centroids (k, D)) of (N, D) points: scikit-learn KMeans (random_state `seed`,
+    KMEANS_INITS initialisations) for k = 2 .. min(max_clusters, N - 1), the k of the best silhouette score
+    (the smallest on a tie). Reads the points only."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+    points = np.asarray(points, dtype=np.float64)
+    if len(points) < 3:
+        raise ValueError(f"cluster: k-means with a silhouette needs at least 3 training images, got {len(points)}")
+    best = None
+    for k in range(2, min(max_clusters, len(points) - 1) + 1):
+        kmeans = KMeans(n_clusters=k, random_state=seed, n_init=KMEANS_INITS).fit(points)
+        if len(set(kmeans.labels_)) < 2:  # identical points: one cluster, no silhouette
+            continue
+        score = silhouette_score(points, kmeans.labels_)
+        if best is None or score > best[0]:
+            best = (score, k, kmeans.labels_, kmeans.cluster_centers_)
+    if best is None:
+        raise ValueError("cluster: the training images' head inputs are all identical: nothing to cluster")
+    return best[1], torch.as_tensor(best[2]).long(), torch.as_tensor(best[3]).float()
+
+
+def _cluster_table(alignment, table, seed):
+    """Fit `cluster` on the training table: standardise the pooled head inputs, choose_clusters, each
+    cluster's class_statistics; record k and the adjusted Rand index against the class labels (never used)."""
+    from sklearn.metrics import adjusted_rand_score
+    pooled = table["features"].float().mean(dim=(2, 3))
+    mean, std = pooled.mean(dim=0), pooled.std(dim=0)
+    std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel: left as it is
+    k, labels, centroids = choose_clusters(pooled_standardised(table["features"], mean, std), seed)
+    device = alignment.class_stats.device
+    for name, value in (("feature_mean", mean), ("feature_std", std), ("centroids", centroids),
+                        ("cluster_stats", class_statistics(table, labels, k))):
+        alignment.register_buffer(name, value.to(device))
+    alignment.record = {"clusters": k, "cluster_ari": adjusted_rand_score(table["label"].long().numpy(),
+                                                                          labels.numpy())}
+
+
+def _cluster_buffers(channels):
+    return {"feature_mean": torch.zeros(channels), "feature_std": torch.ones(channels),
+            "centroids": torch.zeros(0, channels), "cluster_stats": torch.zeros(0, 2)}
+
+
+def _nearest_cluster(alignment, features, labels):
+    pooled = pooled_standardised(features.to(alignment.centroids.device), alignment.feature_mean,
+                                 alignment.feature_std)
+    nearest = ((pooled[:, None] - alignment.centroids[None]) ** 2).sum(dim=2).argmin(dim=1)
+    picked = alignment.cluster_stats[nearest].cpu()
+    return picked[:, 0], picked[:, 1]
+
+
+def head_sgd(cfg):
+    """The heads' optimiser: utils.optim's SGD (CADA sec. 4.2: lr 5e-2, momentum 0.9, weight decay 1e-4),
+    no schedule."""
+    return optimizer_settings(lr=cfg.cada_lr, weight_decay=cfg.cada_weight_decay, optimizer="sgd",
+                              momentum=cfg.cada_momentum)
+
+
+@dataclass(frozen=True)
+class AlignmentKind:
+    name: str
+    trained: bool                # a head trained by `loss` with `optimizer`, saved as <model>_<name>.pt
+    reads_features: bool         # estimates (u, gamma) from the head input (models.Method.head_input)
+    needs_labels: bool           # needs each image's class label at test (predict.py cannot serve it)
+    calibrates: bool             # False: the maps are scored as they are (eq. 5 with u = 0, gamma = 1)
+    estimate: Callable           # (alignment, features, labels) -> (u, gamma) per image, on the CPU
+    targets: Callable = mean_and_max  # (map statistics) -> the true (u, gamma) per image it estimates
+    head_outputs: Callable = None     # (n_classes) -> the head's outputs (trained kinds)
+    loss: Callable = None             # (alignment, head output, batch) -> scalar (trained kinds)
+    optimizer: Callable = None        # (cfg) -> utils.optim.optimizer_settings (trained kinds)
+    fit: Callable = _class_table      # (alignment, training table, seed): statistics fitted before any training
+    buffers: Callable = None          # (channels) -> {name: tensor}: its own state, sized by `fit`
+    saved: bool = None                # its state is saved as <model>_<name>.pt (None: when trained)
+
+    def __post_init__(self):
+        if self.saved is None:
+            object.__setattr__(self, "saved", self.trained)
+
+
+ALIGNMENTS = {kind.name: kind for kind in (
+    AlignmentKind("none", False, False, False, False, _identity),
+    AlignmentKind("cada", True, True, False, True, _head_outputs, mean_and_max, lambda n: 2, _regression_loss,
+                  head_sgd),
+    AlignmentKind("cada_sigma", True, True, False, True, _head_outputs, mean_and_sigma_width, lambda n: 2,
+                  _regression_loss, head_sgd),
+    AlignmentKind("class_aware", False, False, True, True, _class_of_label),
+    AlignmentKind("classifier", True, True, False, True, _class_of_argmax, mean_and_max, lambda n: n, _class_loss,
+                  head_sgd),
+    AlignmentKind("cluster", False, True, False, True, _nearest_cluster, fit=_cluster_table,
+                  buffers=_cluster_buffers, saved=True),
+)}
+UNCALIBRATED = "none"    # predict.py's alignment when the run trained no PREDICT_DEFAULT
+PREDICT_DEFAULT = "cada"  # ... and the one it calibrates with when the run trained it
+
+
+def targets(kind, stats):
+    """The true (u, gamma) per image of map_statistics `stats` that an alignment of `kind` estimates."""
+    return ALIGNMENTS[kind].targets(stats)
+
+
 class Alignment(nn.Module):
     """One alignment of ALIGNMENTS with the module face of the base models: loss(batch),
     configure_optimizers(cfg, total_iters), and statistics(features, labels) -> (u, gamma). The
@@ -118,41 +273,37 @@ class Alignment(nn.Module):
         super().__init__()
         if kind not in ALIGNMENTS:
             raise ValueError(f"alignment must be one of {', '.join(ALIGNMENTS)}, got {kind!r}")
-        self.kind, self.beta = kind, smooth_l1_beta
-        outputs = n_classes if kind == "classifier" else 2
-        self.head = StatsHead(channels, outputs, convs, linears, dropout, dropout_at,
-                              kernel_size) if kind in TRAINED else None
+        self.kind, self.spec, self.beta = kind, ALIGNMENTS[kind], smooth_l1_beta
+        self.head = StatsHead(channels, self.spec.head_outputs(n_classes), convs, linears, dropout, dropout_at,
+                              kernel_size) if self.spec.trained else None
         self.register_buffer("class_stats", torch.zeros(n_classes, 2))  # CaDA-A/B: (u_c, gamma_c)
+        for name, value in (self.spec.buffers(channels) if self.spec.buffers else {}).items():
+            self.register_buffer(name, value)
+        self.record = {}  # what fit_statistics found, for alignment_stats.csv (cluster: k and the ARI)
 
     def set_class_statistics(self, stats, labels):
         self.class_stats.copy_(class_statistics(stats, labels, len(self.class_stats)))
 
+    def fit_statistics(self, table, seed=0):
+        """The kind's statistics from the training table (evaluation.head_training_table): the class table
+        by label, or (cluster) k-means clusters of the head inputs and theirs, seeded by `seed`."""
+        self.spec.fit(self, table, seed)
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        for name in self.spec.buffers(0) if self.spec.buffers else ():  # sized by fit: take the saved sizes
+            if name in state_dict:
+                self.register_buffer(name, torch.empty_like(state_dict[name], device=self.class_stats.device))
+        return super().load_state_dict(state_dict, *args, **kwargs)
+
     def loss(self, batch):
-        out = self.head(batch["features"]).float()
-        if self.kind == "classifier":
-            return F.cross_entropy(out, batch["label"].long())
-        u, gamma = targets(self.kind, batch)
-        return (F.smooth_l1_loss(out[:, 0], u, beta=self.beta)  # CADA eq. 3
-                + F.smooth_l1_loss(out[:, 1], gamma, beta=self.beta))
+        return self.spec.loss(self, self.head(batch["features"]).float(), batch)
 
     @torch.no_grad()
     def statistics(self, features=None, labels=None):
-        """(u, gamma) per image. `labels` (class indices) are read by class_aware only; `features` by
-        the trained heads; none gives u = 0, gamma = 1 (the identity calibration)."""
-        if self.kind == "none":
-            n = len(labels if features is None else features)
-            return torch.zeros(n), torch.ones(n)
-        if self.kind == "class_aware":
-            picked = self.class_stats.cpu()[labels.long().cpu()]
-            return picked[:, 0], picked[:, 1]
-        out = self.head(features).float().cpu()
-        if self.kind == "classifier":
-            picked = self.class_stats.cpu()[out.argmax(dim=1)]
-            return picked[:, 0], picked[:, 1]
-        return out[:, 0], out[:, 1]
+        """(u, gamma) per image. `labels` (class indices) are read by the kinds that need_labels only;
+        `features` by those that read_features; none gives u = 0, gamma = 1 (the identity calibration)."""
+        return self.spec.estimate(self, features, labels)
 
     def configure_optimizers(self, cfg, total_iters=None):
-        """utils.optim.build_optimizer's SGD (CADA sec. 4.2: lr 5e-2, momentum 0.9, weight decay 1e-4), no schedule."""
-        settings = optimizer_settings(lr=cfg.cada_lr, weight_decay=cfg.cada_weight_decay, optimizer="sgd",
-                                      momentum=cfg.cada_momentum)
-        return build_optimizer(self.head.parameters(), settings, total_iters)
+        """utils.optim.build_optimizer with the kind's optimizer settings (CADA sec. 4.2's SGD), no schedule."""
+        return build_optimizer(self.head.parameters(), self.spec.optimizer(cfg), total_iters)

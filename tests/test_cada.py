@@ -230,7 +230,7 @@ def test_none_is_the_identity_and_unknown_kinds_are_refused():
     assert u.tolist() == [0, 0, 0] and gamma.tolist() == [1, 1, 1]
     with pytest.raises(ValueError, match="alignment must be one of"):
         Alignment("cada2")
-    assert ALIGNMENTS == ("none", "cada", "cada_sigma", "class_aware", "classifier")
+    assert tuple(ALIGNMENTS) == ("none", "cada", "cada_sigma", "class_aware", "classifier", "cluster")
 
 
 def test_dropout_is_active_in_training_only():
@@ -292,3 +292,84 @@ def test_head_options_train_the_head_only_and_the_head_batch_is_cada_batch_size(
     other = torch.load(results_path(again).parent / "checkpoints" / "unified_cada.pt", weights_only=False)["model"]
     # the same base, seed and batch order: only batches of 4 against batches of 8 make the heads differ
     assert not torch.equal(head["head.mlp.5.weight"], other["head.mlp.5.weight"])
+
+
+def test_the_registry_declares_what_each_alignment_trains_reads_and_needs():
+    assert [kind for kind, spec in ALIGNMENTS.items() if spec.trained] == ["cada", "cada_sigma", "classifier"]
+    assert [kind for kind, spec in ALIGNMENTS.items() if spec.needs_labels] == ["class_aware"]
+    assert [kind for kind, spec in ALIGNMENTS.items() if not spec.calibrates] == ["none"]
+    for kind, spec in ALIGNMENTS.items():  # a trained kind has a head, a loss and an optimiser; the others none
+        parts = (spec.head_outputs, spec.loss, spec.optimizer)
+        assert [part is not None for part in parts] == [spec.trained] * 3
+        assert (Alignment(kind, channels=8, n_classes=3).head is not None) == spec.trained
+    assert ALIGNMENTS["classifier"].head_outputs(5) == 5 and ALIGNMENTS["cada"].head_outputs(5) == 2
+    settings = SimpleNamespace(cada_lr=0.05, cada_momentum=0.9, cada_weight_decay=1e-4)
+    optimizer, scheduler = Alignment("cada", channels=8).configure_optimizers(settings, 10)
+    assert isinstance(optimizer, torch.optim.SGD) and scheduler is None
+    assert (optimizer.defaults["lr"], optimizer.defaults["momentum"], optimizer.defaults["weight_decay"]) == (
+        0.05, 0.9, 1e-4)
+    stats = {"mean": torch.tensor([1.0]), "max": torch.tensor([4.0]), "std": torch.tensor([0.5])}
+    assert [t.item() for t in ALIGNMENTS["cada_sigma"].targets(stats)] == [1.0, 2.5]
+    assert [t.item() for t in ALIGNMENTS["class_aware"].targets(stats)] == [1.0, 4.0]
+
+
+def three_groups(n=(12, 9, 15), channels=6, seed=0):
+    """Head inputs (N, channels, 2, 2) in 3 well-separated groups, maps whose statistics differ per group, and
+    the group of each image (the class label the cluster alignment never reads)."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.cat([torch.full((count,), g) for g, count in enumerate(n)])
+    centres = 10.0 * torch.eye(channels)[:3]
+    features = centres[labels][:, :, None, None] + 0.3 * torch.randn(len(labels), channels, 2, 2, generator=generator)
+    maps = (1.0 + labels.float())[:, None, None] * (1 + torch.rand(len(labels), 8, 8, generator=generator))
+    return {**map_statistics(maps), "label": labels.float(), "features": features}, labels
+
+
+def test_cluster_finds_the_three_groups_without_labels_and_gives_each_its_class_aware_statistics():
+    table, labels = three_groups()
+    cluster = Alignment("cluster", channels=6)
+    cluster.fit_statistics({**table, "label": torch.zeros(len(labels))}, seed=0)  # the labels are not read ...
+    assert cluster.record["clusters"] == 3 and cluster.record["cluster_ari"] == 0.0
+    cluster.fit_statistics(table, seed=0)  # ... only recorded: the ARI against them
+    assert cluster.record == {"clusters": 3, "cluster_ari": 1.0}
+    class_aware = class_statistics(table, labels, 3)
+    u, gamma = cluster.statistics(table["features"])  # each training image: its own cluster's statistics
+    assert torch.equal(u, class_aware[labels, 0]) and torch.equal(gamma, class_aware[labels, 1])
+    assert sorted(map(tuple, cluster.cluster_stats.tolist())) == sorted(map(tuple, class_aware.tolist()))
+
+
+def test_a_test_image_near_a_centroid_takes_its_statistics_also_after_a_checkpoint_round_trip():
+    table, _ = three_groups()
+    cluster = Alignment("cluster", channels=6)
+    cluster.fit_statistics(table, seed=3)
+    near = cluster.centroids * cluster.feature_std + cluster.feature_mean + 0.05  # back to head-input units
+    features = near[:, :, None, None].expand(-1, -1, 3, 3)
+    loaded = Alignment("cluster", channels=6)
+    loaded.load_state_dict(cluster.state_dict())
+    for alignment in (cluster, loaded):
+        u, gamma = alignment.statistics(features)
+        assert torch.equal(torch.stack([u, gamma], dim=1), cluster.cluster_stats)
+
+
+def test_cluster_chooses_k_by_silhouette_from_two_to_ten_and_refuses_too_few_images():
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+    from models.cada import choose_clusters
+    points = torch.randn(40, 3, generator=torch.Generator().manual_seed(1)).numpy()  # no structure: any k
+    k, labels, centroids = choose_clusters(points, seed=0)
+    scores = {j: silhouette_score(points, KMeans(j, random_state=0, n_init=10).fit(points).labels_)
+              for j in range(2, 11)}
+    assert k == max(scores, key=scores.get) and centroids.shape == (k, 3) and len(set(labels.tolist())) == k
+    assert choose_clusters(points[:4], seed=0)[0] in (2, 3)  # k <= n - 1
+    with pytest.raises(ValueError, match="at least 3 training images"):
+        choose_clusters(points[:2], seed=0)
+
+
+def test_train_mvtec_accepts_align_cluster():
+    from utils.checks import check_structured
+    from utils.config import ConfigError
+    from utils.inference import script_defaults
+    cfg = SimpleNamespace(**{**script_defaults(), "setting": "unified", "align": ("none", "cluster")})
+    check_structured(cfg, ALIGNMENTS)
+    with pytest.raises(ConfigError, match="--align: expected a comma list of none, cada, cada_sigma, class_aware, "
+                                          "classifier, cluster, got clusters"):
+        check_structured(SimpleNamespace(**{**vars(cfg), "align": ("clusters",)}), ALIGNMENTS)

@@ -22,7 +22,7 @@ TINY = ["--dataset", "demo", "--image_size", "64", *SMALL]
 REVDIST = ["--method", "revdist", "--iters", "4", "--batch_size", "8", "--classes", "brick,grass", "--align",
            "none,cada", "--cada_iters", "5"]
 # one tiny unified run per base, every alignment predict.py exports trained in it (class_aware needs the class)
-BASE_ALIGNS = ("none", "cada", "classifier")
+BASE_ALIGNS = ("none", "cada", "classifier", "cluster")
 UNIFIED = ["--weights", "none", "--device", "cpu", "--num_workers", "0", "--iters", "2", "--cada_iters", "3",
            "--classes", "brick,grass", "--align", ",".join(BASE_ALIGNS)]
 BASES = {"uniad": ["--backbone", "efficientnet_lite0"],  # the demo preset's 128 px: UniAD's 7x7 mask needs >= 128

@@ -114,6 +114,6 @@ def check_structured(cfg, alignments):
                           "give --lr_drop_at 0 or --lr_schedule step")
     if unknown := [a for a in cfg.align if a not in alignments]:
         raise ConfigError(f"--align: expected a comma list of {', '.join(alignments)}, got {', '.join(unknown)}")
-    if cfg.setting == "separate" and tuple(cfg.align) != ("none",):
+    if cfg.setting == "separate" and any(alignments[kind].calibrates for kind in cfg.align):
         raise ConfigError("--align: alignment calibrates the classes of one unified model; "
                           "with --setting separate (one model per class) it must be none")

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from models.cada import calibrate, map_statistics, targets
-from utils.maps import gaussian_blur, image_scores, upsample
+from models.cada import calibrate, map_statistics
+from utils.maps import PostProcessor
 from utils.metrics import REFERENCE_WEIGHTS, compute_metrics
 from utils.thresholds import alarm_rates, threshold_entry
 
@@ -79,23 +79,20 @@ def alignment_statistics(tested, alignment):
     rows = []
     for index, (name, class_maps) in enumerate(tested.items()):
         normal = class_maps.labels == 0
-        true_u, true_gamma = targets(alignment.kind, map_statistics(class_maps.maps[normal]))
+        true_u, true_gamma = alignment.spec.targets(map_statistics(class_maps.maps[normal]))
         features = None if class_maps.features is None else class_maps.features[normal]
         u, gamma = alignment.statistics(features, torch.full((int(normal.sum()),), index))
         rows.append({"class": name, "u_test_normal": true_u.mean().item(),
                      "gamma_test_normal": true_gamma.mean().item(), "u_estimated": u.mean().item(),
                      "gamma_estimated": gamma.mean().item(), "u_test_normal_std": _spread(true_u),
-                     "u_estimated_std": _spread(u), "u_correlation": correlation(true_u, u)})
+                     "u_estimated_std": _spread(u), "u_correlation": correlation(true_u, u), **alignment.record})
     return rows
 
 
-def scored(maps, cfg):
-    """Resize to cfg.eval_size (if set), blur (cfg.blur_sigma, cfg.blur_kernel), image scores (cfg.image_score,
-    cfg.top_fraction)."""
-    if getattr(cfg, "eval_size", 0):  # Dinomaly's evaluation_batch(resize_mask=256): bilinear, before the blur
-        maps = upsample(maps, cfg.eval_size)
-    maps = gaussian_blur(maps, cfg.blur_sigma, kernel_size=cfg.blur_kernel).cpu()
-    return maps, image_scores(maps, cfg.image_score, cfg.top_fraction)
+def scored(maps, cfg, u=None, gamma=None):
+    """(final maps, image scores) of raw (N, H, W) maps by the run's PostProcessor (utils.maps: calibrated by
+    (u, gamma) if given, resized to cfg.eval_size if set, blurred, scored), on the CPU."""
+    return PostProcessor.of(cfg).chunked(maps, u, gamma)
 
 
 def eval_masks(masks, cfg):
@@ -105,14 +102,20 @@ def eval_masks(masks, cfg):
     return F.interpolate(masks[:, None].float(), size=(cfg.eval_size,) * 2, mode="nearest")[:, 0].bool()
 
 
-def aligned_maps(class_maps, alignment, class_index):
-    """The raw maps of one class calibrated by `alignment` (models.cada.Alignment; None = as they are).
-    class_index is read by the class-aware alignment only."""
-    if alignment is None or alignment.kind == "none":
-        return class_maps.maps
+def estimates(class_maps, alignment, class_index):
+    """The (u, gamma) per image that `alignment` (models.cada.Alignment) calibrates one class's maps by, or
+    (None, None): no alignment, or one that does not calibrate. class_index is read by the kinds that need
+    labels only."""
+    if alignment is None or not alignment.spec.calibrates:
+        return None, None
     labels = torch.full((len(class_maps.maps),), class_index, dtype=torch.long)
-    u, gamma = alignment.statistics(class_maps.features, labels)
-    return calibrate(class_maps.maps, u, gamma)
+    return alignment.statistics(class_maps.features, labels)
+
+
+def aligned_maps(class_maps, alignment, class_index):
+    """The raw maps of one class calibrated by `alignment` (None = as they are)."""
+    u, gamma = estimates(class_maps, alignment, class_index)
+    return class_maps.maps if u is None else calibrate(class_maps.maps, u, gamma)
 
 
 def sample_pixels(masks, n, seed):
@@ -153,7 +156,7 @@ def evaluate(tested, cfg, alignment=None, pooled=True, keep=None, pixels=PIXEL_S
     every alignment samples the same pixels}})."""
     per_class, kept, pool = {}, {}, {"scores": [], "labels": [], "maps": [], "masks": []}
     for index, (name, class_maps) in enumerate(tested.items()):
-        maps, scores = scored(aligned_maps(class_maps, alignment, index), cfg)
+        maps, scores = scored(class_maps.maps, cfg, *estimates(class_maps, alignment, index))
         masks = eval_masks(class_maps.masks, cfg)
         per_class[name] = {**compute_metrics(scores, class_maps.labels, maps, masks),
                            **anomaly_counts(class_maps.labels, masks)}
@@ -171,12 +174,12 @@ def evaluate(tested, cfg, alignment=None, pooled=True, keep=None, pixels=PIXEL_S
 
 def held_out_thresholds(held, cfg, alignment, false_alarm_rate):
     """thresholds.json's entry from the held-out normal images of one model's classes ({class: ClassMaps}, in
-    the order of its test classes), scored exactly as the test set is (aligned_maps, blur, image score): one
+    the order of its test classes), scored exactly as the test set is (scored: the same PostProcessor): one
     image and one pixel threshold over every class of the model, each with the rank it reached
     (utils.thresholds.threshold_entry), and "held_out_images"."""
     scores, pixels = [], []
     for index, class_maps in enumerate(held.values()):
-        maps, image = scored(aligned_maps(class_maps, alignment, index), cfg)
+        maps, image = scored(class_maps.maps, cfg, *estimates(class_maps, alignment, index))
         scores.append(image)
         pixels.append(maps.flatten())
     scores = torch.cat(scores)

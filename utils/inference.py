@@ -19,9 +19,9 @@ from torch.utils.data import Dataset
 
 from datasets.common import IMAGE_EXTENSIONS, ImageTransform, list_images, load_rgb
 from models import METHODS, cada
-from models.cada import calibrate
+from models.cada import ALIGNMENTS, PREDICT_DEFAULT, UNCALIBRATED
 from utils.config import ConfigError, seed_everything
-from utils.maps import GaussianBlur, image_scores, upsample
+from utils.maps import PostProcessor
 from utils.results import read_run_config
 from utils.thresholds import FILE_NAME as THRESHOLDS_FILE
 from utils.thresholds import checkpoint_digest, read_thresholds, threshold_entry
@@ -100,14 +100,15 @@ def load_run(run_dir, align="", class_name="", thresholds="", need_thresholds=Tr
         if class_name:
             raise ConfigError("--class_name: a unified run has one model for every class; drop it")
         model_name, classes = "unified", list(cfg.classes)
-    align = align or ("cada" if "cada" in cfg.align else "none")
+    align = align or (PREDICT_DEFAULT if PREDICT_DEFAULT in cfg.align else UNCALIBRATED)
     if align not in cfg.align:
         raise ConfigError(f"--align {align}: this run trained {', '.join(cfg.align)}")
-    if align == "class_aware":
-        raise ConfigError("--align class_aware: it needs each image's class, which predict does not know; "
-                          "use cada, classifier or none")
+    if ALIGNMENTS[align].needs_labels:
+        usable = [kind.name for kind in ALIGNMENTS.values() if not kind.needs_labels]
+        raise ConfigError(f"--align {align}: it needs each image's class, which predict does not know; "
+                          f"use {', '.join(usable[:-1])} or {usable[-1]}")
     files = [run_dir / "checkpoints" / f"{model_name}.pt"]
-    if align in cada.TRAINED:
+    if ALIGNMENTS[align].saved:
         files.append(run_dir / "checkpoints" / f"{model_name}_{align}.pt")
     if missing := [str(f.relative_to(run_dir)) for f in files if not f.is_file()]:
         raise ValueError(f"--run {run_dir}: no {', '.join(missing)} (" + (
@@ -144,36 +145,39 @@ def load_run(run_dir, align="", class_name="", thresholds="", need_thresholds=Tr
 
 class Scorer(nn.Module):
     """Images (B, 3, S, S), normalised as the run's transform does -> (final maps (B, S, S), image scores
-    (B,)): encoder, model, alignment calibration (CADA eq. 5), blur and image score, as train_mvtec.py's
-    evaluation computes them. `parts` also gives the raw maps and the alignment's (u, gamma)."""
+    (B,)): encoder, model, the alignment's (u, gamma), then utils.maps.PostProcessor (calibration by CADA
+    eq. 5, resize, blur, image score), the post-processing train_mvtec.py's evaluation scores with."""
 
     def __init__(self, method, encoder, model, alignment, cfg):
         super().__init__()
         self.method, self.encoder, self.model, self.alignment = method, encoder, model, alignment
-        self.align_input, self.image_score, self.top_fraction = cfg.align_input, cfg.image_score, cfg.top_fraction
-        self.blur = GaussianBlur(cfg.blur_sigma, cfg.blur_kernel)
-        self.eval_size = cfg.eval_size  # the evaluation's resize before the blur (Dinomaly's 256; 0 = none)
-
-    def finished(self, maps):
-        """Maps as the evaluation scores them: resized to eval_size (if set), then blurred."""
-        return self.blur(upsample(maps, self.eval_size) if self.eval_size else maps)
+        self.align_input = cfg.align_input
+        self.post = PostProcessor.of(cfg)
 
     def model_input(self, images):
         return self.encoder(images) if self.method.trains_on == "features" else {"image": images}
 
-    def parts(self, images):
+    def parts(self, images, labels=None):
+        """(raw maps, u, gamma): the model's maps before any post-processing and the alignment's estimates
+        (None, None without an alignment); `labels`, the images' class indices, only for a kind that
+        needs_labels (predict.py never has them)."""
         inputs = self.model_input(images)
         raw = self.model.anomaly_map(inputs).float()
         if self.alignment is None:
-            return raw, None, None, raw
+            return raw, None, None
         features = (self.method.head_input(self.model, inputs, self.align_input)
-                    if self.alignment.head is not None else None)
-        u, gamma = self.alignment.statistics(features)
-        return raw, u, gamma, calibrate(raw, u, gamma)
+                    if self.alignment.spec.reads_features else None)
+        return (raw, *self.alignment.statistics(features, labels))
 
-    def forward(self, images):
-        aligned = self.finished(self.parts(images)[-1])
-        return aligned, image_scores(aligned, self.image_score, self.top_fraction)
+    def forward(self, images, labels=None):
+        return self.post(*self.parts(images, labels))
+
+    def predict(self, images):
+        """(final maps, image scores, the uncalibrated maps' image scores, u, gamma): forward's maps and
+        scores, with the base model's own score beside them (the scores themselves without an alignment)."""
+        raw, u, gamma = self.parts(images)
+        maps, scores = self.post(raw, u, gamma)
+        return maps, scores, (scores if u is None else self.post(raw)[1]), u, gamma
 
 
 def build_scorer(run, device):
@@ -186,7 +190,7 @@ def build_scorer(run, device):
     model.load_state_dict(run.model_state)
     model = model.to(device).eval()
     alignment = None
-    if run.align != "none":
+    if ALIGNMENTS[run.align].calibrates:
         side = cfg.crop_size or cfg.image_size
         with torch.no_grad():
             blank = torch.zeros(1, 3, side, side, device=device)
