@@ -34,7 +34,7 @@ from datasets.demo import make_demo
 from datasets.download import download_dataset
 from datasets.mvtec import DATASET_SOURCES, MixedDataset, MVTecDataset, resolve_classes
 from datasets.visa import prepare_visa
-from models import cada, method_of, not_in_fingerprint
+from models import cada, method_of, not_in_recipe
 from utils.checks import check_config, check_out_dir, check_structured
 from utils.config import ConfigError, parse_config, resolve_device, script_constants, seed_everything
 from utils.features import CachedBatches, EncodedBatches, extract_features
@@ -229,7 +229,8 @@ device = device or resolve_device(cfg.device)
 for option in ("batch_size", "cada_batch_size"):
     if getattr(cfg, option) % world:
         raise ConfigError(f"--{option} {getattr(cfg, option)}: it must split evenly over the {world} processes")
-memory_format = torch.channels_last if cfg.channels_last and device.type == "cuda" else torch.contiguous_format
+cfg.amp, cfg.channels_last = (cfg.amp, cfg.channels_last) if device.type == "cuda" else (False, False)  # as run
+memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 if device.type == "cpu" and cfg.keep_freed_memory:
     cpu.keep_freed_memory()
 seed_everything(cfg.seed)  # also fixes a random-init (--weights none) encoder
@@ -267,11 +268,12 @@ run = RunFolder(distributed.agreed(cfg.resume or new_run_path(cfg.out_dir, "trai
 class_data = {c: class_data_fingerprint([train_sets[c], held_out[c], test_sets[c]]) for c in class_names}
 run.check_finished_data(class_data)  # --resume: a finished class whose images changed is refused
 train = Trainer(run, cfg.resume, cfg.checkpoint, cfg.seed, device, rank, world, cfg.checkpoint_every,
-                cfg.save_checkpoints, amp=cfg.amp and device.type == "cuda")
+                cfg.save_checkpoints, amp=cfg.amp)
 
 # model ------------------------------------------------------------------------
 encoder = method.build_encoder(cfg).to(device, memory_format=memory_format)
-base_ignores = NOT_TRAINING | HEAD_ONLY | not_in_fingerprint(method)
+base_ignores = lambda config: NOT_TRAINING | HEAD_ONLY | not_in_recipe(method, config)  # noqa: E731
+head_ignores = lambda config: NOT_TRAINING | not_in_recipe(method, config)  # noqa: E731
 
 
 def model_inputs(dataset, desc):
@@ -363,7 +365,7 @@ for group_name, group in groups:
                 alignment.set_class_statistics(head_table, head_table["label"].long())
                 if kind in cada.TRAINED:  # CADA eq. 3 (cada, cada_sigma) or cross-entropy (classifier), the base frozen
                     alignment = train(alignment, f"{model_name}_{kind}", {**training_config, "align": kind},
-                                      NOT_TRAINING | not_in_fingerprint(method),
+                                      head_ignores,
                                       lambda: CachedBatches(head_table, cfg.cada_batch_size), cfg.cada_iters, cfg,
                                       base=False, drop_last=True, batch_option="cada_batch_size")
             # evaluate the last checkpoint ------------------------------------------------
