@@ -186,3 +186,8 @@ def not_in_recipe(method, config):
     if method.trains_on != "features" or not config["cache_features"] or config["cache_dtype"] == "float32":
         unused.add("cache_dtype")
     return unused
+
+
+def option_owners():
+    """{option: the methods whose own option it is} (utils.options' owner column; the others refuse it)."""
+    return {option: tuple(m.name for m in METHODS.values() if option in m.own_options) for option in METHOD_OPTIONS}
