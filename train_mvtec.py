@@ -18,8 +18,9 @@ Settings: `separate` trains one model per class and reports a row per class and 
 `unified` trains one model on the union of every class's training images (no class label reaches
 it) and reports the per-class rows and their mean (model-unified) and one `mixed` row in which every
 test image of every class is pooled (absolute-unified). Every constant below can be overridden as
---name value; PRESETS (below them) swap in each method's reference settings unless the command line
-sets them. The last line printed is `results: <csv>`.
+--name value; PRESETS (below them) swap in each method's reference settings (its registry entry in
+models/__init__.py), the unified setting's evaluation and the demo's quick settings, unless the command line
+sets them; utils/mvtec_options.py holds each option's check and whether it changes the trained model. The last line printed is `results: <csv>`.
 """
 import time
 from pathlib import Path
@@ -29,12 +30,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from datasets.btad import BTADDataset
-from datasets.demo import make_demo
-from datasets.download import download_dataset
-from datasets.mvtec import DATASET_SOURCES, MixedDataset, MVTecDataset, resolve_classes
-from datasets.visa import prepare_visa
-from models import cada, method_of, not_in_recipe, option_owners
+from datasets.mvtec import MixedDataset, resolve_classes
+from datasets.registry import DATASETS
+from models import cada, method_of, method_presets, not_in_recipe, option_owners
 from utils.checks import check_out_dir, check_structured
 from utils.config import ConfigError, parse_config, resolve_device, script_constants, seed_everything
 from utils.features import CachedBatches, EncodedBatches, extract_features
@@ -140,47 +138,8 @@ cada_linears = 2             # ... linear layers, 256 wide between them (1, 2, 3
 cada_dropout = 0.25          # ... dropout rate (0, 0.25, 0.5, 0.75) ...
 cada_dropout_at = "every_linear"  # ... before every linear layer (sec. 3.3: "before linear layers") | first_linear
 # -----------------------------------------------------------------------------
-RD_INPUT = {"image_size": 256, "crop_size": 0, "resize": "pil", "encoder_taps": "standard"}  # 256 px full frame
-MULTI_CLASS = {"optimizer": "adamw", "lr": 2e-3, "betas": (0.9, 0.999), "weight_decay": 1e-5, "adam_eps": 1e-10,
-               "amsgrad": True, "lr_drop_at": 0.8, "decoder_activation": "gelu"}  # ReContrast's multi-class code
-UNIAD = {"setting": "unified", "backbone": "efficientnet_b4", "image_size": 224, "crop_size": 0, "resize": "pil",
-         "encoder_taps": "standard", "optimizer": "adamw", "lr": 3e-4, "betas": (0.9, 0.999), "weight_decay": 1e-4,
-         "amsgrad": False, "adam_eps": 1e-8, "lr_drop_at": 0.0, "iters": 50000, "batch_size": 64, "blur_sigma": 0.0,
-         "cada_beta": 10.0, "cada_iters": 20000}  # the CADA paper's UniAD; UniAD maps are not blurred
-DINOMALY = {  # the official dinomaly_mvtec_uni.py: train (utils.py: evaluation_batch; optimizers/StableAdamW.py)
-    "setting": "unified",
-    "image_size": 448, "crop_size": 392, "resize": "pil",  # Resize((448, 448)), CenterCrop(392)
-    "iters": 10000,  # total_iters = 10000 (dinomaly_mvtec_sep.py: 5000)
-    "batch_size": 16,  # batch_size = 16 (drop_last=True)
-    "optimizer": "stable_adamw",  # StableAdamW(...), update clipping clip_threshold=1.0 (its default, not overridden)
-    "lr": 2e-3,  # StableAdamW(lr=2e-3); WarmCosineScheduler(base_value=2e-3)
-    "betas": (0.9, 0.999),  # StableAdamW(betas=(0.9, 0.999))
-    "weight_decay": 1e-4,  # StableAdamW(weight_decay=1e-4)
-    "adam_eps": 1e-10,  # StableAdamW(eps=1e-10); dinomaly_mvtec_sep.py (one model per class) uses 1e-8
-    "amsgrad": True,  # StableAdamW(amsgrad=True)
-    "lr_drop_at": 0.0, "lr_schedule": "warmup_cosine",  # WarmCosineScheduler, stepped every iteration
-    "warmup_iters": 100,  # WarmCosineScheduler(warmup_iters=100), start_warmup_value=0
-    "final_lr": 2e-4,  # WarmCosineScheduler(final_value=2e-4)
-    "hm_factor": 0.1,  # global_cosine_hm_percent(en, de, p=p, factor=0.1)
-    "image_score": "top_mean", "top_fraction": 0.01,  # evaluation_batch(max_ratio=0.01): mean of the top 1 %
-    "blur_kernel": 5, "blur_sigma": 4.0,  # get_gaussian_kernel(kernel_size=5, sigma=4), conv with zero padding
-    "eval_size": 256}  # evaluation_batch(resize_mask=256): maps and masks resized to 256 x 256 before the blur
 PRESETS = [  # applied in order; an option given on the command line is never replaced
-    ({"method": "revdist"}, {"setting": "unified", **RD_INPUT}),
-    ({"method": "recontrast"}, {"setting": "unified", **RD_INPUT}),
-    ({"method": "revdist", "setting": "separate"},  # RD4AD
-     {"optimizer": "adam", "lr": 5e-3, "betas": (0.5, 0.999), "weight_decay": 0.0, "amsgrad": False, "epochs": 200}),
-    ({"method": "recontrast", "setting": "separate"},  # ReContrast single-class: 2000 iterations ~ 135 epochs on MVTec
-     {"lr": 2e-3, "betas": (0.9, 0.999), "weight_decay": 1e-5, "amsgrad": False, "epochs": 135}),
-    ({"method": "revdist", "setting": "unified"}, MULTI_CLASS),
-    ({"method": "recontrast", "setting": "unified"}, MULTI_CLASS),
-    ({"method": "uniad"}, UNIAD),
-    ({"method": "uniad", "setting": "separate"}, {"image_score": "pooled_max"}),
-    ({"method": "dinomaly"}, DINOMALY),
-    ({"method": "dinomaly", "setting": "separate"},  # dinomaly_mvtec_sep.py: 5000 iterations of 16 ~ 320 epochs of
-     {"epochs": 320, "adam_eps": 1e-8}),             # an average MVTec AD class (15.5 batches per epoch), eps 1e-8
-    ({"method": "noco", "dataset": "mpdd"}, {"batch_size": 8}),
-    ({"method": "noco", "dataset": "visa"}, {"batch_size": 8}),
+    *method_presets(),  # each method's reference settings (models/__init__.py: its registry entry)
     ({"setting": "unified"}, {"image_score": "top_mean", "blur_kernel": 5}),  # the CADA paper's evaluation
     ({"dataset": "demo"}, {"backbone": "efficientnet_lite0", "weights": "imagenet", "image_size": 128,
                            "crop_size": 0}),  # a quick first run, with ImageNet weights shipped by pip
@@ -219,15 +178,10 @@ if __name__ == "__main__":  # imported (predict.py, benchmarks, tests): the cons
     # data -------------------------------------------------------------------------
     run_name = Path(cfg.data_path).name if cfg.data_path else cfg.dataset
     root = Path(cfg.data_path or f"data/{cfg.dataset}")
+    data = DATASETS[cfg.dataset]  # its layout's Dataset class, where to get it, what makes its folder ready
     with distributed.rank0_first(rank, world):  # one process writes the files, the others then find them
-        if cfg.dataset == "demo":
-            make_demo(root)
-        elif cfg.download:
-            download_dataset(cfg.dataset, root)
-        if cfg.dataset == "visa" and (root / "split_csv").is_dir():  # raw VisA: prepared once into MVTec layout
-            root = prepare_visa(root, root / "visa_pytorch")
-    Dataset = BTADDataset if cfg.dataset == "btad" else MVTecDataset
-    source_hint = DATASET_SOURCES.get(cfg.dataset, DATASET_SOURCES["folder"])
+        root = data.ready(cfg.dataset, root, cfg.download)  # the demo generated, an archive fetched, VisA converted
+    Dataset, source_hint = data.dataset, data.source_hint
     class_names = resolve_classes(root, cfg.classes, Dataset, source_hint)  # every image and mask decoded once
     train_sets, test_sets = ({c: Dataset(root, c, split, cfg.image_size, cfg.crop_size, resize=cfg.resize,
                                          source_hint=source_hint) for c in class_names} for split in ("train", "test"))

@@ -2,13 +2,13 @@
 defaults are the constants at the top of train_mvtec.py; a method's own options are its registry entry's
 (models.METHODS); choice lists come from the modules that implement them."""
 from datasets.common import RESIZE_MODES
+from datasets.registry import DATASETS
 from models import cada
 from models.revdist import ACTIVATIONS, LOSS_FORMS
 from utils.features import CACHE_DTYPES
 from utils.optim import OPTIMIZERS, SCHEDULES
 
 SETTINGS = ("separate", "unified")
-DATASETS = ("mvtec", "mpdd", "visa", "btad", "demo")
 IMAGE_SCORES = ("max", "top_mean", "pooled_max")  # utils.maps.image_scores
 BLUR_KERNELS = (0, 5)  # utils.maps: scipy's gaussian_filter | ReContrast's 5 x 5
 
@@ -40,7 +40,7 @@ _CHECKS = {
     "warmup_iters": _non_negative, "final_lr": _non_negative, "bottleneck_dropout": {"non_negative": True,
                                                                                      "below": 1.0},
     "eval_size": _non_negative,
-    "dataset": {"choices": DATASETS}, "setting": {"choices": SETTINGS}, "resize": {"choices": RESIZE_MODES[::-1]},
+    "dataset": {"choices": tuple(DATASETS)}, "setting": {"choices": SETTINGS}, "resize": {"choices": RESIZE_MODES[::-1]},
     "optimizer": {"choices": tuple(name for name in OPTIMIZERS if name != "sgd")},  # SGD: the heads' (--cada_lr)
     "lr_schedule": {"choices": SCHEDULES}, "image_score": {"choices": IMAGE_SCORES},
     "cache_dtype": {"choices": tuple(CACHE_DTYPES)}, "loss_form": {"choices": LOSS_FORMS},
