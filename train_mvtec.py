@@ -20,7 +20,8 @@ it) and reports the per-class rows and their mean (model-unified) and one `mixed
 test image of every class is pooled (absolute-unified). Every constant below can be overridden as
 --name value; PRESETS (below them) swap in each method's reference settings (its registry entry in
 models/__init__.py), the unified setting's evaluation and the demo's quick settings, unless the command line
-sets them; utils/mvtec_options.py holds each option's check and whether it changes the trained model. The last line printed is `results: <csv>`.
+sets them; utils/mvtec_options.py holds each option's check and whether it changes the trained model.
+The last line printed is `results: <csv>`.
 """
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ from tqdm import tqdm
 
 from datasets.mvtec import MixedDataset, resolve_classes
 from datasets.registry import DATASETS
-from models import cada, method_of, method_presets, not_in_recipe, option_owners
+from models import cada, method_of, method_presets, option_owners
 from utils.checks import check_out_dir, check_structured
 from utils.config import ConfigError, parse_config, resolve_device, script_constants, seed_everything
 from utils.features import CachedBatches, EncodedBatches, extract_features
@@ -42,7 +43,7 @@ from utils.evaluation import (add_alarm_rates, alignment_statistics, collect_map
 from utils.results import RunFolder, model_rows, new_run_path, resumed_config, write_table
 from utils.thresholds import hold_out, save_thresholds, too_few, too_few_note
 from utils.mvtec_options import MVTEC_RULES
-from utils.options import check_options, head_only, not_training, option_table
+from utils.options import check_options, head_only, not_in_recipe, not_training, option_table
 from utils.training import (ImageBatches, Trainer, check_batches, check_saved_files, class_data_fingerprint,
                             data_fingerprint, iterations)
 
@@ -207,8 +208,8 @@ if __name__ == "__main__":  # imported (predict.py, benchmarks, tests): the cons
 
     # model ------------------------------------------------------------------------
     encoder = method.build_encoder(cfg).to(device, memory_format=memory_format)
-    base_ignores = lambda config: NOT_TRAINING | HEAD_ONLY | not_in_recipe(method, config)  # noqa: E731
-    head_ignores = lambda config: NOT_TRAINING | not_in_recipe(method, config)  # noqa: E731
+    base_ignores = lambda config: NOT_TRAINING | HEAD_ONLY | not_in_recipe(OPTIONS, method, config)  # noqa: E731
+    head_ignores = lambda config: NOT_TRAINING | not_in_recipe(OPTIONS, method, config)  # noqa: E731
 
 
     def model_inputs(dataset, desc):

@@ -216,24 +216,6 @@ def not_in_fingerprint(method):
     return set(METHOD_OPTIONS) - set(method.own_options) | set(method.unused)
 
 
-def not_in_recipe(method, config):
-    """The options that cannot change the model this configuration (a dict) trains, beyond the method's
-    (not_in_fingerprint): the training length one setting does not read (the unified setting counts --iters,
-    the separate one --epochs; with the data and --batch_size, which stay in, that is the number of optimiser
-    steps), the schedule's settings it does not use (--warmup_iters and --final_lr without warmup_cosine,
-    --lr_drop_gamma without a drop) and --cache_dtype where no feature is cached in it (a method trained on
-    images, --cache_features false, or float32, which every uncached feature is). --amp and --channels_last
-    enter as the script records them: their effective values (false on a CPU)."""
-    unused = not_in_fingerprint(method) | {"epochs" if config["setting"] == "unified" else "iters"}
-    if config["lr_schedule"] != "warmup_cosine":
-        unused |= {"warmup_iters", "final_lr"}
-    if config["lr_schedule"] == "warmup_cosine" or not config["lr_drop_at"]:
-        unused.add("lr_drop_gamma")
-    if method.trains_on != "features" or not config["cache_features"] or config["cache_dtype"] == "float32":
-        unused.add("cache_dtype")
-    return unused
-
-
 def option_owners():
     """{option: the methods whose own option it is} (utils.options' owner column; the others refuse it)."""
     return {option: tuple(m.name for m in METHODS.values() if option in m.own_options) for option in METHOD_OPTIONS}

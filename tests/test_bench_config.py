@@ -1,5 +1,5 @@
-"""benchmarks/script_config.py (train_mvtec.py's configuration from its imported option table and presets) and the configurations the
-speed benchmarks build from it (bench_unified.py's rows, bench_predict_sizes.py's input sizes)."""
+"""benchmarks/script_config.py (train_mvtec.py's configuration from its imported option table and presets) and
+the configurations the speed benchmarks build from it (bench_unified.py's rows, bench_predict_sizes.py's input sizes)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +41,8 @@ def test_importing_the_script_runs_its_option_table_only():
     """`import train_mvtec` builds the constants, PRESETS and OPTIONS and stops: an option the script would
     refuse on its command line, or a missing dataset, never comes up."""
     code = ("import sys; sys.argv = ['train_mvtec.py', '--no_such_option']; import train_mvtec as t; "
-            "print(len(t.OPTIONS), t.OPTIONS['lr'].default, t.OPTIONS['vit'].owners, repr(t.OPTIONS['blur_sigma'].trains), "
+            "print(len(t.OPTIONS), t.OPTIONS['lr'].default, t.OPTIONS['vit'].owners, "
+            "repr(t.OPTIONS['blur_sigma'].trains), "
             "len(t.PRESETS))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -5,7 +5,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from models import METHODS, METHOD_OPTIONS, method_of, not_in_fingerprint, not_in_recipe
+from models import METHODS, METHOD_OPTIONS, method_of, not_in_fingerprint
+from utils.options import not_in_recipe
 from utils.optim import WarmupCosineLR
 from utils.config import ConfigError
 from utils.evaluation import collect_maps
@@ -129,6 +130,11 @@ def test_dinomaly_reads_its_vit_not_the_backbone_and_its_head_reads_the_bottlene
     assert isinstance(scheduler, WarmupCosineLR) and optimizer.param_groups[0]["lr"] == 0.0  # warm-up from 0
 
 
+def options():
+    import train_mvtec  # its option table (the script's work runs only as __main__)
+    return train_mvtec.OPTIONS
+
+
 def recipe_config(name, **changes):
     return {**vars(config(name)), "setting": "unified", "epochs": 50, "iters": 100, "cache_features": True,
             "cache_dtype": "float32", "amp": False, **changes}
@@ -143,7 +149,8 @@ def recipe_config(name, **changes):
 def test_the_fingerprint_is_the_recipe_actually_trained(name, same, other):
     """Options the configuration does not use (the other setting's length, an unused schedule's settings, the
     cache dtype where nothing is cached) leave the key alone; each used one changes it."""
-    ignore = lambda cfg: not_in_recipe(METHODS[name], cfg) | {"cache_features"}  # noqa: E731 (the script's)
+    # (--cache_features is the script's NOT_TRAINING)
+    ignore = lambda cfg: not_in_recipe(options(), METHODS[name], cfg) | {"cache_features"}  # noqa: E731
     base = recipe_config(name, **({"lr_drop_at": 0.0} if "lr_drop_at" in same else {}))
     key = fingerprint(base, ignore)
     assert fingerprint({**base, **same}, ignore) == key
@@ -157,12 +164,13 @@ def test_the_fingerprint_is_the_recipe_actually_trained(name, same, other):
 def test_checkpoint_reuse_follows_the_recipe_old_keys_included(tmp_path):
     """--checkpoint reuses a unified model asked for with other --epochs, and one saved by the previous version
     (its key hashed every option but the method's others) when the recipe is the same; another --lr is refused."""
-    ignore = lambda cfg: not_in_recipe(METHODS["revdist"], cfg)  # noqa: E731
+    ignore = lambda cfg: not_in_recipe(options(), METHODS["revdist"], cfg)  # noqa: E731
     saved = recipe_config("revdist")
     old_key = fingerprint(saved, not_in_fingerprint(METHODS["revdist"]))
     assert old_key != fingerprint(saved, ignore)
     (tmp_path / "checkpoints").mkdir()
-    save_checkpoint({"model": {}, "training_config": saved, "fingerprint": old_key}, tmp_path / "checkpoints" / "unified.pt")
+    save_checkpoint({"model": {}, "training_config": saved, "fingerprint": old_key},
+                    tmp_path / "checkpoints" / "unified.pt")
     assert saved_state((None, tmp_path), "unified", {**saved, "epochs": 3}, ignore) is not None
     with pytest.raises(ValueError, match=r"differs in \['lr'\]"):
         saved_state((None, tmp_path), "unified", {**saved, "epochs": 3, "lr": 0.5}, ignore)

@@ -40,7 +40,8 @@ _CHECKS = {
     "warmup_iters": _non_negative, "final_lr": _non_negative, "bottleneck_dropout": {"non_negative": True,
                                                                                      "below": 1.0},
     "eval_size": _non_negative,
-    "dataset": {"choices": tuple(DATASETS)}, "setting": {"choices": SETTINGS}, "resize": {"choices": RESIZE_MODES[::-1]},
+    "dataset": {"choices": tuple(DATASETS)}, "setting": {"choices": SETTINGS},
+    "resize": {"choices": RESIZE_MODES[::-1]},
     "optimizer": {"choices": tuple(name for name in OPTIMIZERS if name != "sgd")},  # SGD: the heads' (--cada_lr)
     "lr_schedule": {"choices": SCHEDULES}, "image_score": {"choices": IMAGE_SCORES},
     "cache_dtype": {"choices": tuple(CACHE_DTYPES)}, "loss_form": {"choices": LOSS_FORMS},
@@ -48,6 +49,23 @@ _CHECKS = {
     "cada_dropout_at": {"choices": cada.DROPOUT_PLACES},
     "align": {"non_empty": True}, "layers": {"non_empty": True},
 }
+
+# options read in some configurations only (utils.options.not_in_recipe: out of the fingerprint elsewhere). With the
+# data and --batch_size, which stay in, the setting's length is the number of optimiser steps; features that are
+# not cached are float32, as a float32 cache is; --amp and --channels_last enter as the script records them, their
+# effective values (false on a CPU).
+def _warmup_cosine(config, method):
+    return config["lr_schedule"] == "warmup_cosine"
+
+
+_USED_WHEN = {
+    "epochs": lambda config, method: config["setting"] == "separate",
+    "iters": lambda config, method: config["setting"] == "unified",
+    "warmup_iters": _warmup_cosine, "final_lr": _warmup_cosine,
+    "lr_drop_gamma": lambda config, method: not _warmup_cosine(config, method) and bool(config["lr_drop_at"]),
+    "cache_dtype": lambda config, method: (method.trains_on == "features" and config["cache_features"]
+                                           and config["cache_dtype"] != "float32"),
+}
 MVTEC_RULES = {name: {"check": _CHECKS.get(name, {}), "trains": "" if name in _NOT_TRAINING else
-                      "head" if name in _HEAD_ONLY else "model"}
-               for name in {*_CHECKS, *_NOT_TRAINING, *_HEAD_ONLY}}
+                      "head" if name in _HEAD_ONLY else "model", "used_when": _USED_WHEN.get(name)}
+               for name in {*_CHECKS, *_NOT_TRAINING, *_HEAD_ONLY, *_USED_WHEN}}

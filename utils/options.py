@@ -15,10 +15,14 @@ script's source.
 Rules, per option name (every key optional): `check`, a dict of utils.checks.check_config's tests
 ({"positive": True}, {"non_negative": True}, {"choices": (...)}, {"at_most": 1.0}, {"below": 1.0},
 {"non_empty": True}); `trains`, "model" (the default: it changes the trained base model), "head" (only the
-alignment heads) or "" (neither: evaluation, speed, files); `help`, the text --help shows (without it, the
-comment beside the constant). A method's own options are its registry entry's (models.METHODS own_options).
+alignment heads) or "" (neither: evaluation, speed, files); `used_when`, for an option that changes the model
+only in some configurations, a function (config dict, method registry entry) -> bool (e.g. --epochs only in the
+separate setting): where it is false the option is out of the fingerprint; `help`, the text --help shows
+(without it, the comment beside the constant). A method's own options are its registry entry's (models.METHODS
+own_options): another method's, and the shared ones it does not read (Method.unused), are out of its fingerprint.
 """
 from dataclasses import dataclass, field
+from typing import Callable
 
 from utils.checks import check_config
 
@@ -34,6 +38,7 @@ class Option:
     check: dict = field(default_factory=dict)  # check_config's tests (see the module docstring)
     owners: tuple = ()   # the methods that read it; () = shared by every method
     trains: str = "model"  # "model" | "head" | "": what a change of it can change
+    used_when: Callable = None  # (config dict, method) -> whether it is read there; None: always
 
 
 def option_table(defaults, rules, owners=None):
@@ -45,14 +50,14 @@ def option_table(defaults, rules, owners=None):
     table = {}
     for name, default in defaults.items():
         rule = dict(rules.get(name, {}))
-        if extra := set(rule) - {"check", "trains", "help"}:
+        if extra := set(rule) - {"check", "trains", "help", "used_when"}:
             raise ValueError(f"--{name}: unknown rule keys {sorted(extra)}")
         if extra := set(rule.get("check", {})) - set(CHECKS):
             raise ValueError(f"--{name}: unknown checks {sorted(extra)}")
         if rule.get("trains", "model") not in TRAINS:
             raise ValueError(f"--{name}: trains must be one of {TRAINS}, got {rule['trains']!r}")
         table[name] = Option(name, default, rule.get("help", ""), rule.get("check", {}),
-                             tuple((owners or {}).get(name, ())), rule.get("trains", "model"))
+                             tuple((owners or {}).get(name, ())), rule.get("trains", "model"), rule.get("used_when"))
     return table
 
 
@@ -77,3 +82,13 @@ def not_training(table):
 def head_only(table):
     """The options that change the alignment heads only, never the base model."""
     return {name for name, option in table.items() if option.trains == "head"}
+
+
+def not_in_recipe(table, method, config):
+    """The options that cannot change the model this configuration (a dict) trains with this method (a
+    models.METHODS entry): other methods' options, the shared ones it does not read, and those whose `used_when`
+    is false here. The rest, with NOT_TRAINING and (for a base model) HEAD_ONLY left out by the caller, is the
+    recipe its fingerprint hashes."""
+    others = {name for name, option in table.items() if option.owners and method.name not in option.owners}
+    unused = {name for name, option in table.items() if option.used_when and not option.used_when(config, method)}
+    return others | set(method.unused) | unused
