@@ -139,14 +139,15 @@ cada_linears = 2             # ... linear layers, 256 wide between them (1, 2, 3
 cada_dropout = 0.25          # ... dropout rate (0, 0.25, 0.5, 0.75) ...
 cada_dropout_at = "every_linear"  # ... before every linear layer (sec. 3.3: "before linear layers") | first_linear
 # -----------------------------------------------------------------------------
-PRESETS = [  # applied in order; an option given on the command line is never replaced
+PRESETS = [  # (condition, values, note), applied in order; an option given on the command line is never replaced
     *method_presets(),  # each method's reference settings (models/__init__.py: its registry entry)
-    ({"setting": "unified"}, {"image_score": "top_mean", "blur_kernel": 5}),  # the CADA paper's evaluation
-    ({"dataset": "demo"}, {"backbone": "efficientnet_lite0", "weights": "imagenet", "image_size": 128,
-                           "crop_size": 0}),  # a quick first run, with ImageNet weights shipped by pip
+    ({"setting": "unified"}, {"image_score": "top_mean", "blur_kernel": 5}, "the CADA paper's evaluation"),
+    ({"dataset": "demo"}, {"backbone": "efficientnet_lite0", "weights": "imagenet", "image_size": 128, "crop_size": 0},
+     "a quick first run, with ImageNet weights shipped by pip"),
     ({"dataset": "demo", "method": "uniad"}, {"backbone": "efficientnet_lite0", "batch_size": 16}),
-    ({"dataset": "demo", "method": "dinomaly"}, {"vit": "small", "weights": "none", "image_size": 112,
-                                                 "crop_size": 0, "eval_size": 0}),  # CPU-sized; offline: no DINOv2
+    ({"dataset": "demo", "method": "dinomaly"},
+     {"vit": "small", "weights": "none", "image_size": 112, "crop_size": 0, "eval_size": 0},
+     "CPU-sized; offline: no DINOv2"),
 ]
 OPTIONS = option_table(script_constants(globals()), MVTEC_RULES, option_owners())  # checks, owners, what trains
 NOT_TRAINING, HEAD_ONLY = not_training(OPTIONS), head_only(OPTIONS)  # (utils/mvtec_options.py)

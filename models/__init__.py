@@ -39,7 +39,7 @@ class Method:
     grad_clip: float = 0.0       # clip the gradient norm to this in training (0: no clipping)
     before_training: Callable = None  # (model, batches, generator, device): e.g. NoCo's "mean" target
     unused: tuple = ()           # shared options it does not read: refused when given, out of its fingerprint
-    presets: tuple = ()          # its reference settings: (condition, values) pairs, see method_presets
+    presets: tuple = ()          # its reference settings: (condition, values[, note]), see method_presets
 
 
 def input_side(cfg):
@@ -155,26 +155,28 @@ def _dinomaly_head_input(model, batch, align_input):
 METHODS = {method.name: method for method in (
     Method("noco", "features", ("target", "target_norm", "target_p", "nu", "radius_init", "layers", "encoder_taps"),
            _noco_encoder, _noco_model, _deepest_encoder_layer, before_training=_noco_mean_target,
-           presets=(({"dataset": "mpdd"}, {"batch_size": 8}), ({"dataset": "visa"}, {"batch_size": 8}))),
+           presets=(({"dataset": "mpdd"}, {"batch_size": 8}, "NoCo's README: batch 8 on MPDD"),
+                    ({"dataset": "visa"}, {"batch_size": 8}, "NoCo's README: batch 8 on VisA"))),
     Method("revdist", "features", ("decoder_activation", "loss_form", "recompute"),
            lambda cfg: build_encoder(cfg.backbone, cfg.weights),  # torchvision's own taps of layers 1-3
            lambda cfg, encoder, norm, generator: RevDist(cfg.backbone, activation=cfg.decoder_activation,
                                                          loss_form=cfg.loss_form, recompute=cfg.recompute),
            _bottleneck_or_encoder, check=_revdist_check,
-           presets=(({}, {"setting": "unified", **RD_INPUT}),
-                    ({"setting": "separate"},  # RD4AD
+           presets=(({}, {"setting": "unified", **RD_INPUT}, "CADA's base: unified, RD4AD's 256 px full frame"),
+                    ({"setting": "separate"},
                      {"optimizer": "adam", "lr": 5e-3, "betas": (0.5, 0.999), "weight_decay": 0.0, "amsgrad": False,
-                      "epochs": 200}),
-                    ({"setting": "unified"}, MULTI_CLASS))),
+                      "epochs": 200}, "RD4AD"),
+                    ({"setting": "unified"}, MULTI_CLASS, "ReContrast's multi-class code"))),
     Method("recontrast", "images", ("decoder_activation", "hm_factor", "encoder_lr", "recompute"),
            lambda cfg: load_backbone(cfg.backbone, cfg.weights),
            lambda cfg, backbone, norm, generator: ReContrast(backbone, cfg.backbone, activation=cfg.decoder_activation,
                                                              hm_factor=cfg.hm_factor, recompute=cfg.recompute),
            _recontrast_head_input, check=_revdist_check,
-           presets=(({}, {"setting": "unified", **RD_INPUT}),
-                    ({"setting": "separate"},  # single-class: 2000 iterations ~ 135 epochs on MVTec
-                     {"lr": 2e-3, "betas": (0.9, 0.999), "weight_decay": 1e-5, "amsgrad": False, "epochs": 135}),
-                    ({"setting": "unified"}, MULTI_CLASS))),
+           presets=(({}, {"setting": "unified", **RD_INPUT}, "CADA's base: unified, RD4AD's 256 px full frame"),
+                    ({"setting": "separate"},
+                     {"lr": 2e-3, "betas": (0.9, 0.999), "weight_decay": 1e-5, "amsgrad": False, "epochs": 135},
+                     "ReContrast single-class: 2000 iterations ~ 135 epochs on MVTec"),
+                    ({"setting": "unified"}, MULTI_CLASS, "ReContrast's multi-class code"))),
     Method("uniad", "features", (),  # four EfficientNet-B4 stages resized to stride 16 and concatenated: 272 channels
            lambda cfg: uniad.TokenEncoder(build_encoder(cfg.backbone, cfg.weights, uniad.UNIAD_LAYERS)),
            _uniad_model, _bottleneck_or_encoder, check=_uniad_check, grad_clip=uniad.GRAD_CLIP,
@@ -182,14 +184,15 @@ METHODS = {method.name: method for method in (
                           "resize": "pil", "encoder_taps": "standard", "optimizer": "adamw", "lr": 3e-4,
                           "betas": (0.9, 0.999), "weight_decay": 1e-4, "amsgrad": False, "adam_eps": 1e-8,
                           "lr_drop_at": 0.0, "iters": 50000, "batch_size": 64, "blur_sigma": 0.0, "cada_beta": 10.0,
-                          "cada_iters": 20000}),  # the CADA paper's UniAD; UniAD maps are not blurred
-                    ({"setting": "separate"}, {"image_score": "pooled_max"}))),
+                          "cada_iters": 20000}, "the CADA paper's UniAD; UniAD maps are not blurred"),
+                    ({"setting": "separate"}, {"image_score": "pooled_max"}, "UniAD's image score"))),
     Method("dinomaly", "images", ("vit", "bottleneck_dropout", "hm_factor"),  # its frozen ViT runs in every step
            lambda cfg: dinomaly.build_vit(cfg.vit, cfg.weights), _dinomaly_model, _dinomaly_head_input,
            check=_dinomaly_check, grad_clip=dinomaly.GRAD_CLIP, unused=("backbone",),  # --vit is its encoder
-           presets=(({}, DINOMALY),
-                    ({"setting": "separate"},  # dinomaly_mvtec_sep.py: 5000 iterations of 16 ~ 320 epochs of an
-                     {"epochs": 320, "adam_eps": 1e-8}))),  # average MVTec AD class (15.5 batches per epoch)
+           presets=(({}, DINOMALY, "the official dinomaly_mvtec_uni.py"),
+                    ({"setting": "separate"}, {"epochs": 320, "adam_eps": 1e-8},
+                     "dinomaly_mvtec_sep.py: 5000 iterations of 16 ~ 320 epochs of an average MVTec AD class "
+                     "(15.5 batches per epoch), eps 1e-8"))),
 )}
 METHOD_OPTIONS = sorted({option for method in METHODS.values() for option in method.own_options})
 
@@ -224,5 +227,5 @@ def option_owners():
 def method_presets():
     """Every method's reference settings as train_mvtec.py's presets: (condition, values) pairs, the condition
     led by the method, in registry order (those of one method in its order; two methods' never both apply)."""
-    return [({"method": method.name, **condition}, values)
-            for method in METHODS.values() for condition, values in method.presets]
+    return [({"method": method.name, **condition}, values, *note)
+            for method in METHODS.values() for condition, values, *note in method.presets]

@@ -442,3 +442,12 @@ def test_a_rule_for_an_option_the_script_lacks_is_a_programming_error():
     with pytest.raises(ValueError, match="unknown checks"):
         option_table({"lr": 0.1}, {"lr": {"check": {"postive": True}}})
     assert option_table({"lr": 0.1}, {"lr": {"trains": ""}})["lr"].trains == ""
+
+
+def test_a_presets_note_is_shown_by_help_and_changes_nothing(capsys):
+    presets = [({"lr": 0.1}, {"epochs": 3}, "the paper's schedule"), ({"epochs": 3}, {"lr": 0.5})]
+    assert vars(parse_config({"lr": 0.1, "epochs": 1}, [], presets=presets)) == {"lr": 0.5, "epochs": 3}
+    with pytest.raises(SystemExit):
+        parse_config({"lr": 0.1, "epochs": 1}, ["--help"], presets=presets)
+    shown = capsys.readouterr().out
+    assert "  if --lr 0.1:  # the paper's schedule\n      --epochs 3\n  if --epochs 3:\n      --lr 0.5" in shown
