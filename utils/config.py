@@ -7,7 +7,8 @@ comma-separated list of their element type. Unknown names are refused with the v
 `--help` (or `-h`) prints the options with their defaults and the comment written beside each constant
 in the script, then the presets, and exits.
 
-Presets are `(condition, values)` pairs applied in order after the command line is read: a pair
+Presets are `(condition, values)` pairs (or `(condition, values, note)`, the note shown by --help) applied in
+order after the command line is read: a pair
 applies when every option in `condition` has that value in the configuration as it stands at that
 point (so an earlier preset can set an option a later condition reads), and its `values` replace the
 constants, except options given on the command line.
