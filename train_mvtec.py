@@ -18,8 +18,10 @@ Settings: `separate` trains one model per class and reports a row per class and 
 `unified` trains one model on the union of every class's training images (no class label reaches
 it) and reports the per-class rows and their mean (model-unified) and one `mixed` row in which every
 test image of every class is pooled (absolute-unified). Every constant below can be overridden as
---name value; PRESETS (below them) swap in each method's reference settings unless the command line
-sets them. The last line printed is `results: <csv>`.
+--name value; PRESETS (below them) swap in each method's reference settings (its registry entry in
+models/__init__.py), the unified setting's evaluation and the demo's quick settings, unless the command line
+sets them; utils/mvtec_options.py holds each option's check and whether it changes the trained model.
+The last line printed is `results: <csv>`.
 """
 import time
 from pathlib import Path
@@ -29,13 +31,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from datasets.btad import BTADDataset
-from datasets.demo import make_demo
-from datasets.download import download_dataset
-from datasets.mvtec import DATASET_SOURCES, MixedDataset, MVTecDataset, resolve_classes
-from datasets.visa import prepare_visa
-from models import cada, method_of, not_in_fingerprint
-from utils.checks import check_config, check_out_dir, check_structured
+from datasets.mvtec import MixedDataset, resolve_classes
+from datasets.registry import DATASETS
+from models import cada, method_of, method_presets, option_owners
+from utils.checks import check_out_dir, check_structured
 from utils.config import ConfigError, parse_config, resolve_device, script_constants, seed_everything
 from utils.features import CachedBatches, EncodedBatches, extract_features
 from utils import cpu, distributed, report
@@ -43,6 +42,8 @@ from utils.evaluation import (add_alarm_rates, alignment_statistics, collect_map
                               held_out_thresholds)
 from utils.results import RunFolder, model_rows, new_run_path, resumed_config, write_table
 from utils.thresholds import hold_out, save_thresholds, too_few, too_few_note
+from utils.mvtec_options import MVTEC_RULES
+from utils.options import check_options, head_only, not_in_recipe, not_training, option_table
 from utils.training import (ImageBatches, Trainer, check_batches, check_saved_files, class_data_fingerprint,
                             data_fingerprint, iterations)
 
@@ -123,8 +124,8 @@ save_checkpoints = True      # the last checkpoint of each model (no other is ev
 checkpoint_every = 1000      # iterations between training snapshots that --resume restarts from (0 = none);
                              # removed when training ends
 plots = False                # also draw the figures (PNG) and report.md beside the CSV
-align = ("none",)            # unified: none | cada | cada_sigma | class_aware | classifier; a comma list gives
-                             # a row block each
+align = ("none",)            # unified: none | cada | cada_sigma | class_aware | classifier | cluster; a comma
+                             # list gives a row block each
 align_input = "bottleneck"   # the CADA head's input: bottleneck (the base's, CADA sec. 4.2; NoCo has none and
                              # uses encoder) | encoder (the frozen encoder's deepest tapped layer, sec. 3.3)
 cada_iters = 5000            # alignment head: training iterations (cada_batch_size images each) on the base's maps
@@ -138,267 +139,207 @@ cada_linears = 2             # ... linear layers, 256 wide between them (1, 2, 3
 cada_dropout = 0.25          # ... dropout rate (0, 0.25, 0.5, 0.75) ...
 cada_dropout_at = "every_linear"  # ... before every linear layer (sec. 3.3: "before linear layers") | first_linear
 # -----------------------------------------------------------------------------
-RD_INPUT = {"image_size": 256, "crop_size": 0, "resize": "pil", "encoder_taps": "standard"}  # 256 px full frame
-MULTI_CLASS = {"optimizer": "adamw", "lr": 2e-3, "betas": (0.9, 0.999), "weight_decay": 1e-5, "adam_eps": 1e-10,
-               "amsgrad": True, "lr_drop_at": 0.8, "decoder_activation": "gelu"}  # ReContrast's multi-class code
-UNIAD = {"setting": "unified", "backbone": "efficientnet_b4", "image_size": 224, "crop_size": 0, "resize": "pil",
-         "encoder_taps": "standard", "optimizer": "adamw", "lr": 3e-4, "betas": (0.9, 0.999), "weight_decay": 1e-4,
-         "amsgrad": False, "adam_eps": 1e-8, "lr_drop_at": 0.0, "iters": 50000, "batch_size": 64, "blur_sigma": 0.0,
-         "cada_beta": 10.0, "cada_iters": 20000}  # the CADA paper's UniAD; UniAD maps are not blurred
-DINOMALY = {  # the official dinomaly_mvtec_uni.py: train (utils.py: evaluation_batch; optimizers/StableAdamW.py)
-    "setting": "unified",
-    "image_size": 448, "crop_size": 392, "resize": "pil",  # Resize((448, 448)), CenterCrop(392)
-    "iters": 10000,  # total_iters = 10000 (dinomaly_mvtec_sep.py: 5000)
-    "batch_size": 16,  # batch_size = 16 (drop_last=True)
-    "optimizer": "stable_adamw",  # StableAdamW(...), update clipping clip_threshold=1.0 (its default, not overridden)
-    "lr": 2e-3,  # StableAdamW(lr=2e-3); WarmCosineScheduler(base_value=2e-3)
-    "betas": (0.9, 0.999),  # StableAdamW(betas=(0.9, 0.999))
-    "weight_decay": 1e-4,  # StableAdamW(weight_decay=1e-4)
-    "adam_eps": 1e-10,  # StableAdamW(eps=1e-10); dinomaly_mvtec_sep.py (one model per class) uses 1e-8
-    "amsgrad": True,  # StableAdamW(amsgrad=True)
-    "lr_drop_at": 0.0, "lr_schedule": "warmup_cosine",  # WarmCosineScheduler, stepped every iteration
-    "warmup_iters": 100,  # WarmCosineScheduler(warmup_iters=100), start_warmup_value=0
-    "final_lr": 2e-4,  # WarmCosineScheduler(final_value=2e-4)
-    "hm_factor": 0.1,  # global_cosine_hm_percent(en, de, p=p, factor=0.1)
-    "image_score": "top_mean", "top_fraction": 0.01,  # evaluation_batch(max_ratio=0.01): mean of the top 1 %
-    "blur_kernel": 5, "blur_sigma": 4.0,  # get_gaussian_kernel(kernel_size=5, sigma=4), conv with zero padding
-    "eval_size": 256}  # evaluation_batch(resize_mask=256): maps and masks resized to 256 x 256 before the blur
-PRESETS = [  # applied in order; an option given on the command line is never replaced
-    ({"method": "revdist"}, {"setting": "unified", **RD_INPUT}),
-    ({"method": "recontrast"}, {"setting": "unified", **RD_INPUT}),
-    ({"method": "revdist", "setting": "separate"},  # RD4AD
-     {"optimizer": "adam", "lr": 5e-3, "betas": (0.5, 0.999), "weight_decay": 0.0, "amsgrad": False, "epochs": 200}),
-    ({"method": "recontrast", "setting": "separate"},  # ReContrast single-class: 2000 iterations ~ 135 epochs on MVTec
-     {"lr": 2e-3, "betas": (0.9, 0.999), "weight_decay": 1e-5, "amsgrad": False, "epochs": 135}),
-    ({"method": "revdist", "setting": "unified"}, MULTI_CLASS),
-    ({"method": "recontrast", "setting": "unified"}, MULTI_CLASS),
-    ({"method": "uniad"}, UNIAD),
-    ({"method": "uniad", "setting": "separate"}, {"image_score": "pooled_max"}),
-    ({"method": "dinomaly"}, DINOMALY),
-    ({"method": "dinomaly", "setting": "separate"},  # dinomaly_mvtec_sep.py: 5000 iterations of 16 ~ 320 epochs of
-     {"epochs": 320, "adam_eps": 1e-8}),             # an average MVTec AD class (15.5 batches per epoch), eps 1e-8
-    ({"method": "noco", "dataset": "mpdd"}, {"batch_size": 8}),
-    ({"method": "noco", "dataset": "visa"}, {"batch_size": 8}),
-    ({"setting": "unified"}, {"image_score": "top_mean", "blur_kernel": 5}),  # the CADA paper's evaluation
-    ({"dataset": "demo"}, {"backbone": "efficientnet_lite0", "weights": "imagenet", "image_size": 128,
-                           "crop_size": 0}),  # a quick first run, with ImageNet weights shipped by pip
+PRESETS = [  # (condition, values, note), applied in order; an option given on the command line is never replaced
+    *method_presets(),  # each method's reference settings (models/__init__.py: its registry entry)
+    ({"setting": "unified"}, {"image_score": "top_mean", "blur_kernel": 5}, "the CADA paper's evaluation"),
+    ({"dataset": "demo"}, {"backbone": "efficientnet_lite0", "weights": "imagenet", "image_size": 128, "crop_size": 0},
+     "a quick first run, with ImageNet weights shipped by pip"),
     ({"dataset": "demo", "method": "uniad"}, {"backbone": "efficientnet_lite0", "batch_size": 16}),
-    ({"dataset": "demo", "method": "dinomaly"}, {"vit": "small", "weights": "none", "image_size": 112,
-                                                 "crop_size": 0, "eval_size": 0}),  # CPU-sized; offline: no DINOv2
+    ({"dataset": "demo", "method": "dinomaly"},
+     {"vit": "small", "weights": "none", "image_size": 112, "crop_size": 0, "eval_size": 0},
+     "CPU-sized; offline: no DINOv2"),
 ]
-# options that do not change the trained model (how it is evaluated, how fast it trains, where files are):
-# a checkpoint is reused across them. The data enter the fingerprint by content (utils.training.data_fingerprint),
-# and a model's own classes and target norm replace --classes and --target_norm in its training configuration.
-NOT_TRAINING = {"out_dir", "resume", "checkpoint", "device", "num_workers", "image_score", "top_fraction",
-                "blur_sigma", "blur_kernel", "cache_features", "cache_memory_gb", "cache_dir", "save_checkpoints",
-                "download", "data_path", "plots", "checkpoint_every", "recompute", "keep_freed_memory",
-                "false_alarm_rate", "eval_size"}
-HEAD_ONLY = {"align", "align_input", "cada_iters", "cada_lr", "cada_momentum", "cada_weight_decay", "cada_beta",
-             "cada_batch_size", "cada_convs", "cada_linears", "cada_dropout", "cada_dropout_at"}
+OPTIONS = option_table(script_constants(globals()), MVTEC_RULES, option_owners())  # checks, owners, what trains
+NOT_TRAINING, HEAD_ONLY = not_training(OPTIONS), head_only(OPTIONS)  # (utils/mvtec_options.py)
 HELP = (f"Options that never retrain a saved model (--checkpoint, --resume reuse it across them): "
         f"{', '.join(sorted(NOT_TRAINING))}; and for the base model the alignment head's: "
         f"{', '.join(sorted(HEAD_ONLY))}. A method's own options (models.METHODS) are refused for the others.")
-cfg, given = parse_config(script_constants(globals()), presets=PRESETS, script=__file__, return_given=True,
-                          epilog=HELP)
-cfg = resumed_config(cfg, given)  # with --resume, the interrupted run's own configuration
-check_config(cfg, positive=("batch_size", "lr", "encoder_lr", "target_norm", "image_size", "top_fraction",
-                            "cada_lr", "cada_beta", "cada_batch_size", "cada_linears"),
-             non_negative=("seed", "epochs", "iters", "crop_size", "num_workers", "weight_decay", "blur_sigma",
-                           "cache_memory_gb", "lr_drop_at", "hm_factor", "blur_kernel", "cada_iters", "cada_momentum",
-                           "cada_weight_decay", "checkpoint_every", "cada_convs", "cada_dropout", "val_fraction",
-                           "false_alarm_rate", "warmup_iters", "final_lr", "bottleneck_dropout", "eval_size"),
-             choices={"dataset": ("mvtec", "mpdd", "visa", "btad", "demo"), "setting": ("separate", "unified"),
-                      "resize": ("cv2", "pil"), "blur_kernel": (0, 5),
-                      "optimizer": ("adamw", "adam", "stable_adamw"), "lr_schedule": ("step", "warmup_cosine"),
-                      "image_score": ("max", "top_mean", "pooled_max"),
-                      "cache_dtype": ("float32", "float16", "bfloat16"), "loss_form": ("global", "pixel"),
-                      "decoder_activation": ("relu", "gelu"), "align_input": ("bottleneck", "encoder"),
-                      "cada_dropout_at": cada.DROPOUT_PLACES},
-             at_most={"top_fraction": 1.0, "lr_drop_at": 1.0},
-             below={"seed": 2 ** 32, "cada_dropout": 1.0, "val_fraction": 1.0, "false_alarm_rate": 1.0,
-                    "bottleneck_dropout": 1.0},
-             non_empty=("target_norm", "align", "layers"))
-method = method_of(cfg, given)  # the registry entry: an unknown method or another method's option is refused
-check_structured(cfg, cada.ALIGNMENTS)  # the options that must agree with each other
-check_saved_files(cfg.resume, cfg.checkpoint, vars(cfg))  # damaged or foreign files: refused before any work
-if not cfg.resume:
-    check_out_dir(cfg.out_dir)
-started = time.time()
-rank, world, device = distributed.setup(cfg.device)  # torchrun: one of `world` processes
-device = device or resolve_device(cfg.device)
-for option in ("batch_size", "cada_batch_size"):
-    if getattr(cfg, option) % world:
-        raise ConfigError(f"--{option} {getattr(cfg, option)}: it must split evenly over the {world} processes")
-memory_format = torch.channels_last if cfg.channels_last and device.type == "cuda" else torch.contiguous_format
-if device.type == "cpu" and cfg.keep_freed_memory:
-    cpu.keep_freed_memory()
-seed_everything(cfg.seed)  # also fixes a random-init (--weights none) encoder
 
-# data -------------------------------------------------------------------------
-run_name = Path(cfg.data_path).name if cfg.data_path else cfg.dataset
-root = Path(cfg.data_path or f"data/{cfg.dataset}")
-with distributed.rank0_first(rank, world):  # one process writes the files, the others then find them
-    if cfg.dataset == "demo":
-        make_demo(root)
-    elif cfg.download:
-        download_dataset(cfg.dataset, root)
-    if cfg.dataset == "visa" and (root / "split_csv").is_dir():  # raw VisA: prepared once into MVTec layout
-        root = prepare_visa(root, root / "visa_pytorch")
-Dataset = BTADDataset if cfg.dataset == "btad" else MVTecDataset
-source_hint = DATASET_SOURCES.get(cfg.dataset, DATASET_SOURCES["folder"])
-class_names = resolve_classes(root, cfg.classes, Dataset, source_hint)  # every image and mask decoded once
-train_sets, test_sets = ({c: Dataset(root, c, split, cfg.image_size, cfg.crop_size, resize=cfg.resize,
-                                     source_hint=source_hint) for c in class_names} for split in ("train", "test"))
-splits = {c: hold_out(train_sets[c], cfg.val_fraction, cfg.seed) for c in class_names}  # the thresholds' images
-train_sets, held_out = ({c: parts[i] for c, parts in splits.items()} for i in (0, 1))  # held-out ones never train
-cfg.data_path, cfg.classes = str(root), tuple(class_names)  # config.json records what ran
-separate = cfg.setting == "separate"
-drop_last = not separate  # the multi-class reference drops the last short batch; NoCo and RD4AD keep it
-train_sizes = {c: len(train_sets[c]) for c in class_names} if separate else {
-    "the union of the classes": sum(len(part) for part in train_sets.values())}
-if cfg.epochs if separate else cfg.iters:  # refused now, not mid-run after a long training
-    check_batches(train_sizes, cfg.batch_size, "batch_size", drop_last, world)
-if cfg.cada_iters and any(cada.ALIGNMENTS[kind].trained for kind in cfg.align):  # heads drop the short batch
-    check_batches(train_sizes, cfg.cada_batch_size, "cada_batch_size", True, world)
-loader = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers)
-run = RunFolder(distributed.agreed(cfg.resume or new_run_path(cfg.out_dir, "train_mvtec", run_name, cfg.method,
-                                                              cfg.setting), world),
-                vars(cfg), device, started, resume=bool(cfg.resume), writer=rank == 0, processes=world)
-class_data = {c: class_data_fingerprint([train_sets[c], held_out[c], test_sets[c]]) for c in class_names}
-run.check_finished_data(class_data)  # --resume: a finished class whose images changed is refused
-train = Trainer(run, cfg.resume, cfg.checkpoint, cfg.seed, device, rank, world, cfg.checkpoint_every,
-                cfg.save_checkpoints, amp=cfg.amp and device.type == "cuda")
+if __name__ == "__main__":  # imported (predict.py, benchmarks, tests): the constants, PRESETS and OPTIONS only
+    cfg, given = parse_config({name: option.default for name, option in OPTIONS.items()}, presets=PRESETS,
+                              script=__file__, return_given=True, epilog=HELP)
+    cfg = resumed_config(cfg, given)  # with --resume, the interrupted run's own configuration
+    check_options(cfg, OPTIONS)
+    method = method_of(cfg, given)  # the registry entry: an unknown method or another method's option is refused
+    check_structured(cfg, cada.ALIGNMENTS)  # the options that must agree with each other
+    check_saved_files(cfg.resume, cfg.checkpoint, vars(cfg))  # damaged or foreign files: refused before any work
+    if not cfg.resume:
+        check_out_dir(cfg.out_dir)
+    started = time.time()
+    rank, world, device = distributed.setup(cfg.device)  # torchrun: one of `world` processes
+    device = device or resolve_device(cfg.device)
+    for option in ("batch_size", "cada_batch_size"):
+        if getattr(cfg, option) % world:
+            raise ConfigError(f"--{option} {getattr(cfg, option)}: it must split evenly over the {world} processes")
+    cfg.amp, cfg.channels_last = (cfg.amp, cfg.channels_last) if device.type == "cuda" else (False, False)  # as run
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    if device.type == "cpu" and cfg.keep_freed_memory:
+        cpu.keep_freed_memory()
+    seed_everything(cfg.seed)  # also fixes a random-init (--weights none) encoder
 
-# model ------------------------------------------------------------------------
-encoder = method.build_encoder(cfg).to(device, memory_format=memory_format)
-base_ignores = NOT_TRAINING | HEAD_ONLY | not_in_fingerprint(method)
+    # data -------------------------------------------------------------------------
+    run_name = Path(cfg.data_path).name if cfg.data_path else cfg.dataset
+    root = Path(cfg.data_path or f"data/{cfg.dataset}")
+    data = DATASETS[cfg.dataset]  # its layout's Dataset class, where to get it, what makes its folder ready
+    with distributed.rank0_first(rank, world):  # one process writes the files, the others then find them
+        root = data.ready(cfg.dataset, root, cfg.download)  # the demo generated, an archive fetched, VisA converted
+    Dataset, source_hint = data.dataset, data.source_hint
+    class_names = resolve_classes(root, cfg.classes, Dataset, source_hint)  # every image and mask decoded once
+    train_sets, test_sets = ({c: Dataset(root, c, split, cfg.image_size, cfg.crop_size, resize=cfg.resize,
+                                         source_hint=source_hint) for c in class_names} for split in ("train", "test"))
+    splits = {c: hold_out(train_sets[c], cfg.val_fraction, cfg.seed) for c in class_names}  # the thresholds' images
+    train_sets, held_out = ({c: parts[i] for c, parts in splits.items()} for i in (0, 1))  # held-out ones never train
+    cfg.data_path, cfg.classes = str(root), tuple(class_names)  # config.json records what ran
+    separate = cfg.setting == "separate"
+    drop_last = not separate  # the multi-class reference drops the last short batch; NoCo and RD4AD keep it
+    train_sizes = {c: len(train_sets[c]) for c in class_names} if separate else {
+        "the union of the classes": sum(len(part) for part in train_sets.values())}
+    if cfg.epochs if separate else cfg.iters:  # refused now, not mid-run after a long training
+        check_batches(train_sizes, cfg.batch_size, "batch_size", drop_last, world)
+    if cfg.cada_iters and any(cada.ALIGNMENTS[kind].trained for kind in cfg.align):  # heads drop the short batch
+        check_batches(train_sizes, cfg.cada_batch_size, "cada_batch_size", True, world)
+    loader = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+    run = RunFolder(distributed.agreed(cfg.resume or new_run_path(cfg.out_dir, "train_mvtec", run_name, cfg.method,
+                                                                  cfg.setting), world),
+                    vars(cfg), device, started, resume=bool(cfg.resume), writer=rank == 0, processes=world)
+    class_data = {c: class_data_fingerprint([train_sets[c], held_out[c], test_sets[c]]) for c in class_names}
+    run.check_finished_data(class_data)  # --resume: a finished class whose images changed is refused
+    train = Trainer(run, cfg.resume, cfg.checkpoint, cfg.seed, device, rank, world, cfg.checkpoint_every,
+                    cfg.save_checkpoints, amp=cfg.amp)
+
+    # model ------------------------------------------------------------------------
+    encoder = method.build_encoder(cfg).to(device, memory_format=memory_format)
+    base_ignores = lambda config: NOT_TRAINING | HEAD_ONLY | not_in_recipe(OPTIONS, method, config)  # noqa: E731
+    head_ignores = lambda config: NOT_TRAINING | not_in_recipe(OPTIONS, method, config)  # noqa: E731
 
 
-def model_inputs(dataset, desc):
-    """(model input, labels, masks) per batch, in order: the frozen encoder's features, or the images."""
-    for batch in tqdm(DataLoader(dataset, **loader), desc=desc, leave=False, disable=rank > 0):
-        images = batch["image"].to(device, memory_format=memory_format)
-        with torch.no_grad():
-            features = encoder(images) if method.trains_on == "features" else {"image": images}
-        yield features, batch["label"], batch["mask"][:, 0].bool()
+    def model_inputs(dataset, desc):
+        """(model input, labels, masks) per batch, in order: the frozen encoder's features, or the images."""
+        for batch in tqdm(DataLoader(dataset, **loader), desc=desc, leave=False, disable=rank > 0):
+            images = batch["image"].to(device, memory_format=memory_format)
+            with torch.no_grad():
+                features = encoder(images) if method.trains_on == "features" else {"image": images}
+            yield features, batch["label"], batch["mask"][:, 0].bool()
 
 
-def maps_of(model, dataset, desc, inputs=None, probe=None):
-    """ClassMaps of the frozen model over a dataset (each process computes its shard; all get the whole)."""
-    inputs = inputs or model_inputs(distributed.shard(dataset, rank, world), desc)
-    head_input = (lambda m, batch: method.head_input(m, batch, cfg.align_input)) if needs_head_input else None
-    return distributed.gathered(collect_maps(model, inputs, head_input, probe), len(dataset), world)
+    def maps_of(model, dataset, desc, inputs=None, probe=None):
+        """ClassMaps of the frozen model over a dataset (each process computes its shard; all get the whole)."""
+        inputs = inputs or model_inputs(distributed.shard(dataset, rank, world), desc)
+        head_input = (lambda m, batch: method.head_input(m, batch, cfg.align_input)) if needs_head_input else None
+        return distributed.gathered(collect_maps(model, inputs, head_input, probe), len(dataset), world)
 
 
-def training_batches(train_set, desc):
-    """The base's training batches: the frozen encoder's features once (no augmentation), or images."""
-    if method.trains_on == "images":
-        return ImageBatches(train_set, cfg.batch_size, cfg.num_workers)
-    if not cfg.cache_features:
-        return EncodedBatches(encoder, train_set, cfg.batch_size, cfg.num_workers)
-    return CachedBatches(extract_features(encoder, train_set, device, dtype=getattr(torch, cfg.cache_dtype),
-                                          memory_budget_gb=cfg.cache_memory_gb, cache_dir=cfg.cache_dir or None,
-                                          desc=f"{desc} train features", **loader), cfg.batch_size)
+    def training_batches(train_set, desc):
+        """The base's training batches: the frozen encoder's features once (no augmentation), or images."""
+        if method.trains_on == "images":
+            return ImageBatches(train_set, cfg.batch_size, cfg.num_workers)
+        if not cfg.cache_features:
+            return EncodedBatches(encoder, train_set, cfg.batch_size, cfg.num_workers)
+        return CachedBatches(extract_features(encoder, train_set, device, dtype=getattr(torch, cfg.cache_dtype),
+                                              memory_budget_gb=cfg.cache_memory_gb, cache_dir=cfg.cache_dir or None,
+                                              desc=f"{desc} train features", **loader), cfg.batch_size)
 
 
-groups = [(c, [c]) for c in class_names] if separate else [("unified", class_names)]
-model_names = {(g, norm): g if len(cfg.target_norm) == 1 else f"{g}_norm{norm:g}"  # checkpoint and table names
-               for g, _ in groups for norm in cfg.target_norm}
-if cfg.checkpoint:  # reuse was asked for: every base model must be there before anything runs
-    wanted = list(model_names.values())
-    if not Path(cfg.checkpoint).is_file() and not all((Path(cfg.checkpoint) / "checkpoints" / f"{name}.pt").is_file()
-                                                      for name in wanted):
-        raise ConfigError(f"--checkpoint {cfg.checkpoint}: expected a .pt file or a run folder with "
-                          f"checkpoints/{{{','.join(wanted)}}}.pt")
-if cfg.resume and cfg.save_checkpoints:  # a finished model whose files are gone is trained again, not skipped
-    for name in model_names.values():
-        files = [f"{name}.pt", *(f"{name}_{kind}.pt" for kind in cfg.align if cada.ALIGNMENTS[kind].saved)]
-        if run.finished(name) and (lost := [f for f in files if not (run.path / "checkpoints" / f).is_file()]):
-            print(f"{name}: checkpoints/{', '.join(lost)} missing from {run.path}: trained again where needed")
-            run.rows = [row for row in run.rows if row.get("model") != name]
-needs_head_input = any(cada.ALIGNMENTS[kind].reads_features for kind in cfg.align)
-probe = report.noco_polar if cfg.plots and method.name == "noco" else None  # NoCo's polar figure
-alignment_rows = []  # per class: the true normal statistics on held-out (test) normal images beside each estimate
-for group_name, group in groups:
-    train_set = train_sets[group[0]] if separate else MixedDataset(train_sets[c] for c in group)
-    total_iters = iterations(cfg.setting, cfg.epochs, cfg.iters, len(train_set), cfg.batch_size, drop_last)
-    base_config = {**vars(cfg), "classes": group, "training_data": data_fingerprint(train_sets[c] for c in group)}
-    cached, test_inputs = {}, {}  # training batches and (the norm study) frozen test features, made once per group
+    groups = [(c, [c]) for c in class_names] if separate else [("unified", class_names)]
+    model_names = {(g, norm): g if len(cfg.target_norm) == 1 else f"{g}_norm{norm:g}"  # checkpoint and table names
+                   for g, _ in groups for norm in cfg.target_norm}
+    if cfg.checkpoint:  # reuse was asked for: every base model must be there before anything runs
+        wanted = list(model_names.values())
+        if not Path(cfg.checkpoint).is_file() and not all(
+                (Path(cfg.checkpoint) / "checkpoints" / f"{name}.pt").is_file() for name in wanted):
+            raise ConfigError(f"--checkpoint {cfg.checkpoint}: expected a .pt file or a run folder with "
+                              f"checkpoints/{{{','.join(wanted)}}}.pt")
+    if cfg.resume and cfg.save_checkpoints:  # a finished model whose files are gone is trained again, not skipped
+        for name in model_names.values():
+            files = [f"{name}.pt", *(f"{name}_{kind}.pt" for kind in cfg.align if cada.ALIGNMENTS[kind].saved)]
+            if run.finished(name) and (lost := [f for f in files if not (run.path / "checkpoints" / f).is_file()]):
+                print(f"{name}: checkpoints/{', '.join(lost)} missing from {run.path}: trained again where needed")
+                run.rows = [row for row in run.rows if row.get("model") != name]
+    needs_head_input = any(cada.ALIGNMENTS[kind].reads_features for kind in cfg.align)
+    probe = report.noco_polar if cfg.plots and method.name == "noco" else None  # NoCo's polar figure
+    alignment_rows = []  # per class: the true normal statistics on held-out (test) normal images beside each estimate
+    for group_name, group in groups:
+        train_set = train_sets[group[0]] if separate else MixedDataset(train_sets[c] for c in group)
+        total_iters = iterations(cfg.setting, cfg.epochs, cfg.iters, len(train_set), cfg.batch_size, drop_last)
+        base_config = {**vars(cfg), "classes": group, "training_data": data_fingerprint(train_sets[c] for c in group)}
+        cached, test_inputs = {}, {}  # training batches and (the norm study) frozen test features, made once per group
 
-    def group_batches():
-        if "base" not in cached:  # made when a model of this group is trained, not when one is reused
-            cached["base"] = training_batches(train_set, group_name)
-        return cached["base"]
+        def group_batches():
+            if "base" not in cached:  # made when a model of this group is trained, not when one is reused
+                cached["base"] = training_batches(train_set, group_name)
+            return cached["base"]
 
-    for norm in cfg.target_norm:
-        model_name = model_names[group_name, norm]
-        if run.finished(model_name):
-            continue  # finished before the run was interrupted
-        # train the base model (or reuse it), then its raw test maps, per class ----------------
-        seed_everything(cfg.seed)
-        model = method.build_model(cfg, encoder, norm, torch.Generator().manual_seed(cfg.seed))
-        training_config = {**base_config, "target_norm": norm}
-        model = train(model.to(device, memory_format=memory_format), model_name, training_config, base_ignores,
-                      group_batches, total_iters, cfg,
-                      drop_last=drop_last, grad_clip=method.grad_clip, before_training=method.before_training)
-        if len(cfg.target_norm) > 1:
-            test_inputs = test_inputs or {c: list(model_inputs(distributed.shard(test_sets[c], rank, world),
-                                                                f"{c} test")) for c in group}
-        tested = {c: maps_of(model, test_sets[c], f"{c} test", test_inputs.get(c), probe) for c in group}
-        held = {c: maps_of(model, held_out[c], f"{c} held-out") for c in group} if cfg.val_fraction else None
-        shown = {c: report.example_indices(tested[c].labels) for c in group} if cfg.plots else None
-        record = report.new_record(norm, not separate, tested, test_sets, shown) if cfg.plots else None
+        for norm in cfg.target_norm:
+            model_name = model_names[group_name, norm]
+            if run.finished(model_name):
+                continue  # finished before the run was interrupted
+            # train the base model (or reuse it), then its raw test maps, per class ----------------
+            seed_everything(cfg.seed)
+            model = method.build_model(cfg, encoder, norm, torch.Generator().manual_seed(cfg.seed))
+            training_config = {**base_config, "target_norm": norm}
+            model = train(model.to(device, memory_format=memory_format), model_name, training_config, base_ignores,
+                          group_batches, total_iters, cfg,
+                          drop_last=drop_last, grad_clip=method.grad_clip, before_training=method.before_training)
+            if len(cfg.target_norm) > 1:
+                test_inputs = test_inputs or {c: list(model_inputs(distributed.shard(test_sets[c], rank, world),
+                                                                    f"{c} test")) for c in group}
+            tested = {c: maps_of(model, test_sets[c], f"{c} test", test_inputs.get(c), probe) for c in group}
+            held = {c: maps_of(model, held_out[c], f"{c} held-out") for c in group} if cfg.val_fraction else None
+            shown = {c: report.example_indices(tested[c].labels) for c in group} if cfg.plots else None
+            record = report.new_record(norm, not separate, tested, test_sets, shown) if cfg.plots else None
 
-        # alignments: statistics of the frozen model's maps on every training image, once; a head each ---
-        if any(cada.ALIGNMENTS[kind].calibrates for kind in cfg.align):
-            head_table = head_training_table([maps_of(model, train_sets[c], f"{c} train maps") for c in group])
-        rows = []
-        for kind in cfg.align:
-            alignment = None
-            if cada.ALIGNMENTS[kind].calibrates:
-                seed_everything(cfg.seed)
-                alignment = cada.Alignment(kind, head_table["features"].shape[1] if needs_head_input else 0, len(group),
-                                           cfg.cada_beta, cfg.cada_convs, cfg.cada_linears, cfg.cada_dropout,
-                                           cfg.cada_dropout_at).to(device)
-                alignment.fit_statistics(head_table, cfg.seed)
-                if cada.ALIGNMENTS[kind].trained:  # its loss (CADA eq. 3, or cross-entropy), the base frozen
-                    alignment = train(alignment, f"{model_name}_{kind}", {**training_config, "align": kind},
-                                      NOT_TRAINING | not_in_fingerprint(method),
-                                      lambda: CachedBatches(head_table, cfg.cada_batch_size), cfg.cada_iters, cfg,
-                                      base=False, drop_last=True, batch_option="cada_batch_size")
-                elif cada.ALIGNMENTS[kind].saved and cfg.save_checkpoints:  # fitted, not trained: for predict.py
-                    run.save_checkpoint({"model": alignment.state_dict(), "fingerprint": "",
-                                         "training_config": {**training_config, "align": kind}}, f"{model_name}_{kind}")
-            # evaluate the last checkpoint ------------------------------------------------
-            per_class, pooled, kept = evaluate(tested, cfg, alignment, pooled=not separate, keep=shown)
-            threshold = None  # from the held-out normal images only, through the same path as the test set
-            if held is not None:
-                entry = held_out_thresholds(held, cfg, alignment, cfg.false_alarm_rate)
-                threshold = entry["image"]
-                if rank == 0:
-                    if kind == cfg.align[0] and too_few(entry["held_out_images"], cfg.false_alarm_rate):
-                        print(too_few_note(model_name, entry["held_out_images"], entry, cfg.false_alarm_rate,
-                                           "held-out images", "hold out more with --val_fraction, or set thresholds"
-                                           " on normal images of the line with predict.py --calibrate"))
-                    save_thresholds(run.path, model_name, kind, {**entry, "classes": list(group)},
-                                    {"false_alarm_rate": cfg.false_alarm_rate, "val_fraction": cfg.val_fraction,
-                                     "seed": cfg.seed})
-            add_alarm_rates(per_class, pooled, kept, tested, threshold)
-            if record is not None:  # what the figures need, kept from this evaluation
-                report.keep_evaluation(record, kind, kept, {c: tested[c].labels for c in group})
-            rows += model_rows(per_class, pooled, model_name, norm, None if separate else kind, len(cfg.align) > 1)
-            if alignment is not None:
-                alignment_rows += [{"model": model_name, "align": kind, **row}
-                                   for row in alignment_statistics(tested, alignment)]
-        if alignment_rows and rank == 0:
-            write_table(pd.DataFrame(alignment_rows), run.path / "alignment_stats.csv", float_format="%.6g")
-        if record is not None and rank == 0:
-            report.save_record(run.path, model_name, record)
-        run.add_rows(rows, class_data)
+            # alignments: statistics of the frozen model's maps on every training image, once; a head each ---
+            if any(cada.ALIGNMENTS[kind].calibrates for kind in cfg.align):
+                head_table = head_training_table([maps_of(model, train_sets[c], f"{c} train maps") for c in group])
+            rows = []
+            for kind in cfg.align:
+                alignment = None
+                if cada.ALIGNMENTS[kind].calibrates:
+                    seed_everything(cfg.seed)
+                    alignment = cada.Alignment(kind, head_table["features"].shape[1] if needs_head_input else 0,
+                                               len(group),
+                                               cfg.cada_beta, cfg.cada_convs, cfg.cada_linears, cfg.cada_dropout,
+                                               cfg.cada_dropout_at).to(device)
+                    alignment.fit_statistics(head_table, cfg.seed)
+                    if cada.ALIGNMENTS[kind].trained:  # its loss (CADA eq. 3, or cross-entropy), the base frozen
+                        alignment = train(alignment, f"{model_name}_{kind}", {**training_config, "align": kind},
+                                          head_ignores,
+                                          lambda: CachedBatches(head_table, cfg.cada_batch_size), cfg.cada_iters, cfg,
+                                          base=False, drop_last=True, batch_option="cada_batch_size")
+                    elif cada.ALIGNMENTS[kind].saved and cfg.save_checkpoints:  # fitted, not trained: for predict.py
+                        run.save_checkpoint({"model": alignment.state_dict(), "fingerprint": "",
+                                             "training_config": {**training_config, "align": kind}},
+                                            f"{model_name}_{kind}")
+                # evaluate the last checkpoint ------------------------------------------------
+                per_class, pooled, kept = evaluate(tested, cfg, alignment, pooled=not separate, keep=shown)
+                threshold = None  # from the held-out normal images only, through the same path as the test set
+                if held is not None:
+                    entry = held_out_thresholds(held, cfg, alignment, cfg.false_alarm_rate)
+                    threshold = entry["image"]
+                    if rank == 0:
+                        if kind == cfg.align[0] and too_few(entry["held_out_images"], cfg.false_alarm_rate):
+                            print(too_few_note(model_name, entry["held_out_images"], entry, cfg.false_alarm_rate,
+                                               "held-out images", "hold out more with --val_fraction, or set thresholds"
+                                               " on normal images of the line with predict.py --calibrate"))
+                        save_thresholds(run.path, model_name, kind, {**entry, "classes": list(group)},
+                                        {"false_alarm_rate": cfg.false_alarm_rate, "val_fraction": cfg.val_fraction,
+                                         "seed": cfg.seed})
+                add_alarm_rates(per_class, pooled, kept, tested, threshold)
+                if record is not None:  # what the figures need, kept from this evaluation
+                    report.keep_evaluation(record, kind, kept, {c: tested[c].labels for c in group})
+                rows += model_rows(per_class, pooled, model_name, norm, None if separate else kind, len(cfg.align) > 1)
+                if alignment is not None:
+                    alignment_rows += [{"model": model_name, "align": kind, **row}
+                                       for row in alignment_statistics(tested, alignment)]
+            if alignment_rows and rank == 0:
+                write_table(pd.DataFrame(alignment_rows), run.path / "alignment_stats.csv", float_format="%.6g")
+            if record is not None and rank == 0:
+                report.save_record(run.path, model_name, record)
+            run.add_rows(rows, class_data)
 
-# write the table (and with --plots the figures and report.md) ---------------------------
-csv_path = run.finish(norms=cfg.target_norm)
-if cfg.plots and rank == 0:
-    report.write_report(run.path, csv_path, f"train_mvtec.py: {run_name}, {cfg.method}, {cfg.setting}",
-                        norm_study_path=csv_path if len(cfg.target_norm) > 1 else None)
-print(f"results: {csv_path}")
+    # write the table (and with --plots the figures and report.md) ---------------------------
+    csv_path = run.finish(norms=cfg.target_norm)
+    if cfg.plots and rank == 0:
+        report.write_report(run.path, csv_path, f"train_mvtec.py: {run_name}, {cfg.method}, {cfg.setting}",
+                            norm_study_path=csv_path if len(cfg.target_norm) > 1 else None)
+    print(f"results: {csv_path}")

@@ -11,8 +11,8 @@ A batch is the frozen encoder's feature dict (trains_on "features": the script m
 {"image": images} (trains_on "images": the method trains an encoder of its own, or, as Dinomaly, runs its
 frozen encoder inside every step).
 
-Adding a method: one model file with that face, one Method entry below, its presets in
-train_mvtec.py and its rows in the README; tests/test_methods.py then checks its face.
+Adding a method: one model file with that face, one Method entry below (its presets: its reference settings)
+and its rows in the README; tests/test_methods.py then checks its face.
 """
 from dataclasses import dataclass
 from typing import Callable
@@ -39,10 +39,17 @@ class Method:
     grad_clip: float = 0.0       # clip the gradient norm to this in training (0: no clipping)
     before_training: Callable = None  # (model, batches, generator, device): e.g. NoCo's "mean" target
     unused: tuple = ()           # shared options it does not read: refused when given, out of its fingerprint
+    presets: tuple = ()          # its reference settings: (condition, values[, note]), see method_presets
 
 
 def input_side(cfg):
     return cfg.crop_size or cfg.image_size
+
+
+# the reference settings shared by RevDist and ReContrast ----------------------------------------------
+RD_INPUT = {"image_size": 256, "crop_size": 0, "resize": "pil", "encoder_taps": "standard"}  # 256 px full frame
+MULTI_CLASS = {"optimizer": "adamw", "lr": 2e-3, "betas": (0.9, 0.999), "weight_decay": 1e-5, "adam_eps": 1e-10,
+               "amsgrad": True, "lr_drop_at": 0.8, "decoder_activation": "gelu"}  # ReContrast's multi-class code
 
 
 # NoCo -------------------------------------------------------------------------------------------
@@ -110,6 +117,26 @@ def _uniad_model(cfg, encoder, norm, generator):
 
 
 # Dinomaly ---------------------------------------------------------------------------------------
+DINOMALY = {  # the official dinomaly_mvtec_uni.py: train (utils.py: evaluation_batch; optimizers/StableAdamW.py)
+    "setting": "unified",
+    "image_size": 448, "crop_size": 392, "resize": "pil",  # Resize((448, 448)), CenterCrop(392)
+    "iters": 10000,  # total_iters = 10000 (dinomaly_mvtec_sep.py: 5000)
+    "batch_size": 16,  # batch_size = 16 (drop_last=True)
+    "optimizer": "stable_adamw",  # StableAdamW(...), update clipping clip_threshold=1.0 (its default, not overridden)
+    "lr": 2e-3,  # StableAdamW(lr=2e-3); WarmCosineScheduler(base_value=2e-3)
+    "betas": (0.9, 0.999),  # StableAdamW(betas=(0.9, 0.999))
+    "weight_decay": 1e-4,  # StableAdamW(weight_decay=1e-4)
+    "adam_eps": 1e-10,  # StableAdamW(eps=1e-10); dinomaly_mvtec_sep.py (one model per class) uses 1e-8
+    "amsgrad": True,  # StableAdamW(amsgrad=True)
+    "lr_drop_at": 0.0, "lr_schedule": "warmup_cosine",  # WarmCosineScheduler, stepped every iteration
+    "warmup_iters": 100,  # WarmCosineScheduler(warmup_iters=100), start_warmup_value=0
+    "final_lr": 2e-4,  # WarmCosineScheduler(final_value=2e-4)
+    "hm_factor": 0.1,  # global_cosine_hm_percent(en, de, p=p, factor=0.1)
+    "image_score": "top_mean", "top_fraction": 0.01,  # evaluation_batch(max_ratio=0.01): mean of the top 1 %
+    "blur_kernel": 5, "blur_sigma": 4.0,  # get_gaussian_kernel(kernel_size=5, sigma=4), conv with zero padding
+    "eval_size": 256}  # evaluation_batch(resize_mask=256): maps and masks resized to 256 x 256 before the blur
+
+
 def _dinomaly_check(cfg):
     side = input_side(cfg)
     if side % 14:
@@ -131,23 +158,45 @@ def _dinomaly_head_input(model, batch, align_input):
 
 METHODS = {method.name: method for method in (
     Method("noco", "features", ("target", "target_norm", "target_p", "nu", "radius_init", "layers", "encoder_taps"),
-           _noco_encoder, _noco_model, _deepest_encoder_layer, before_training=_noco_mean_target),
+           _noco_encoder, _noco_model, _deepest_encoder_layer, before_training=_noco_mean_target,
+           presets=(({"dataset": "mpdd"}, {"batch_size": 8}, "NoCo's README: batch 8 on MPDD"),
+                    ({"dataset": "visa"}, {"batch_size": 8}, "NoCo's README: batch 8 on VisA"))),
     Method("revdist", "features", ("decoder_activation", "loss_form", "recompute"),
            lambda cfg: build_encoder(cfg.backbone, cfg.weights),  # torchvision's own taps of layers 1-3
            lambda cfg, encoder, norm, generator: RevDist(cfg.backbone, activation=cfg.decoder_activation,
                                                          loss_form=cfg.loss_form, recompute=cfg.recompute),
-           _bottleneck_or_encoder, check=_revdist_check),
+           _bottleneck_or_encoder, check=_revdist_check,
+           presets=(({}, {"setting": "unified", **RD_INPUT}, "CADA's base: unified, RD4AD's 256 px full frame"),
+                    ({"setting": "separate"},
+                     {"optimizer": "adam", "lr": 5e-3, "betas": (0.5, 0.999), "weight_decay": 0.0, "amsgrad": False,
+                      "epochs": 200}, "RD4AD"),
+                    ({"setting": "unified"}, MULTI_CLASS, "ReContrast's multi-class code"))),
     Method("recontrast", "images", ("decoder_activation", "hm_factor", "encoder_lr", "recompute"),
            lambda cfg: load_backbone(cfg.backbone, cfg.weights),
            lambda cfg, backbone, norm, generator: ReContrast(backbone, cfg.backbone, activation=cfg.decoder_activation,
                                                              hm_factor=cfg.hm_factor, recompute=cfg.recompute),
-           _recontrast_head_input, check=_revdist_check),
+           _recontrast_head_input, check=_revdist_check,
+           presets=(({}, {"setting": "unified", **RD_INPUT}, "CADA's base: unified, RD4AD's 256 px full frame"),
+                    ({"setting": "separate"},
+                     {"lr": 2e-3, "betas": (0.9, 0.999), "weight_decay": 1e-5, "amsgrad": False, "epochs": 135},
+                     "ReContrast single-class: 2000 iterations ~ 135 epochs on MVTec"),
+                    ({"setting": "unified"}, MULTI_CLASS, "ReContrast's multi-class code"))),
     Method("uniad", "features", (),  # four EfficientNet-B4 stages resized to stride 16 and concatenated: 272 channels
            lambda cfg: uniad.TokenEncoder(build_encoder(cfg.backbone, cfg.weights, uniad.UNIAD_LAYERS)),
-           _uniad_model, _bottleneck_or_encoder, check=_uniad_check, grad_clip=uniad.GRAD_CLIP),
+           _uniad_model, _bottleneck_or_encoder, check=_uniad_check, grad_clip=uniad.GRAD_CLIP,
+           presets=(({}, {"setting": "unified", "backbone": "efficientnet_b4", "image_size": 224, "crop_size": 0,
+                          "resize": "pil", "encoder_taps": "standard", "optimizer": "adamw", "lr": 3e-4,
+                          "betas": (0.9, 0.999), "weight_decay": 1e-4, "amsgrad": False, "adam_eps": 1e-8,
+                          "lr_drop_at": 0.0, "iters": 50000, "batch_size": 64, "blur_sigma": 0.0, "cada_beta": 10.0,
+                          "cada_iters": 20000}, "the CADA paper's UniAD; UniAD maps are not blurred"),
+                    ({"setting": "separate"}, {"image_score": "pooled_max"}, "UniAD's image score"))),
     Method("dinomaly", "images", ("vit", "bottleneck_dropout", "hm_factor"),  # its frozen ViT runs in every step
            lambda cfg: dinomaly.build_vit(cfg.vit, cfg.weights), _dinomaly_model, _dinomaly_head_input,
-           check=_dinomaly_check, grad_clip=dinomaly.GRAD_CLIP, unused=("backbone",)),  # --vit is its encoder
+           check=_dinomaly_check, grad_clip=dinomaly.GRAD_CLIP, unused=("backbone",),  # --vit is its encoder
+           presets=(({}, DINOMALY, "the official dinomaly_mvtec_uni.py"),
+                    ({"setting": "separate"}, {"epochs": 320, "adam_eps": 1e-8},
+                     "dinomaly_mvtec_sep.py: 5000 iterations of 16 ~ 320 epochs of an average MVTec AD class "
+                     "(15.5 batches per epoch), eps 1e-8"))),
 )}
 METHOD_OPTIONS = sorted({option for method in METHODS.values() for option in method.own_options})
 
@@ -172,3 +221,15 @@ def method_of(cfg, given=()):
 def not_in_fingerprint(method):
     """The options of other methods and those it does not read: they cannot change its trained model."""
     return set(METHOD_OPTIONS) - set(method.own_options) | set(method.unused)
+
+
+def option_owners():
+    """{option: the methods whose own option it is} (utils.options' owner column; the others refuse it)."""
+    return {option: tuple(m.name for m in METHODS.values() if option in m.own_options) for option in METHOD_OPTIONS}
+
+
+def method_presets():
+    """Every method's reference settings as train_mvtec.py's presets: (condition, values) pairs, the condition
+    led by the method, in registry order (those of one method in its order; two methods' never both apply)."""
+    return [({"method": method.name, **condition}, values, *note)
+            for method in METHODS.values() for condition, values, *note in method.presets]

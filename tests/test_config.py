@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -339,6 +340,7 @@ INTERRUPT_SCRIPT = '''
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -391,3 +393,61 @@ def test_parse_config_with_argv_installs_no_handlers():
     hook, handler = sys.excepthook, signal.getsignal(signal.SIGINT)
     parse_config(DEFAULTS, [])
     assert sys.excepthook is hook and signal.getsignal(signal.SIGINT) is handler
+
+
+# train_mvtec.py's option table (utils.options, utils.mvtec_options) -------------------------------------------
+OLD_NOT_TRAINING = {"out_dir", "resume", "checkpoint", "device", "num_workers", "image_score", "top_fraction",
+                    "blur_sigma", "blur_kernel", "cache_features", "cache_memory_gb", "cache_dir", "save_checkpoints",
+                    "download", "data_path", "plots", "checkpoint_every", "recompute", "keep_freed_memory",
+                    "false_alarm_rate", "eval_size"}  # the script's literal sets before the table
+OLD_HEAD_ONLY = {"align", "align_input", "cada_iters", "cada_lr", "cada_momentum", "cada_weight_decay", "cada_beta",
+                 "cada_batch_size", "cada_convs", "cada_linears", "cada_dropout", "cada_dropout_at"}
+
+
+def test_the_option_table_gives_what_the_scripts_literal_sets_said():
+    import train_mvtec
+    from models import METHODS
+    from utils.options import head_only, not_training
+    assert not_training(train_mvtec.OPTIONS) == OLD_NOT_TRAINING and head_only(train_mvtec.OPTIONS) == OLD_HEAD_ONLY
+    for name, option in train_mvtec.OPTIONS.items():  # the owner column is the registry's
+        assert set(option.owners) == {m.name for m in METHODS.values() if name in m.own_options}, name
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"batch_size": 0}, "--batch_size: expected a positive int, got 0"),
+    ({"top_fraction": 1.5}, "--top_fraction: expected a value at most 1.0, got 1.5"),
+    ({"seed": 2 ** 32}, "--seed: expected a value below 4294967296, got 4294967296"),
+    ({"lr_drop_at": -0.1}, "--lr_drop_at: expected a non-negative number, got -0.1"),
+    ({"target_norm": ()}, '--target_norm: expected at least one value, got ""'),
+    ({"optimizer": "sgd"}, "--optimizer: expected one of adam, adamw, stable_adamw, got 'sgd'"),
+    ({"resize": "nearest"}, "--resize: expected one of cv2, pil, got 'nearest'"),
+    ({"cache_dtype": "int8"}, "--cache_dtype: expected one of float32, float16, bfloat16, got 'int8'"),
+    ({"blur_kernel": 3}, "--blur_kernel: expected one of 0, 5, got 3"),
+    ({"val_fraction": 1.0}, "--val_fraction: expected a value below 1.0, got 1.0"),
+])
+def test_the_table_checks_each_option(change, message):
+    import train_mvtec
+    from utils.options import check_options
+    cfg = SimpleNamespace(**{**{n: o.default for n, o in train_mvtec.OPTIONS.items()}, **change})
+    with pytest.raises(ConfigError) as error:
+        check_options(cfg, train_mvtec.OPTIONS)
+    assert str(error.value) == message
+    check_options(SimpleNamespace(**{n: o.default for n, o in train_mvtec.OPTIONS.items()}), train_mvtec.OPTIONS)
+
+
+def test_a_rule_for_an_option_the_script_lacks_is_a_programming_error():
+    from utils.options import option_table
+    with pytest.raises(KeyError, match="lrr"):
+        option_table({"lr": 0.1}, {"lrr": {"check": {"positive": True}}})
+    with pytest.raises(ValueError, match="unknown checks"):
+        option_table({"lr": 0.1}, {"lr": {"check": {"postive": True}}})
+    assert option_table({"lr": 0.1}, {"lr": {"trains": ""}})["lr"].trains == ""
+
+
+def test_a_presets_note_is_shown_by_help_and_changes_nothing(capsys):
+    presets = [({"lr": 0.1}, {"epochs": 3}, "the paper's schedule"), ({"epochs": 3}, {"lr": 0.5})]
+    assert vars(parse_config({"lr": 0.1, "epochs": 1}, [], presets=presets)) == {"lr": 0.5, "epochs": 3}
+    with pytest.raises(SystemExit):
+        parse_config({"lr": 0.1, "epochs": 1}, ["--help"], presets=presets)
+    shown = capsys.readouterr().out
+    assert "  if --lr 0.1:  # the paper's schedule\n      --epochs 3\n  if --epochs 3:\n      --lr 0.5" in shown

@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from models import METHODS, METHOD_OPTIONS, method_of, not_in_fingerprint
+from utils.options import not_in_recipe
 from utils.optim import WarmupCosineLR
 from utils.config import ConfigError
 from utils.evaluation import collect_maps
 from utils.optim import OPTIMIZERS
-from utils.training import data_fingerprint, fingerprint
+from utils.results import save_checkpoint
+from utils.training import data_fingerprint, fingerprint, saved_state
 
 BASE = dict(backbone="resnet18", weights="none", layers=("layer1", "layer2", "layer3"), encoder_taps="preact",
             image_size=64, crop_size=0, target="randn", target_p=2.0, nu=1e-3, radius_init=1e-5,
@@ -126,3 +128,49 @@ def test_dinomaly_reads_its_vit_not_the_backbone_and_its_head_reads_the_bottlene
     assert not torch.allclose(bottleneck, deepest)
     optimizer, scheduler = model.configure_optimizers(cfg, 10)
     assert isinstance(scheduler, WarmupCosineLR) and optimizer.param_groups[0]["lr"] == 0.0  # warm-up from 0
+
+
+def options():
+    import train_mvtec  # its option table (the script's work runs only as __main__)
+    return train_mvtec.OPTIONS
+
+
+def recipe_config(name, **changes):
+    return {**vars(config(name)), "setting": "unified", "epochs": 50, "iters": 100, "cache_features": True,
+            "cache_dtype": "float32", "amp": False, **changes}
+
+
+@pytest.mark.parametrize("name, same, other", [
+    ("revdist", {"epochs": 7, "warmup_iters": 5, "final_lr": 1.0}, {"iters": 101}),  # unified, step drop at 0.5
+    ("revdist", {"lr_drop_gamma": 0.5, "lr_drop_at": 0.0, "cache_features": False},
+     {"lr_drop_at": 0.3, "cache_dtype": "float16"}),
+    ("dinomaly", {"lr_drop_gamma": 0.5, "cache_dtype": "float16", "epochs": 3}, {"warmup_iters": 4, "final_lr": 1.0}),
+])
+def test_the_fingerprint_is_the_recipe_actually_trained(name, same, other):
+    """Options the configuration does not use (the other setting's length, an unused schedule's settings, the
+    cache dtype where nothing is cached) leave the key alone; each used one changes it."""
+    # (--cache_features is the script's NOT_TRAINING)
+    ignore = lambda cfg: not_in_recipe(options(), METHODS[name], cfg) | {"cache_features"}  # noqa: E731
+    base = recipe_config(name, **({"lr_drop_at": 0.0} if "lr_drop_at" in same else {}))
+    key = fingerprint(base, ignore)
+    assert fingerprint({**base, **same}, ignore) == key
+    for option, value in other.items():
+        assert fingerprint({**base, option: value}, ignore) != key, option
+    separate = {**base, "setting": "separate"}  # the separate setting counts epochs, not iters
+    assert fingerprint({**separate, "iters": 7}, ignore) == fingerprint(separate, ignore)
+    assert fingerprint({**separate, "epochs": 7}, ignore) != fingerprint(separate, ignore)
+
+
+def test_checkpoint_reuse_follows_the_recipe_old_keys_included(tmp_path):
+    """--checkpoint reuses a unified model asked for with other --epochs, and one saved by the previous version
+    (its key hashed every option but the method's others) when the recipe is the same; another --lr is refused."""
+    ignore = lambda cfg: not_in_recipe(options(), METHODS["revdist"], cfg)  # noqa: E731
+    saved = recipe_config("revdist")
+    old_key = fingerprint(saved, not_in_fingerprint(METHODS["revdist"]))
+    assert old_key != fingerprint(saved, ignore)
+    (tmp_path / "checkpoints").mkdir()
+    save_checkpoint({"model": {}, "training_config": saved, "fingerprint": old_key},
+                    tmp_path / "checkpoints" / "unified.pt")
+    assert saved_state((None, tmp_path), "unified", {**saved, "epochs": 3}, ignore) is not None
+    with pytest.raises(ValueError, match=r"differs in \['lr'\]"):
+        saved_state((None, tmp_path), "unified", {**saved, "epochs": 3, "lr": 0.5}, ignore)

@@ -7,7 +7,8 @@ comma-separated list of their element type. Unknown names are refused with the v
 `--help` (or `-h`) prints the options with their defaults and the comment written beside each constant
 in the script, then the presets, and exits.
 
-Presets are `(condition, values)` pairs applied in order after the command line is read: a pair
+Presets are `(condition, values)` pairs (or `(condition, values, note)`, the note shown by --help) applied in
+order after the command line is read: a pair
 applies when every option in `condition` has that value in the configuration as it stands at that
 point (so an earlier preset can set an option a later condition reads), and its `values` replace the
 constants, except options given on the command line.
@@ -167,18 +168,18 @@ def _checked_presets(defaults, presets):
     """The presets with their values converted to the constants' types; every preset is checked,
     whether it will apply or not, so a mistake in one shows on the first run."""
     checked = []
-    for condition, values in presets or ():
+    for condition, values, *note in presets or ():
         where = _condition_text(condition)
         for name in (*condition, *values):
             if name not in defaults:
                 raise KeyError(f"preset {where}: unknown option {name!r}")
         checked.append((dict(condition), {name: _preset_value(name, value, defaults[name], where)
-                                          for name, value in values.items()}))
+                                          for name, value in values.items()}, " ".join(note)))
     return checked
 
 
 def _apply_presets(config, defaults, presets, given):
-    for condition, values in _checked_presets(defaults, presets):
+    for condition, values, _ in _checked_presets(defaults, presets):
         if all(config[name] == value for name, value in condition.items()):
             config.update({name: value for name, value in values.items() if name not in given})
 
@@ -189,7 +190,8 @@ def parse_config(defaults, argv=None, presets=None, script=None, return_given=Fa
     config.json). With `return_given=True`, return `(cfg, given)` where `given` is the set of the
     option names the command line gave.
 
-    `presets`: a list of `(condition, values)` dicts, applied in order (see the module docstring).
+    `presets`: a list of `(condition, values)` dicts, applied in order (see the module docstring); a third
+    element, a note (where the values come from), is shown by --help.
     A preset naming an unknown option, or a value not of its constant's type, is a programming
     error (KeyError, TypeError). `script`: the script's path (`__file__`), for `--help`, which
     prints its docstring's first paragraph and the comment beside each constant.
@@ -295,7 +297,7 @@ def _script_comments(script, presets):
                 conditions = [ast.literal_eval(item.elts[0]) for item in items]
             except (AttributeError, IndexError, ValueError, TypeError, SyntaxError):
                 continue
-            if conditions == [condition for condition, _ in presets]:
+            if conditions == [condition for condition, *_ in presets]:
                 preset_comments = [beside(item.lineno, item.end_lineno, skip=(node.lineno,)) for item in items]
     return ast.get_docstring(tree) or "", constants, preset_comments
 
@@ -342,9 +344,9 @@ def config_help(defaults, presets=None, script=None, epilog=""):
         lines += [""] + textwrap.wrap("presets, applied in order after the command line: where the options have "
                                       "these values, the options below are set too (never one the command line "
                                       "gives, and a later condition sees what an earlier preset set):", _WIDTH)
-        for i, (condition, values) in enumerate(presets):
+        for i, (condition, values, note) in enumerate(presets):
             header = f"  if {_condition_text(condition)}:"
-            comment = preset_comments[i] if i < len(preset_comments) else ""
+            comment = note or (preset_comments[i] if i < len(preset_comments) else "")
             lines += _columns(header, comment and f"# {comment}", len(header) + 2 if len(header) <= 60 else 6)
             lines += _wrap([f"--{key}\u00a0{_format_value(value)}" for key, value in values.items()], 6)
     if epilog:

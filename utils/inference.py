@@ -7,7 +7,6 @@ sets thresholds on normal images of the line (`calibration`, predict.py --calibr
 options differ from train_mvtec.py's constants), a method the registry lacks, a missing checkpoint or
 threshold (with its reason: --val_fraction 0, an interrupted run), a --thresholds file of another model is
 refused in one line (ValueError)."""
-import ast
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,27 +26,13 @@ from utils.thresholds import FILE_NAME as THRESHOLDS_FILE
 from utils.thresholds import checkpoint_digest, read_thresholds, threshold_entry
 from utils.training import load_our_file
 
-TRAIN_SCRIPT = Path(__file__).resolve().parent.parent / "train_mvtec.py"
-OPTION_TYPES = (bool, int, float, str, tuple)
 
 
-def script_defaults(script=TRAIN_SCRIPT):
-    """The option constants of a train script as its parse_config sees them, read from its source (the
-    script is not run): its lower-case top-level assignments of literals above the parse_config call."""
-    tree = ast.parse(Path(script).read_text(encoding="utf-8"))
-    defaults = {}
-    for node in tree.body:
-        if not isinstance(node, (ast.Import, ast.ImportFrom)) and "parse_config(" in ast.unparse(node):
-            break
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            name = node.targets[0].id
-            try:
-                value = ast.literal_eval(node.value)
-            except ValueError:
-                continue
-            if not name.startswith("_") and not name.isupper() and type(value) in OPTION_TYPES:
-                defaults[name] = value
-    return defaults
+def script_defaults():
+    """train_mvtec.py's option defaults, from its option table (`import train_mvtec` runs its constants and
+    table only: its work is under `if __name__ == "__main__"`)."""
+    import train_mvtec  # here, not at the top: train_mvtec imports this package's modules
+    return {name: option.default for name, option in train_mvtec.OPTIONS.items()}
 
 
 @dataclass

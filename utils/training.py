@@ -108,8 +108,16 @@ class ImageBatches:
             yield {"image": batch["image"].to(device, non_blocking=True)}
 
 
+def ignored(config, ignore):
+    """The options `ignore` leaves out of this configuration: a set, or a function of the configuration (the
+    options that cannot change the model it trains depend on it, e.g. the schedule's unused settings)."""
+    return set(ignore(config) if callable(ignore) else ignore)
+
+
 def fingerprint(config, ignore):
-    """A short hash of the configuration that determines a trained model (options in `ignore` left out)."""
+    """A short hash of the configuration that determines a trained model (options in `ignore` left out; see
+    `ignored`)."""
+    ignore = ignored(config, ignore)
     kept = {k: v for k, v in sorted(config.items()) if k not in ignore}
     return hashlib.sha256(json.dumps(kept, default=str, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -175,12 +183,14 @@ def _checkpoint_file(source, name, must_match):
 
 
 def saved_state(sources, name, training_config, ignore, must_match=True):
-    """The state saved as `name` by a model trained exactly so (options in `ignore` aside), from the
+    """The state saved as `name` by a model trained exactly so (options in `ignore` aside, see `ignored`), from the
     first of `sources` (the run being resumed, then --checkpoint: a run folder holding
     checkpoints/<name>.pt, or one .pt file, which is the base model itself and has its heads beside
     it) that has one; None if none has. A file that is damaged or not such a checkpoint is an error
     (see load_our_file); so is a base model (must_match) found in --checkpoint but trained otherwise,
-    naming the options that differ; a head that differs is trained again."""
+    naming the options that differ; a head that differs is trained again. The saved training configuration
+    is compared, not only the saved key: a checkpoint whose key left out fewer options (an older version's)
+    is reused when its model was trained so."""
     for option, source in zip(("resume", "checkpoint"), sources):
         if not source:
             continue
@@ -188,11 +198,12 @@ def saved_state(sources, name, training_config, ignore, must_match=True):
         if not path.is_file():
             continue
         state = load_our_file(path, _label(option, source, path), "checkpoint", training_config)
-        if state["fingerprint"] == fingerprint(training_config, ignore):
+        key, saved = fingerprint(training_config, ignore), state["training_config"]
+        if state["fingerprint"] == key or (isinstance(saved, dict) and fingerprint(saved, ignore) == key):
             return state
         if option == "checkpoint" and must_match:
-            saved = state["training_config"]
-            differ = sorted(k for k in set(training_config) | set(saved) if k not in ignore
+            left_out = ignored(training_config, ignore) & ignored(saved, ignore)
+            differ = sorted(k for k in set(training_config) | set(saved) if k not in left_out
                             and saved.get(k, "<absent>") != training_config.get(k, "<absent>"))
             raise ValueError(f"--checkpoint {path}: trained with another configuration (differs in {differ})")
     return None
