@@ -60,7 +60,6 @@ def test_a_damaged_file_of_the_second_class_stops_the_run_before_the_first_class
     shutil.copytree(demo_root, root)
     grass = root / "grass"
     defect = sorted((grass / "test").glob("[!g]*/*.png"))[0]  # the first image of a defect folder
-    mask = grass / "ground_truth" / defect.parent.name / f"{defect.stem}_mask.png"
     if damage == "a truncated defect image":
         cut_body(defect)
         message = f"cannot read image {defect}: image file is truncated"
