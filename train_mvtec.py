@@ -24,28 +24,27 @@ sets them; utils/mvtec_options.py holds each option's check and whether it chang
 The last line printed is `results: <csv>`.
 """
 import time
-from pathlib import Path
+from functools import cache, partial
+from types import SimpleNamespace
 
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from datasets.mvtec import MixedDataset, resolve_classes
-from datasets.registry import DATASETS
+from datasets.mvtec import MixedDataset
 from models import cada, method_of, method_presets, option_owners
 from utils.checks import check_out_dir, check_structured
-from utils.config import ConfigError, parse_config, resolve_device, script_constants, seed_everything
-from utils.features import CachedBatches, EncodedBatches, extract_features
-from utils import cpu, distributed, report
-from utils.evaluation import (add_alarm_rates, alignment_statistics, collect_maps, evaluate, head_training_table,
-                              held_out_thresholds)
+from utils.config import parse_config, script_constants, seed_everything
+from utils.features import CachedBatches
+from utils import distributed, report
+from utils.evaluation import alignment_statistics, evaluate_thresholded, head_training_table
+from utils.frozen_maps import MapReader
 from utils.results import RunFolder, model_rows, new_run_path, resumed_config, write_table
-from utils.thresholds import hold_out, save_thresholds, too_few, too_few_note
+from utils.structured_data import structured_data
+from utils.thresholds import save_held_out_thresholds
 from utils.mvtec_options import MVTEC_RULES
 from utils.options import check_options, head_only, not_in_recipe, not_training, option_table
-from utils.training import (ImageBatches, Trainer, check_batches, check_saved_files, class_data_fingerprint,
-                            data_fingerprint, iterations)
+from utils.training import (Trainer, check_reuse, check_saved_files, class_data_fingerprint, data_fingerprint,
+                            iterations, place, training_batches)
 
 # -----------------------------------------------------------------------------
 method = "noco"              # noco | revdist | recontrast | uniad | dinomaly
@@ -155,7 +154,9 @@ HELP = (f"Options that never retrain a saved model (--checkpoint, --resume reuse
         f"{', '.join(sorted(NOT_TRAINING))}; and for the base model the alignment head's: "
         f"{', '.join(sorted(HEAD_ONLY))}. A method's own options (models.METHODS) are refused for the others.")
 
-if __name__ == "__main__":  # imported (predict.py, benchmarks, tests): the constants, PRESETS and OPTIONS only
+
+def configure():
+    """(context, start time): the options, each refused in one line before any work; where this process runs."""
     cfg, given = parse_config({name: option.default for name, option in OPTIONS.items()}, presets=PRESETS,
                               script=__file__, return_given=True, epilog=HELP)
     cfg = resumed_config(cfg, given)  # with --resume, the interrupted run's own configuration
@@ -166,180 +167,133 @@ if __name__ == "__main__":  # imported (predict.py, benchmarks, tests): the cons
     if not cfg.resume:
         check_out_dir(cfg.out_dir)
     started = time.time()
-    rank, world, device = distributed.setup(cfg.device)  # torchrun: one of `world` processes
-    device = device or resolve_device(cfg.device)
-    for option in ("batch_size", "cada_batch_size"):
-        if getattr(cfg, option) % world:
-            raise ConfigError(f"--{option} {getattr(cfg, option)}: it must split evenly over the {world} processes")
-    cfg.amp, cfg.channels_last = (cfg.amp, cfg.channels_last) if device.type == "cuda" else (False, False)  # as run
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    if device.type == "cpu" and cfg.keep_freed_memory:
-        cpu.keep_freed_memory()
+    rank, world, device, memory_format = place(cfg, ("batch_size", "cada_batch_size"))  # torchrun: one of `world`
+    return SimpleNamespace(cfg=cfg, method=method, device=device, rank=rank, world=world, memory_format=memory_format,
+                           run=None, train=None, reader=None), started
+
+
+def open_run(ctx, data, started):
+    """(the run folder: new, or --resume's, where a finished class whose images changed is refused; each class's
+    data fingerprint), and the context's Trainer, frozen encoder and reader of maps."""
+    cfg, method = ctx.cfg, ctx.method
+    path = cfg.resume or new_run_path(cfg.out_dir, "train_mvtec", data.name, cfg.method, cfg.setting)
+    ctx.run = RunFolder(distributed.agreed(path, ctx.world), vars(cfg), ctx.device, started, resume=bool(cfg.resume),
+                        writer=ctx.rank == 0, processes=ctx.world)
+    class_data = {c: class_data_fingerprint([data.train[c], data.held_out[c], data.test[c]]) for c in data.classes}
+    ctx.run.check_finished_data(class_data)
+    ctx.train = Trainer(ctx.run, cfg.resume, cfg.checkpoint, cfg.seed, ctx.device, ctx.rank, ctx.world,
+                        cfg.checkpoint_every, cfg.save_checkpoints, amp=cfg.amp)
+    encoder = method.build_encoder(cfg).to(ctx.device, memory_format=ctx.memory_format)
+    reads_features = any(cada.ALIGNMENTS[kind].reads_features for kind in cfg.align)
+    ctx.reader = MapReader(encoder, method, ctx.device, dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers),
+                           ctx.rank, ctx.world, ctx.memory_format, cfg.align_input if reads_features else None)
+    return ctx.run, class_data
+
+
+def ignored_options(method, head=False):
+    """What a base model's (a head's: head=True) fingerprint leaves out: see utils.options.not_in_recipe."""
+    return lambda config: NOT_TRAINING | (set() if head else HEAD_ONLY) | not_in_recipe(OPTIONS, method, config)
+
+
+def train_base(ctx, *, name, norm, training_config, batches, total_iters, drop_last):
+    """One base model (of a class, or of every class), trained or reused (--resume, --checkpoint), frozen."""
+    seed_everything(ctx.cfg.seed)
+    model = ctx.method.build_model(ctx.cfg, ctx.reader.encoder, norm, torch.Generator().manual_seed(ctx.cfg.seed))
+    return ctx.train(model.to(ctx.device, memory_format=ctx.memory_format), name, training_config,
+                     ignored_options(ctx.method), batches, total_iters, ctx.cfg, drop_last=drop_last,
+                     grad_clip=ctx.method.grad_clip, before_training=ctx.method.before_training)
+
+
+def frozen_maps(ctx, *, model, data, group, test_inputs, probe, norm):
+    """The frozen base's raw maps per class: test, held-out, training (the heads' table); the figures' record."""
+    cfg, maps_of = ctx.cfg, ctx.reader.maps
+    tested = {c: maps_of(model, data.test[c], f"{c} test", test_inputs.get(c), probe) for c in group}
+    held = {c: maps_of(model, data.held_out[c], f"{c} held-out") for c in group} if cfg.val_fraction else None
+    shown = {c: report.example_indices(tested[c].labels) for c in group} if cfg.plots else None
+    record = report.new_record(norm, not data.separate, tested, data.test, shown) if cfg.plots else None
+    head_table = head_training_table([maps_of(model, data.train[c], f"{c} train maps") for c in group]) if any(
+        cada.ALIGNMENTS[kind].calibrates for kind in cfg.align) else None
+    return SimpleNamespace(tested=tested, held=held, shown=shown, record=record, head_table=head_table)
+
+
+def train_alignment(ctx, *, kind, name, head_table, training_config, n_classes):
+    """Alignment `kind` of a frozen base (None: none), fitted to its training maps, its head trained or reused."""
+    cfg, spec = ctx.cfg, cada.ALIGNMENTS[kind]
+    if not spec.calibrates:
+        return None
+    seed_everything(cfg.seed)
+    alignment = cada.Alignment(kind, head_table["features"].shape[1] if "features" in head_table else 0, n_classes,
+                               cfg.cada_beta, cfg.cada_convs, cfg.cada_linears, cfg.cada_dropout,
+                               cfg.cada_dropout_at).to(ctx.device)
+    alignment.fit_statistics(head_table, cfg.seed)
+    config = {**training_config, "align": kind}
+    if spec.trained:  # its loss (CADA eq. 3, or cross-entropy), the base frozen
+        return ctx.train(alignment, name, config, ignored_options(ctx.method, head=True),
+                         lambda: CachedBatches(head_table, cfg.cada_batch_size), cfg.cada_iters, cfg,
+                         base=False, drop_last=True, batch_option="cada_batch_size")
+    if spec.saved and cfg.save_checkpoints:  # fitted, not trained: for predict.py
+        ctx.run.save_checkpoint({"model": alignment.state_dict(), "fingerprint": "", "training_config": config}, name)
+    return alignment
+
+
+def evaluate_alignment(ctx, *, kind, alignment, maps, name, norm, group, separate):
+    """(table rows, alignment statistics rows) of the last checkpoint; thresholds from held-out images only."""
+    per_class, pooled, kept, entry = evaluate_thresholded(maps.tested, maps.held, ctx.cfg, alignment,
+                                                          pooled=not separate, keep=maps.shown)
+    if entry is not None and ctx.rank == 0:
+        save_held_out_thresholds(ctx.run.path, name, kind, entry, group, ctx.cfg, warn=kind == ctx.cfg.align[0])
+    if maps.record is not None:  # what the figures need, kept from this evaluation
+        report.keep_evaluation(maps.record, kind, kept, {c: maps.tested[c].labels for c in group})
+    rows = model_rows(per_class, pooled, name, norm, None if separate else kind, len(ctx.cfg.align) > 1)
+    return rows, [] if alignment is None else [{"model": name, "align": kind, **row}
+                                               for row in alignment_statistics(maps.tested, alignment)]
+
+
+def main():
+    ctx, started = configure()
+    cfg, method = ctx.cfg, ctx.method
     seed_everything(cfg.seed)  # also fixes a random-init (--weights none) encoder
-
-    # data -------------------------------------------------------------------------
-    run_name = Path(cfg.data_path).name if cfg.data_path else cfg.dataset
-    root = Path(cfg.data_path or f"data/{cfg.dataset}")
-    data = DATASETS[cfg.dataset]  # its layout's Dataset class, where to get it, what makes its folder ready
-    with distributed.rank0_first(rank, world):  # one process writes the files, the others then find them
-        root = data.ready(cfg.dataset, root, cfg.download)  # the demo generated, an archive fetched, VisA converted
-    Dataset, source_hint = data.dataset, data.source_hint
-    class_names = resolve_classes(root, cfg.classes, Dataset, source_hint)  # every image and mask decoded once
-    train_sets, test_sets = ({c: Dataset(root, c, split, cfg.image_size, cfg.crop_size, resize=cfg.resize,
-                                         source_hint=source_hint) for c in class_names} for split in ("train", "test"))
-    splits = {c: hold_out(train_sets[c], cfg.val_fraction, cfg.seed) for c in class_names}  # the thresholds' images
-    train_sets, held_out = ({c: parts[i] for c, parts in splits.items()} for i in (0, 1))  # held-out ones never train
-    cfg.data_path, cfg.classes = str(root), tuple(class_names)  # config.json records what ran
-    separate = cfg.setting == "separate"
-    drop_last = not separate  # the multi-class reference drops the last short batch; NoCo and RD4AD keep it
-    train_sizes = {c: len(train_sets[c]) for c in class_names} if separate else {
-        "the union of the classes": sum(len(part) for part in train_sets.values())}
-    if cfg.epochs if separate else cfg.iters:  # refused now, not mid-run after a long training
-        check_batches(train_sizes, cfg.batch_size, "batch_size", drop_last, world)
-    if cfg.cada_iters and any(cada.ALIGNMENTS[kind].trained for kind in cfg.align):  # heads drop the short batch
-        check_batches(train_sizes, cfg.cada_batch_size, "cada_batch_size", True, world)
-    loader = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers)
-    run = RunFolder(distributed.agreed(cfg.resume or new_run_path(cfg.out_dir, "train_mvtec", run_name, cfg.method,
-                                                                  cfg.setting), world),
-                    vars(cfg), device, started, resume=bool(cfg.resume), writer=rank == 0, processes=world)
-    class_data = {c: class_data_fingerprint([train_sets[c], held_out[c], test_sets[c]]) for c in class_names}
-    run.check_finished_data(class_data)  # --resume: a finished class whose images changed is refused
-    train = Trainer(run, cfg.resume, cfg.checkpoint, cfg.seed, device, rank, world, cfg.checkpoint_every,
-                    cfg.save_checkpoints, amp=cfg.amp)
-
-    # model ------------------------------------------------------------------------
-    encoder = method.build_encoder(cfg).to(device, memory_format=memory_format)
-    base_ignores = lambda config: NOT_TRAINING | HEAD_ONLY | not_in_recipe(OPTIONS, method, config)  # noqa: E731
-    head_ignores = lambda config: NOT_TRAINING | not_in_recipe(OPTIONS, method, config)  # noqa: E731
-
-
-    def model_inputs(dataset, desc):
-        """(model input, labels, masks) per batch, in order: the frozen encoder's features, or the images."""
-        for batch in tqdm(DataLoader(dataset, **loader), desc=desc, leave=False, disable=rank > 0):
-            images = batch["image"].to(device, memory_format=memory_format)
-            with torch.no_grad():
-                features = encoder(images) if method.trains_on == "features" else {"image": images}
-            yield features, batch["label"], batch["mask"][:, 0].bool()
-
-
-    def maps_of(model, dataset, desc, inputs=None, probe=None):
-        """ClassMaps of the frozen model over a dataset (each process computes its shard; all get the whole)."""
-        inputs = inputs or model_inputs(distributed.shard(dataset, rank, world), desc)
-        head_input = (lambda m, batch: method.head_input(m, batch, cfg.align_input)) if needs_head_input else None
-        return distributed.gathered(collect_maps(model, inputs, head_input, probe), len(dataset), world)
-
-
-    def training_batches(train_set, desc):
-        """The base's training batches: the frozen encoder's features once (no augmentation), or images."""
-        if method.trains_on == "images":
-            return ImageBatches(train_set, cfg.batch_size, cfg.num_workers)
-        if not cfg.cache_features:
-            return EncodedBatches(encoder, train_set, cfg.batch_size, cfg.num_workers)
-        return CachedBatches(extract_features(encoder, train_set, device, dtype=getattr(torch, cfg.cache_dtype),
-                                              memory_budget_gb=cfg.cache_memory_gb, cache_dir=cfg.cache_dir or None,
-                                              desc=f"{desc} train features", **loader), cfg.batch_size)
-
-
-    groups = [(c, [c]) for c in class_names] if separate else [("unified", class_names)]
-    model_names = {(g, norm): g if len(cfg.target_norm) == 1 else f"{g}_norm{norm:g}"  # checkpoint and table names
-                   for g, _ in groups for norm in cfg.target_norm}
-    if cfg.checkpoint:  # reuse was asked for: every base model must be there before anything runs
-        wanted = list(model_names.values())
-        if not Path(cfg.checkpoint).is_file() and not all(
-                (Path(cfg.checkpoint) / "checkpoints" / f"{name}.pt").is_file() for name in wanted):
-            raise ConfigError(f"--checkpoint {cfg.checkpoint}: expected a .pt file or a run folder with "
-                              f"checkpoints/{{{','.join(wanted)}}}.pt")
-    if cfg.resume and cfg.save_checkpoints:  # a finished model whose files are gone is trained again, not skipped
-        for name in model_names.values():
-            files = [f"{name}.pt", *(f"{name}_{kind}.pt" for kind in cfg.align if cada.ALIGNMENTS[kind].saved)]
-            if run.finished(name) and (lost := [f for f in files if not (run.path / "checkpoints" / f).is_file()]):
-                print(f"{name}: checkpoints/{', '.join(lost)} missing from {run.path}: trained again where needed")
-                run.rows = [row for row in run.rows if row.get("model") != name]
-    needs_head_input = any(cada.ALIGNMENTS[kind].reads_features for kind in cfg.align)
+    data = structured_data(cfg, ctx.rank, ctx.world, cada.ALIGNMENTS)  # refuses batch sizes that would fail later
+    run, class_data = open_run(ctx, data, started)
+    check_reuse(cfg, run, data.models.values(), [kind for kind in cfg.align if cada.ALIGNMENTS[kind].saved])
     probe = report.noco_polar if cfg.plots and method.name == "noco" else None  # NoCo's polar figure
     alignment_rows = []  # per class: the true normal statistics on held-out (test) normal images beside each estimate
-    for group_name, group in groups:
-        train_set = train_sets[group[0]] if separate else MixedDataset(train_sets[c] for c in group)
-        total_iters = iterations(cfg.setting, cfg.epochs, cfg.iters, len(train_set), cfg.batch_size, drop_last)
-        base_config = {**vars(cfg), "classes": group, "training_data": data_fingerprint(train_sets[c] for c in group)}
-        cached, test_inputs = {}, {}  # training batches and (the norm study) frozen test features, made once per group
-
-        def group_batches():
-            if "base" not in cached:  # made when a model of this group is trained, not when one is reused
-                cached["base"] = training_batches(train_set, group_name)
-            return cached["base"]
-
+    for group_name, group in data.groups:
+        train_set = data.train[group[0]] if data.separate else MixedDataset(data.train[c] for c in group)
+        total_iters = iterations(cfg.setting, cfg.epochs, cfg.iters, len(train_set), cfg.batch_size, data.drop_last)
+        base_config = {**vars(cfg), "classes": group, "training_data": data_fingerprint(data.train[c] for c in group)}
+        batches = cache(partial(training_batches, method.trains_on, ctx.reader.encoder, train_set, cfg, ctx.device,
+                                group_name))  # made when a model of the group trains, not when one is reused
+        test_inputs = {}  # the norm study: the frozen test features, made once per group
         for norm in cfg.target_norm:
-            model_name = model_names[group_name, norm]
-            if run.finished(model_name):
+            name = data.models[group_name, norm]
+            if run.finished(name):
                 continue  # finished before the run was interrupted
-            # train the base model (or reuse it), then its raw test maps, per class ----------------
-            seed_everything(cfg.seed)
-            model = method.build_model(cfg, encoder, norm, torch.Generator().manual_seed(cfg.seed))
             training_config = {**base_config, "target_norm": norm}
-            model = train(model.to(device, memory_format=memory_format), model_name, training_config, base_ignores,
-                          group_batches, total_iters, cfg,
-                          drop_last=drop_last, grad_clip=method.grad_clip, before_training=method.before_training)
+            model = train_base(ctx, name=name, norm=norm, training_config=training_config, batches=batches,
+                               total_iters=total_iters, drop_last=data.drop_last)
             if len(cfg.target_norm) > 1:
-                test_inputs = test_inputs or {c: list(model_inputs(distributed.shard(test_sets[c], rank, world),
-                                                                    f"{c} test")) for c in group}
-            tested = {c: maps_of(model, test_sets[c], f"{c} test", test_inputs.get(c), probe) for c in group}
-            held = {c: maps_of(model, held_out[c], f"{c} held-out") for c in group} if cfg.val_fraction else None
-            shown = {c: report.example_indices(tested[c].labels) for c in group} if cfg.plots else None
-            record = report.new_record(norm, not separate, tested, test_sets, shown) if cfg.plots else None
-
-            # alignments: statistics of the frozen model's maps on every training image, once; a head each ---
-            if any(cada.ALIGNMENTS[kind].calibrates for kind in cfg.align):
-                head_table = head_training_table([maps_of(model, train_sets[c], f"{c} train maps") for c in group])
+                test_inputs = test_inputs or {c: list(ctx.reader.inputs(data.test[c], f"{c} test")) for c in group}
+            maps = frozen_maps(ctx, model=model, data=data, group=group, test_inputs=test_inputs, probe=probe,
+                               norm=norm)
             rows = []
             for kind in cfg.align:
-                alignment = None
-                if cada.ALIGNMENTS[kind].calibrates:
-                    seed_everything(cfg.seed)
-                    alignment = cada.Alignment(kind, head_table["features"].shape[1] if needs_head_input else 0,
-                                               len(group),
-                                               cfg.cada_beta, cfg.cada_convs, cfg.cada_linears, cfg.cada_dropout,
-                                               cfg.cada_dropout_at).to(device)
-                    alignment.fit_statistics(head_table, cfg.seed)
-                    if cada.ALIGNMENTS[kind].trained:  # its loss (CADA eq. 3, or cross-entropy), the base frozen
-                        alignment = train(alignment, f"{model_name}_{kind}", {**training_config, "align": kind},
-                                          head_ignores,
-                                          lambda: CachedBatches(head_table, cfg.cada_batch_size), cfg.cada_iters, cfg,
-                                          base=False, drop_last=True, batch_option="cada_batch_size")
-                    elif cada.ALIGNMENTS[kind].saved and cfg.save_checkpoints:  # fitted, not trained: for predict.py
-                        run.save_checkpoint({"model": alignment.state_dict(), "fingerprint": "",
-                                             "training_config": {**training_config, "align": kind}},
-                                            f"{model_name}_{kind}")
-                # evaluate the last checkpoint ------------------------------------------------
-                per_class, pooled, kept = evaluate(tested, cfg, alignment, pooled=not separate, keep=shown)
-                threshold = None  # from the held-out normal images only, through the same path as the test set
-                if held is not None:
-                    entry = held_out_thresholds(held, cfg, alignment, cfg.false_alarm_rate)
-                    threshold = entry["image"]
-                    if rank == 0:
-                        if kind == cfg.align[0] and too_few(entry["held_out_images"], cfg.false_alarm_rate):
-                            print(too_few_note(model_name, entry["held_out_images"], entry, cfg.false_alarm_rate,
-                                               "held-out images", "hold out more with --val_fraction, or set thresholds"
-                                               " on normal images of the line with predict.py --calibrate"))
-                        save_thresholds(run.path, model_name, kind, {**entry, "classes": list(group)},
-                                        {"false_alarm_rate": cfg.false_alarm_rate, "val_fraction": cfg.val_fraction,
-                                         "seed": cfg.seed})
-                add_alarm_rates(per_class, pooled, kept, tested, threshold)
-                if record is not None:  # what the figures need, kept from this evaluation
-                    report.keep_evaluation(record, kind, kept, {c: tested[c].labels for c in group})
-                rows += model_rows(per_class, pooled, model_name, norm, None if separate else kind, len(cfg.align) > 1)
-                if alignment is not None:
-                    alignment_rows += [{"model": model_name, "align": kind, **row}
-                                       for row in alignment_statistics(tested, alignment)]
-            if alignment_rows and rank == 0:
+                alignment = train_alignment(ctx, kind=kind, name=f"{name}_{kind}", head_table=maps.head_table,
+                                            training_config=training_config, n_classes=len(group))
+                kind_rows, statistics = evaluate_alignment(ctx, kind=kind, alignment=alignment, maps=maps, name=name,
+                                                           norm=norm, group=group, separate=data.separate)
+                rows, alignment_rows = rows + kind_rows, alignment_rows + statistics
+            if alignment_rows and ctx.rank == 0:
                 write_table(pd.DataFrame(alignment_rows), run.path / "alignment_stats.csv", float_format="%.6g")
-            if record is not None and rank == 0:
-                report.save_record(run.path, model_name, record)
+            if maps.record is not None and ctx.rank == 0:
+                report.save_record(run.path, name, maps.record)
             run.add_rows(rows, class_data)
-
-    # write the table (and with --plots the figures and report.md) ---------------------------
-    csv_path = run.finish(norms=cfg.target_norm)
-    if cfg.plots and rank == 0:
-        report.write_report(run.path, csv_path, f"train_mvtec.py: {run_name}, {cfg.method}, {cfg.setting}",
+    csv_path = run.finish(norms=cfg.target_norm)  # the table, and with --plots the figures and report.md
+    if cfg.plots and ctx.rank == 0:
+        report.write_report(run.path, csv_path, f"train_mvtec.py: {data.name}, {cfg.method}, {cfg.setting}",
                             norm_study_path=csv_path if len(cfg.target_norm) > 1 else None)
     print(f"results: {csv_path}")
+
+
+if __name__ == "__main__":  # imported (predict.py, benchmarks, tests): the constants, PRESETS and OPTIONS only
+    main()

@@ -197,3 +197,13 @@ def add_alarm_rates(per_class, pooled, kept, tested, threshold):
         pooled.update(alarm_rates(torch.cat([kept[name]["scores"] for name in per_class]),
                                   torch.cat(list(labels.values())), threshold) if threshold is not None
                       else {"FAR@thr": None, "recall@thr": None})
+
+
+def evaluate_thresholded(tested, held, cfg, alignment=None, pooled=True, keep=None):
+    """`evaluate` of the test maps with the alarm rates at the image threshold of the held-out normal images
+    (`held`, {class: ClassMaps}; None: no threshold, the rates stay empty): (per class, pooled, kept, the
+    held_out_thresholds entry or None)."""
+    per_class, pooled, kept = evaluate(tested, cfg, alignment, pooled=pooled, keep=keep)
+    entry = None if held is None else held_out_thresholds(held, cfg, alignment, cfg.false_alarm_rate)
+    add_alarm_rates(per_class, pooled, kept, tested, None if entry is None else entry["image"])
+    return per_class, pooled, kept, entry

@@ -132,6 +132,19 @@ def save_thresholds(run_dir, model, align, entry, settings):
     return path
 
 
+def save_held_out_thresholds(run_dir, model, align, entry, classes, cfg, warn=True):
+    """Save one model's and alignment's thresholds from its held-out images (held_out_thresholds' `entry`, with
+    its `classes`) in thresholds.json with the run's false_alarm_rate, val_fraction and seed; with `warn`,
+    print too_few_note first when the held-out images are too few for the rate."""
+    if warn and too_few(entry["held_out_images"], cfg.false_alarm_rate):
+        print(too_few_note(model, entry["held_out_images"], entry, cfg.false_alarm_rate, "held-out images",
+                           "hold out more with --val_fraction, or set thresholds on normal images of the line with "
+                           "predict.py --calibrate"))
+    return save_thresholds(run_dir, model, align, {**entry, "classes": list(classes)},
+                           {"false_alarm_rate": cfg.false_alarm_rate, "val_fraction": cfg.val_fraction,
+                            "seed": cfg.seed})
+
+
 def checkpoint_digest(files):
     """SHA-256 of the checkpoint files' bytes, in order: which model a calibration's thresholds belong to."""
     digest = hashlib.sha256()

@@ -11,8 +11,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from utils import distributed
-from utils.features import shuffled_batches
+from utils import cpu, distributed
+from utils.config import ConfigError, resolve_device
+from utils.features import CachedBatches, EncodedBatches, extract_features, shuffled_batches
 from utils.results import read_partial_rows
 
 
@@ -325,3 +326,53 @@ class Trainer:
                                       "fingerprint": key}, name)
         self.run.remove_checkpoint(snapshot_name)
         return model.eval()
+
+
+def place(cfg, batch_options):
+    """(rank, world, device, memory format) of this process (torchrun: one of `world`, utils.distributed), after
+    refusing a batch size (each option of `batch_options`) that does not split evenly over the processes. Off
+    CUDA, cfg.amp and cfg.channels_last are turned off (config.json records what ran); on a CPU with
+    cfg.keep_freed_memory, malloc keeps freed memory (utils.cpu)."""
+    rank, world, device = distributed.setup(cfg.device)
+    device = device or resolve_device(cfg.device)
+    for option in batch_options:
+        if getattr(cfg, option) % world:
+            raise ConfigError(f"--{option} {getattr(cfg, option)}: it must split evenly over the {world} processes")
+    cfg.amp, cfg.channels_last = (cfg.amp, cfg.channels_last) if device.type == "cuda" else (False, False)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    if device.type == "cpu" and cfg.keep_freed_memory:
+        cpu.keep_freed_memory()
+    return rank, world, device, memory_format
+
+
+def training_batches(trains_on, encoder, train_set, cfg, device, desc):
+    """A base model's training batches: the images (trains_on "images"), or the frozen encoder's features,
+    computed once (no augmentation; cfg.cache_dtype, cache_memory_gb, cache_dir) or, without
+    cfg.cache_features, at every batch. `desc` names the feature extraction's progress bar."""
+    if trains_on == "images":
+        return ImageBatches(train_set, cfg.batch_size, cfg.num_workers)
+    if not cfg.cache_features:
+        return EncodedBatches(encoder, train_set, cfg.batch_size, cfg.num_workers)
+    return CachedBatches(extract_features(encoder, train_set, device, dtype=getattr(torch, cfg.cache_dtype),
+                                          memory_budget_gb=cfg.cache_memory_gb, cache_dir=cfg.cache_dir or None,
+                                          desc=f"{desc} train features", batch_size=cfg.batch_size,
+                                          num_workers=cfg.num_workers), cfg.batch_size)
+
+
+def check_reuse(cfg, run, names, saved_heads):
+    """Before anything runs: with cfg.checkpoint (one .pt file, or a run folder), every base model of `names`
+    must be in it (ConfigError); with cfg.resume and cfg.save_checkpoints, a finished model whose checkpoint, or
+    one of its heads' (`saved_heads`: the alignment kinds saved), is gone is trained again where needed (its rows
+    are dropped from `run`, a RunFolder)."""
+    if cfg.checkpoint:
+        wanted = list(names)
+        if not Path(cfg.checkpoint).is_file() and not all(
+                (Path(cfg.checkpoint) / "checkpoints" / f"{name}.pt").is_file() for name in wanted):
+            raise ConfigError(f"--checkpoint {cfg.checkpoint}: expected a .pt file or a run folder with "
+                              f"checkpoints/{{{','.join(wanted)}}}.pt")
+    if cfg.resume and cfg.save_checkpoints:
+        for name in names:
+            files = [f"{name}.pt", *(f"{name}_{kind}.pt" for kind in saved_heads)]
+            if run.finished(name) and (lost := [f for f in files if not (run.path / "checkpoints" / f).is_file()]):
+                print(f"{name}: checkpoints/{', '.join(lost)} missing from {run.path}: trained again where needed")
+                run.rows = [row for row in run.rows if row.get("model") != name]
