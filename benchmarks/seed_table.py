@@ -126,7 +126,8 @@ def summary_tables(tables, metrics):
     runs = pd.concat(tables)
     for key, group in runs.groupby(list(GROUP_KEYS), sort=False):
         if group.groupby("seed")["run"].nunique().max() > 1:
-            raise ValueError(f"{', '.join(map(str, key))}: two runs with the same seed: {sorted(group['run'].unique())}")
+            raise ValueError(f"{', '.join(map(str, key))}: two runs with the same seed: "
+                             f"{sorted(group['run'].unique())}")
     runs["order"] = runs["method"].map({m: i for i, m in enumerate(METHOD_ORDER)}).fillna(len(METHOD_ORDER))
     runs = runs.sort_values(["weights", "order", "setting"], kind="stable")
     shared = [k for k in GROUP_KEYS if runs[k].nunique() == 1 and k != "weights"]

@@ -1,5 +1,6 @@
 """benchmarks/script_config.py (train_mvtec.py's configuration from its imported option table and presets) and
-the configurations the speed benchmarks build from it (bench_unified.py's rows, bench_predict_sizes.py's input sizes)."""
+the configurations the speed benchmarks build from it (bench_unified.py's rows, bench_predict_sizes.py's input
+sizes)."""
 import subprocess
 import sys
 from pathlib import Path

@@ -291,7 +291,8 @@ def test_a_defective_image_whose_mask_is_empty_is_kept_with_one_warning_naming_t
 def test_the_decoding_pass_returns_the_samples_whose_mask_is_empty_in_order(tmp_path):
     class_dir = make_mvtec_class(tmp_path, n_crack=4)
     for name in ("003", "001"):
-        Image.fromarray(np.zeros((HEIGHT, WIDTH), np.uint8)).save(class_dir / "ground_truth" / "crack" / f"{name}_mask.png")
+        mask = class_dir / "ground_truth" / "crack" / f"{name}_mask.png"
+        Image.fromarray(np.zeros((HEIGHT, WIDTH), np.uint8)).save(mask)
     samples = MVTecDataset(tmp_path, "widget", "test").samples
     for threads in (1, 2):
         assert [Path(mask).name for _, _, mask in decode_every_file(samples, threads)] == ["001_mask.png",
