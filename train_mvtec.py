@@ -256,7 +256,7 @@ def main():
     data = structured_data(cfg, ctx.rank, ctx.world, cada.ALIGNMENTS)  # refuses batch sizes that would fail later
     run, class_data = open_run(ctx, data, started)
     check_reuse(cfg, run, data.models.values(), [kind for kind in cfg.align if cada.ALIGNMENTS[kind].saved])
-    probe = report.noco_polar if cfg.plots and method.name == "noco" else None  # NoCo's polar figure
+    probe = method.probe if cfg.plots else None  # a method's own figure data (NoCo's polar plot)
     alignment_rows = []  # per class: the true normal statistics on held-out (test) normal images beside each estimate
     for group_name, group in data.groups:
         train_set = data.train[group[0]] if data.separate else MixedDataset(data.train[c] for c in group)

@@ -25,6 +25,7 @@ from models.noco import NoCo
 from models.recontrast import ReContrast
 from models.revdist import BACKBONES as REVDIST_BACKBONES, RevDist
 from utils.config import ConfigError
+from utils.report import noco_polar
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Method:
     before_training: Callable = None  # (model, batches, generator, device): e.g. NoCo's "mean" target
     unused: tuple = ()           # shared options it does not read: refused when given, out of its fingerprint
     presets: tuple = ()          # its reference settings: (condition, values[, note]), see method_presets
+    probe: Callable = None       # (model, model input) -> per-image data of its --plots figure (NoCo's polar plot)
 
 
 def input_side(cfg):
@@ -158,7 +160,7 @@ def _dinomaly_head_input(model, batch, align_input):
 
 METHODS = {method.name: method for method in (
     Method("noco", "features", ("target", "target_norm", "target_p", "nu", "radius_init", "layers", "encoder_taps"),
-           _noco_encoder, _noco_model, _deepest_encoder_layer, before_training=_noco_mean_target,
+           _noco_encoder, _noco_model, _deepest_encoder_layer, before_training=_noco_mean_target, probe=noco_polar,
            presets=(({"dataset": "mpdd"}, {"batch_size": 8}, "NoCo's README: batch 8 on MPDD"),
                     ({"dataset": "visa"}, {"batch_size": 8}, "NoCo's README: batch 8 on VisA"))),
     Method("revdist", "features", ("decoder_activation", "loss_form", "recompute"),
