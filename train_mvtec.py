@@ -1,7 +1,6 @@
 """Structured anomaly detection (MVTec AD, MPDD, VisA, BTAD, the demo set, or any folder in MVTec
-layout): NoCo, Reverse Distillation (RevDist), ReContrast, UniAD and Dinomaly, one model per class (separate) or
-one model for every class (unified, with optional score alignment: CADA and its variants), with
-image- and pixel-level metrics.
+layout): NoCo, Reverse Distillation (RevDist), ReContrast, UniAD and Dinomaly, one model per class (separate) or one
+model for every class (unified, with optional score alignment: CADA and its variants), image and pixel metrics.
 
     python train_mvtec.py --dataset demo                                  # NoCo, generated data, a minute on a CPU
     python train_mvtec.py --dataset mvtec --data_path /data/mvtec         # NoCo Table III, one model per class
@@ -42,7 +41,7 @@ from utils.results import RunFolder, model_rows, new_run_path, resumed_config, w
 from utils.structured_data import structured_data
 from utils.thresholds import save_held_out_thresholds
 from utils.mvtec_options import MVTEC_RULES
-from utils.options import check_options, head_only, not_in_recipe, not_training, option_table
+from utils.options import added_options, check_options, head_only, not_in_recipe, not_training, option_table
 from utils.training import (Trainer, check_reuse, check_saved_files, class_data_fingerprint, data_fingerprint,
                             iterations, place, training_batches)
 
@@ -137,6 +136,8 @@ cada_convs = 1               # alignment head (CADA Table 3): conv-BN-ReLU layer
 cada_linears = 2             # ... linear layers, 256 wide between them (1, 2, 3) ...
 cada_dropout = 0.25          # ... dropout rate (0, 0.25, 0.5, 0.75) ...
 cada_dropout_at = "every_linear"  # ... before every linear layer (sec. 3.3: "before linear layers") | first_linear
+cada_pool = "mean"           # alignment head (ours): its global pooling, mean (as we read the paper) | median
+cada_standardise = False     # alignment head (ours): its input standardised per channel (training images' mean, std)
 # -----------------------------------------------------------------------------
 PRESETS = [  # (condition, values, note), applied in order; an option given on the command line is never replaced
     *method_presets(),  # each method's reference settings (models/__init__.py: its registry entry)
@@ -163,7 +164,7 @@ def configure():
     check_options(cfg, OPTIONS)
     method = method_of(cfg, given)  # the registry entry: an unknown method or another method's option is refused
     check_structured(cfg, cada.ALIGNMENTS)  # the options that must agree with each other
-    check_saved_files(cfg.resume, cfg.checkpoint, vars(cfg))  # damaged or foreign files: refused before any work
+    check_saved_files(cfg.resume, cfg.checkpoint, vars(cfg), added_options(OPTIONS))  # damaged, foreign: refused now
     if not cfg.resume:
         check_out_dir(cfg.out_dir)
     started = time.time()
@@ -182,7 +183,7 @@ def open_run(ctx, data, started):
     class_data = {c: class_data_fingerprint([data.train[c], data.held_out[c], data.test[c]]) for c in data.classes}
     ctx.run.check_finished_data(class_data)
     ctx.train = Trainer(ctx.run, cfg.resume, cfg.checkpoint, cfg.seed, ctx.device, ctx.rank, ctx.world,
-                        cfg.checkpoint_every, cfg.save_checkpoints, amp=cfg.amp)
+                        cfg.checkpoint_every, cfg.save_checkpoints, amp=cfg.amp, added=added_options(OPTIONS))
     encoder = method.build_encoder(cfg).to(ctx.device, memory_format=ctx.memory_format)
     reads_features = any(cada.ALIGNMENTS[kind].reads_features for kind in cfg.align)
     ctx.reader = MapReader(encoder, method, ctx.device, dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers),
@@ -222,9 +223,8 @@ def train_alignment(ctx, *, kind, name, head_table, training_config, n_classes):
     if not spec.calibrates:
         return None
     seed_everything(cfg.seed)
-    alignment = cada.Alignment(kind, head_table["features"].shape[1] if "features" in head_table else 0, n_classes,
-                               cfg.cada_beta, cfg.cada_convs, cfg.cada_linears, cfg.cada_dropout,
-                               cfg.cada_dropout_at).to(ctx.device)
+    channels = head_table["features"].shape[1] if "features" in head_table else 0
+    alignment = cada.alignment_of(kind, channels, n_classes, cfg).to(ctx.device)
     alignment.fit_statistics(head_table, cfg.seed)
     config = {**training_config, "align": kind}
     if spec.trained:  # its loss (CADA eq. 3, or cross-entropy), the base frozen
@@ -245,8 +245,8 @@ def evaluate_alignment(ctx, *, kind, alignment, maps, name, norm, group, separat
     if maps.record is not None:  # what the figures need, kept from this evaluation
         report.keep_evaluation(maps.record, kind, kept, {c: maps.tested[c].labels for c in group})
     rows = model_rows(per_class, pooled, name, norm, None if separate else kind, len(ctx.cfg.align) > 1)
-    return rows, [] if alignment is None else [{"model": name, "align": kind, **row}
-                                               for row in alignment_statistics(maps.tested, alignment)]
+    statistics = [] if alignment is None else alignment_statistics(maps.tested, alignment, maps.head_table)
+    return rows, [{"model": name, "align": kind, **row} for row in statistics]
 
 
 def main():

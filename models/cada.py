@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from utils.optim import build_optimizer, optimizer_settings
 
 DROPOUT_PLACES = ("every_linear", "first_linear")
+POOLS = ("mean", "median")  # the head's spatial pooling: global average (ours; the paper does not say) | median
 
 CONVS = 1             # Table 3's default structure: 1 conv, ...
 LINEARS = 2           # ... 2 linear
@@ -64,15 +65,16 @@ KMEANS_INITS = 10     # ... each k-means run from this many seeded initialisatio
 
 
 class StatsHead(nn.Module):
-    """`convs` conv-BN-ReLU layers, global average pooling, `linears` linear layers with dropout before
-    every one (or the first only): (B, C, h, w) -> (B, outputs)."""
+    """`convs` conv-BN-ReLU layers, global pooling (average, or the median of each channel over the positions),
+    `linears` linear layers with dropout before every one (or the first only): (B, C, h, w) -> (B, outputs)."""
 
     def __init__(self, channels, outputs=2, convs=CONVS, linears=LINEARS, dropout=DROPOUT, dropout_at=DROPOUT_AT,
-                 kernel_size=CONV_KERNEL, hidden=HIDDEN):
+                 kernel_size=CONV_KERNEL, hidden=HIDDEN, pool="mean"):
         super().__init__()
-        if convs < 0 or linears < 1 or dropout_at not in DROPOUT_PLACES:
-            raise ValueError(f"a head needs convs >= 0, linears >= 1 and dropout_at in {DROPOUT_PLACES}, "
-                             f"got {convs}, {linears}, {dropout_at!r}")
+        if convs < 0 or linears < 1 or dropout_at not in DROPOUT_PLACES or pool not in POOLS:
+            raise ValueError(f"a head needs convs >= 0, linears >= 1, dropout_at in {DROPOUT_PLACES} and pool in "
+                             f"{POOLS}, got {convs}, {linears}, {dropout_at!r}, {pool!r}")
+        self.pool = pool
         self.conv = nn.Sequential(*(layer for _ in range(convs) for layer in (
             nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, bias=False),
             nn.BatchNorm2d(channels), nn.ReLU(inplace=True))))
@@ -87,7 +89,12 @@ class StatsHead(nn.Module):
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, features):
-        return self.mlp(self.conv(features).mean(dim=(2, 3)))
+        mapped = self.conv(features)
+        if self.pool == "mean":
+            return self.mlp(mapped.mean(dim=(2, 3)))
+        ordered = mapped.flatten(2).sort(dim=2).values  # the exact median (the mean of the middle two when even),
+        n = ordered.shape[2]                            # by a sort, which ONNX exports (torch.median it does not)
+        return self.mlp((ordered[..., (n - 1) // 2] + ordered[..., n // 2]) / 2)
 
 
 def map_statistics(maps):
@@ -140,7 +147,7 @@ def _identity(alignment, features, labels):
 
 
 def _head_outputs(alignment, features, labels):
-    out = alignment.head(features).float().cpu()
+    out = alignment.head_output(features).cpu()
     return out[:, 0], out[:, 1]
 
 
@@ -150,7 +157,7 @@ def _class_of_label(alignment, features, labels):
 
 
 def _class_of_argmax(alignment, features, labels):
-    picked = alignment.class_stats.cpu()[alignment.head(features).float().cpu().argmax(dim=1)]
+    picked = alignment.class_stats.cpu()[alignment.head_output(features).cpu().argmax(dim=1)]
     return picked[:, 0], picked[:, 1]
 
 
@@ -258,6 +265,13 @@ UNCALIBRATED = "none"    # predict.py's alignment when the run trained no PREDIC
 PREDICT_DEFAULT = "cada"  # ... and the one it calibrates with when the run trained it
 
 
+def alignment_of(kind, channels, n_classes, cfg):
+    """The Alignment of `kind` a run's options describe (train_mvtec.py's --cada_* options), as training and
+    predict.py build it."""
+    return Alignment(kind, channels, n_classes, cfg.cada_beta, cfg.cada_convs, cfg.cada_linears, cfg.cada_dropout,
+                     cfg.cada_dropout_at, pool=cfg.cada_pool, standardise=cfg.cada_standardise)
+
+
 def targets(kind, stats):
     """The true (u, gamma) per image of map_statistics `stats` that an alignment of `kind` estimates."""
     return ALIGNMENTS[kind].targets(stats)
@@ -269,14 +283,17 @@ class Alignment(nn.Module):
     trained kinds' head is a StatsHead of `convs`, `linears`, `dropout`, `dropout_at` (Table 3)."""
 
     def __init__(self, kind, channels=0, n_classes=1, smooth_l1_beta=0.1, convs=CONVS, linears=LINEARS,
-                 dropout=DROPOUT, dropout_at=DROPOUT_AT, kernel_size=CONV_KERNEL):
+                 dropout=DROPOUT, dropout_at=DROPOUT_AT, kernel_size=CONV_KERNEL, pool="mean", standardise=False):
         super().__init__()
         if kind not in ALIGNMENTS:
             raise ValueError(f"alignment must be one of {', '.join(ALIGNMENTS)}, got {kind!r}")
         self.kind, self.spec, self.beta = kind, ALIGNMENTS[kind], smooth_l1_beta
         self.head = StatsHead(channels, self.spec.head_outputs(n_classes), convs, linears, dropout, dropout_at,
-                              kernel_size) if self.spec.trained else None
+                              kernel_size, pool=pool) if self.spec.trained else None
         self.register_buffer("class_stats", torch.zeros(n_classes, 2))  # CaDA-A/B: (u_c, gamma_c)
+        if standardise and self.spec.trained:  # the head reads (x - mean) / std per channel, fitted by fit_statistics
+            self.register_buffer("input_mean", torch.zeros(channels))
+            self.register_buffer("input_std", torch.ones(channels))
         for name, value in (self.spec.buffers(channels) if self.spec.buffers else {}).items():
             self.register_buffer(name, value)
         self.record = {}  # what fit_statistics found, for alignment_stats.csv (cluster: k and the ARI)
@@ -287,7 +304,18 @@ class Alignment(nn.Module):
     def fit_statistics(self, table, seed=0):
         """The kind's statistics from the training table (evaluation.head_training_table): the class table
         by label, or (cluster) k-means clusters of the head inputs and theirs, seeded by `seed`."""
+        if hasattr(self, "input_mean"):
+            features = table["features"].float()
+            self.input_mean.copy_(features.mean(dim=(0, 2, 3)))
+            std = features.std(dim=(0, 2, 3))
+            self.input_std.copy_(torch.where(std > 0, std, torch.ones_like(std)))  # a constant channel: as it is
         self.spec.fit(self, table, seed)
+
+    def head_output(self, features):
+        """The trained head on (N, C, h, w) head inputs, standardised first where the alignment was built so."""
+        if hasattr(self, "input_mean"):
+            features = (features - self.input_mean.view(1, -1, 1, 1)) / self.input_std.view(1, -1, 1, 1)
+        return self.head(features).float()
 
     def load_state_dict(self, state_dict, *args, **kwargs):
         for name in self.spec.buffers(0) if self.spec.buffers else ():  # sized by fit: take the saved sizes
@@ -296,7 +324,7 @@ class Alignment(nn.Module):
         return super().load_state_dict(state_dict, *args, **kwargs)
 
     def loss(self, batch):
-        return self.spec.loss(self, self.head(batch["features"]).float(), batch)
+        return self.spec.loss(self, self.head_output(batch["features"]), batch)
 
     @torch.no_grad()
     def statistics(self, features=None, labels=None):

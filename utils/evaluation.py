@@ -70,22 +70,50 @@ def _spread(x):
     return x.std().item() if len(x) > 1 else 0.0
 
 
-def alignment_statistics(tested, alignment):
+def _mean_error(estimated, true):
+    return (estimated.double() - true.double()).abs().mean().item() if len(true) else float("nan")
+
+
+def _anomaly_auroc(estimate, labels):
+    """How well a per-image estimate separates a class's anomalous test images from its normal ones (0.5: not
+    at all; NaN without both kinds). Above 0.5 the estimate rises with the anomaly, and eq. 5 divides it away."""
+    if labels.min() == labels.max():
+        return float("nan")
+    from sklearn.metrics import roc_auc_score
+    return float(roc_auc_score(labels.numpy(), estimate.double().numpy()))
+
+
+def alignment_statistics(tested, alignment, head_table=None):
     """Per class of {class: ClassMaps}: the true u and gamma of its normal test images (the means over
     those images of what the alignment estimates per image: map mean and max, or for cada_sigma map
     mean and mean + 3 std) beside the alignment's estimates for those images (their mean), the spread
     over those images of the true per-image u and of its estimate, and how well the estimate follows
-    the true per-image u (their correlation)."""
+    the true per-image u (their correlation). Why an estimate fails, where `head_table` (the training
+    table the alignment was fitted on) is given: the mean absolute error of u per image on the class's
+    training images against its normal test images (a fit of the training images that does not carry over
+    to new ones), their mean true and estimated u (a class pulled towards another's level), and how well u and
+    gamma estimated on all its test images separate the anomalous ones (_anomaly_auroc)."""
     rows = []
     for index, (name, class_maps) in enumerate(tested.items()):
         normal = class_maps.labels == 0
         true_u, true_gamma = alignment.spec.targets(map_statistics(class_maps.maps[normal]))
         features = None if class_maps.features is None else class_maps.features[normal]
         u, gamma = alignment.statistics(features, torch.full((int(normal.sum()),), index))
-        rows.append({"class": name, "u_test_normal": true_u.mean().item(),
-                     "gamma_test_normal": true_gamma.mean().item(), "u_estimated": u.mean().item(),
-                     "gamma_estimated": gamma.mean().item(), "u_test_normal_std": _spread(true_u),
-                     "u_estimated_std": _spread(u), "u_correlation": correlation(true_u, u), **alignment.record})
+        row = {"class": name, "u_test_normal": true_u.mean().item(),
+               "gamma_test_normal": true_gamma.mean().item(), "u_estimated": u.mean().item(),
+               "gamma_estimated": gamma.mean().item(), "u_test_normal_std": _spread(true_u),
+               "u_estimated_std": _spread(u), "u_correlation": correlation(true_u, u)}
+        all_u, all_gamma = alignment.statistics(class_maps.features, torch.full((len(class_maps.labels),), index))
+        row.update(u_anomaly_auroc=_anomaly_auroc(all_u, class_maps.labels),
+                   gamma_anomaly_auroc=_anomaly_auroc(all_gamma, class_maps.labels))
+        if head_table is not None:
+            rows_of_class = head_table["label"].long() == index
+            train_u, _ = alignment.spec.targets({key: head_table[key][rows_of_class] for key in ("mean", "max", "std")})
+            train_features = head_table["features"][rows_of_class] if "features" in head_table else None
+            estimated_train_u, _ = alignment.statistics(train_features, torch.full((len(train_u),), index))
+            row.update(u_train=train_u.mean().item(), u_estimated_train=estimated_train_u.mean().item(),
+                       u_train_error=_mean_error(estimated_train_u, train_u), u_test_error=_mean_error(u, true_u))
+        rows.append({**row, **alignment.record})
     return rows
 
 
