@@ -24,8 +24,16 @@ from utils.maps import PostProcessor
 from utils.results import read_run_config
 from utils.thresholds import FILE_NAME as THRESHOLDS_FILE
 from utils.thresholds import checkpoint_digest, read_thresholds, threshold_entry
+from utils.options import added_options
 from utils.training import load_our_file
 
+
+
+def script_options():
+    """train_mvtec.py's option table (`import train_mvtec` runs its constants and table only: its work is under
+    `if __name__ == "__main__"`)."""
+    import train_mvtec  # here, not at the top: train_mvtec imports this package's modules
+    return train_mvtec.OPTIONS
 
 
 def script_defaults():
@@ -123,7 +131,8 @@ def load_run(run_dir, align="", class_name="", thresholds="", need_thresholds=Tr
                              "with predict.py --calibrate <folder> and use them with --thresholds <file>")
     if need_thresholds and not chosen:
         raise ValueError(f"--thresholds {thresholds}: no threshold for {model_name} [{align}]")
-    states = [load_our_file(f, f"--run {run_dir}: {f.relative_to(run_dir)}", "checkpoint", config) for f in files]
+    states = [load_our_file(f, f"--run {run_dir}: {f.relative_to(run_dir)}", "checkpoint", config,
+                            added_options(script_options())) for f in files]
     return Run(run_dir, cfg, model_name, classes, align, states[0]["model"],
                states[1]["model"] if len(states) > 1 else None, chosen, files)
 
@@ -181,8 +190,7 @@ def build_scorer(run, device):
             blank = torch.zeros(1, 3, side, side, device=device)
             probe = Scorer(method, encoder, model, None, cfg).model_input(blank)
             channels = method.head_input(model, probe, cfg.align_input).shape[1] if run.head_state else 0
-        alignment = cada.Alignment(run.align, channels, len(run.classes), cfg.cada_beta, cfg.cada_convs,
-                                   cfg.cada_linears, cfg.cada_dropout, cfg.cada_dropout_at)
+        alignment = cada.alignment_of(run.align, channels, len(run.classes), cfg)
         alignment.load_state_dict(run.head_state)
         alignment = alignment.to(device).eval()
     return Scorer(method, encoder, model, alignment, cfg).to(device).eval()

@@ -17,9 +17,11 @@ Rules, per option name (every key optional): `check`, a dict of utils.checks.che
 {"non_empty": True}); `trains`, "model" (the default: it changes the trained base model), "head" (only the
 alignment heads) or "" (neither: evaluation, speed, files); `used_when`, for an option that changes the model
 only in some configurations, a function (config dict, method registry entry) -> bool (e.g. --epochs only in the
-separate setting): where it is false the option is out of the fingerprint; `help`, the text --help shows
-(without it, the comment beside the constant). A method's own options are its registry entry's (models.METHODS
-own_options): another method's, and the shared ones it does not read (Method.unused), are out of its fingerprint.
+separate setting): where it is false the option is out of the fingerprint; `added`, True for an option added
+after checkpoints were saved without it (they were trained as its default: utils.training.load_our_file);
+`help`, the text --help shows (without it, the comment beside the constant). A method's own options are its
+registry entry's (models.METHODS own_options): another method's, and the shared ones it does not read
+(Method.unused), are out of its fingerprint.
 """
 from dataclasses import dataclass, field
 from typing import Callable
@@ -39,6 +41,7 @@ class Option:
     owners: tuple = ()   # the methods that read it; () = shared by every method
     trains: str = "model"  # "model" | "head" | "": what a change of it can change
     used_when: Callable = None  # (config dict, method) -> whether it is read there; None: always
+    added: bool = False  # added since checkpoints were saved without it: those ran its default
 
 
 def option_table(defaults, rules, owners=None):
@@ -50,14 +53,15 @@ def option_table(defaults, rules, owners=None):
     table = {}
     for name, default in defaults.items():
         rule = dict(rules.get(name, {}))
-        if extra := set(rule) - {"check", "trains", "help", "used_when"}:
+        if extra := set(rule) - {"check", "trains", "help", "used_when", "added"}:
             raise ValueError(f"--{name}: unknown rule keys {sorted(extra)}")
         if extra := set(rule.get("check", {})) - set(CHECKS):
             raise ValueError(f"--{name}: unknown checks {sorted(extra)}")
         if rule.get("trains", "model") not in TRAINS:
             raise ValueError(f"--{name}: trains must be one of {TRAINS}, got {rule['trains']!r}")
         table[name] = Option(name, default, rule.get("help", ""), rule.get("check", {}),
-                             tuple((owners or {}).get(name, ())), rule.get("trains", "model"), rule.get("used_when"))
+                             tuple((owners or {}).get(name, ())), rule.get("trains", "model"), rule.get("used_when"),
+                             rule.get("added", False))
     return table
 
 
@@ -72,6 +76,11 @@ def check_options(cfg, table):
                  non_negative=[n for n, on in tests["non_negative"].items() if on], choices=tests["choices"],
                  at_most=tests["at_most"], below=tests["below"],
                  non_empty=[n for n, on in tests["non_empty"].items() if on])
+
+
+def added_options(table):
+    """{option: default} of the options added since checkpoints were saved without them."""
+    return {name: option.default for name, option in table.items() if option.added}
 
 
 def not_training(table):

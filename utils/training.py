@@ -137,12 +137,14 @@ def _unreadable(error):
     return f"cannot be read as a PyTorch file: truncated or not a .pt; {type(error).__name__}"
 
 
-def load_our_file(path, label, kind, config=None):
+def load_our_file(path, label, kind, config=None, added=None):
     """The dict this suite saved at `path` as a model checkpoint (kind "checkpoint") or a training
     snapshot ("snapshot"), loaded with weights_only=True (which also takes MultiStepLR's Counter of
     milestones). Given the run's `config`, a checkpoint saved with other options (another script or
-    version) or for another --method is refused too. Every refusal is a ValueError of one line that
-    starts with `label` (the file as the user named it)."""
+    version) or for another --method is refused too; `added` ({option: default}, utils.options.added_options)
+    names options added since earlier versions: a checkpoint saved without one was trained as its default, and
+    its training_config is completed so. Every refusal is a ValueError of one line that starts with `label` (the
+    file as the user named it)."""
     description, keys = KINDS[kind]
     try:
         with warnings.catch_warnings():  # damaged bytes can make the unpickler warn besides raising
@@ -153,6 +155,8 @@ def load_our_file(path, label, kind, config=None):
     if not isinstance(state, dict):
         raise ValueError(f"{label}: not {description} of this suite (it holds a {type(state).__name__})")
     saved = state.get("training_config")
+    if isinstance(saved, dict) and added:
+        saved = state["training_config"] = {**{k: v for k, v in added.items() if k not in saved}, **saved}
     if kind == "checkpoint" and config is not None and isinstance(saved, dict):
         if set(saved) - NOT_OPTIONS != set(config) - NOT_OPTIONS:
             raise ValueError(f"{label}: a checkpoint of another script or version "
@@ -183,7 +187,7 @@ def _checkpoint_file(source, name, must_match):
     return path / "checkpoints" / f"{name}.pt"
 
 
-def saved_state(sources, name, training_config, ignore, must_match=True):
+def saved_state(sources, name, training_config, ignore, must_match=True, added=None):
     """The state saved as `name` by a model trained exactly so (options in `ignore` aside, see `ignored`), from the
     first of `sources` (the run being resumed, then --checkpoint: a run folder holding
     checkpoints/<name>.pt, or one .pt file, which is the base model itself and has its heads beside
@@ -198,7 +202,7 @@ def saved_state(sources, name, training_config, ignore, must_match=True):
         path = _checkpoint_file(source, name, must_match)
         if not path.is_file():
             continue
-        state = load_our_file(path, _label(option, source, path), "checkpoint", training_config)
+        state = load_our_file(path, _label(option, source, path), "checkpoint", training_config, added)
         key, saved = fingerprint(training_config, ignore), state["training_config"]
         if state["fingerprint"] == key or (isinstance(saved, dict) and fingerprint(saved, ignore) == key):
             return state
@@ -210,7 +214,7 @@ def saved_state(sources, name, training_config, ignore, must_match=True):
     return None
 
 
-def check_saved_files(resume, checkpoint, config):
+def check_saved_files(resume, checkpoint, config, added=None):
     """Read every file a run reads back, once, right after the command line is parsed: --resume's
     checkpoints, training snapshots and partial table, and --checkpoint's model checkpoint(s) (one .pt
     file, or a run folder's checkpoints/). A damaged file, or one of another script or method, is
@@ -222,7 +226,7 @@ def check_saved_files(resume, checkpoint, config):
         for path in [source] if source.is_file() else sorted((source / "checkpoints").glob("*.pt")):
             kind = "snapshot" if path.name.endswith(".train.pt") else "checkpoint"
             if option == "resume" or kind == "checkpoint":  # --checkpoint's snapshots are never read
-                load_our_file(path, _label(option, source, path), kind, config)
+                load_our_file(path, _label(option, source, path), kind, config, added)
     if resume:
         read_partial_rows(resume)
 
@@ -284,8 +288,8 @@ class Trainer:
     under DistributedDataParallel on this process's slice of every batch."""
 
     def __init__(self, run, resume, checkpoint, seed, device, rank=0, world=1, checkpoint_every=0,
-                 save_checkpoints=True, amp=False):
-        self.run, self.sources, self.seed, self.device = run, (resume, checkpoint), seed, device
+                 save_checkpoints=True, amp=False, added=None):
+        self.run, self.sources, self.seed, self.device, self.added = run, (resume, checkpoint), seed, device, added
         self.rank, self.world, self.checkpoint_every, self.save = rank, world, checkpoint_every, save_checkpoints
         self.autocast = device.type if amp else None
 
@@ -295,7 +299,7 @@ class Trainer:
         `cfg` goes to model.configure_optimizers. Alignment heads (base=False) train in float32, and a head
         saved under other head options is trained again (a base model so saved is an error). `batch_option`
         is the option that set the batch size, for messages."""
-        state = saved_state(self.sources, name, training_config, ignore, must_match=base)
+        state = saved_state(self.sources, name, training_config, ignore, must_match=base, added=self.added)
         if state is not None:
             model.load_state_dict(state["model"])
             return model.eval()
