@@ -11,10 +11,14 @@ turn is normal; one model per class; image-level metrics.
 The run itself (data, frozen features once, a model per class and target norm built by models.METHODS["noco"]
 and trained by utils.training.Trainer as train_mvtec.py's are, evaluation of the last checkpoint, the table)
 is utils/semantic.py, shared with train_cifar10.py; torchrun runs it as it runs train_mvtec.py. Every
-constant below can be overridden as --name value. The last line printed is `results: <csv>`.
+constant below can be overridden as --name value; utils/semantic_options.py holds each option's check
+and whether it changes the trained model. The last line printed is `results: <csv>`.
 """
-from utils.config import parse_config, script_constants
-from utils.semantic import HELP, checked_config, run_semantic_noco
+from models import option_owners
+from utils.config import script_constants
+from utils.options import option_table
+from utils.semantic import main
+from utils.semantic_options import MNIST_RULES
 
 # -----------------------------------------------------------------------------
 method = "noco"              # the detector (NoCo, one model per normal class)
@@ -61,8 +65,7 @@ checkpoint_every = 1000      # iterations between training snapshots that --resu
                              # removed when training ends
 plots = False                # also draw the figures (PNG) and report.md beside the CSV
 # -----------------------------------------------------------------------------
-cfg, given = parse_config(script_constants(globals()), script=__file__, return_given=True,
-                          epilog=HELP)
-cfg = checked_config(cfg, given, "train_mnist", datasets=("mnist", "fmnist"))
-csv_path = run_semantic_noco(cfg, given, "train_mnist", default_root="data")
-print(f"results: {csv_path}")
+OPTIONS = option_table(script_constants(globals()), MNIST_RULES, option_owners())  # checks, what trains
+
+if __name__ == "__main__":  # imported (tests, benchmarks): the constants and OPTIONS only
+    main(__file__, OPTIONS)

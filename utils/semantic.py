@@ -13,40 +13,52 @@ import torch
 from torch.utils.data import Subset
 
 from datasets.oneclass import OneClassDataset, SemanticDataset
-from models import method_of, not_in_fingerprint
-from utils.checks import check_backbone, check_config, check_out_dir
-from utils.config import ConfigError, resolve_device, seed_everything
+from models import method_of
+from utils.checks import check_backbone, check_out_dir
+from utils.config import ConfigError, parse_config, resolve_device, seed_everything
 from utils.features import CachedBatches, EncodedBatches, extract_features
 from utils import distributed, report
 from utils.metrics import compute_metrics
+from utils.options import check_options, not_in_recipe, not_training
 from utils.results import RunFolder, metrics_row, new_run_path, resumed_config
 from utils.training import Trainer, check_batches, check_saved_files, iterations
 
-# options that do not change the trained model (where files are, how fast it runs): a checkpoint is reused
-# across them. The data enter the fingerprint by content (one_class_fingerprint), and a model's own class and
-# target norm replace --classes and --target_norm in its training configuration.
-NOT_TRAINING = {"out_dir", "resume", "checkpoint", "device", "num_workers", "cache_features", "cache_memory_gb",
-                "cache_dir", "save_checkpoints", "download", "data_path", "plots", "checkpoint_every"}
-HELP = (f"Options that never retrain a saved model (--checkpoint, --resume reuse it across them): "
-        f"{', '.join(sorted(NOT_TRAINING))}.")
+_DEFAULT_ROOTS = {"cats_vs_dogs": "data/cats_vs_dogs"}  # --data_path "": torchvision's sets share data/
 
 
-def checked_config(cfg, given, script, datasets):
-    """The configuration to run: cfg itself, or with --resume the interrupted run's; checked before any work."""
+def help_epilog(options):
+    """--help's last paragraph: the options of the table that never retrain a saved model."""
+    return (f"Options that never retrain a saved model (--checkpoint, --resume reuse it across them): "
+            f"{', '.join(sorted(not_training(options)))}.")
+
+
+def ignored_options(options, method):
+    """What a model's fingerprint leaves out: the options that never change it, and those that cannot change the
+    model this method trains (utils.options.not_in_recipe: another method's, the shared ones it does not read)."""
+    return lambda config: not_training(options) | not_in_recipe(options, method, config)
+
+
+def checked_config(cfg, given, options):
+    """The configuration to run: cfg itself, or with --resume the interrupted run's; checked against the script's
+    option table (utils.semantic_options) before any work."""
     cfg = resumed_config(cfg, given)
-    check_config(cfg, positive=("batch_size", "lr", "target_norm", "image_size"),
-                 non_negative=("seed", "epochs", "crop_size", "num_workers", "weight_decay", "cache_memory_gb",
-                               "radius_penalty", "lr_drop_at", "checkpoint_every"),
-                 choices={"method": ("noco",), "dataset": datasets, "resize": ("pil", "cv2"),
-                          "optimizer": ("adamw", "adam"),
-                          "cache_dtype": ("float32", "float16", "bfloat16")}, at_most={"lr_drop_at": 1.0},
-                 below={"seed": 2 ** 32}, non_empty=("target_norm",))
+    check_options(cfg, options)
     check_backbone(cfg)
     method_of(cfg, given)
     check_saved_files(cfg.resume, cfg.checkpoint, vars(cfg))  # damaged or foreign files: refused before any work
     if not cfg.resume:
         check_out_dir(cfg.out_dir)
     return cfg
+
+
+def main(script_file, options, presets=None):
+    """A semantic script's run: its command line read against its option table and checked, NoCo trained and
+    evaluated per normal class; the last line printed is `results: <csv>`."""
+    cfg, given = parse_config({name: option.default for name, option in options.items()}, presets=presets,
+                              script=script_file, return_given=True, epilog=help_epilog(options))
+    cfg = checked_config(cfg, given, options)
+    csv_path = run_semantic_noco(cfg, given, Path(script_file).stem, options)
+    print(f"results: {csv_path}")
 
 
 def _digest(*parts):
@@ -78,8 +90,8 @@ def split_fingerprint(test_base):
                    _content(test_base, torch.arange(len(test_base))))
 
 
-def run_semantic_noco(cfg, given, script, default_root="data"):
-    """Run NoCo on every normal class of cfg.dataset; return the CSV path."""
+def run_semantic_noco(cfg, given, script, options):
+    """Run NoCo on every normal class of cfg.dataset (`options`: the script's option table); return the CSV path."""
     started = time.time()
     method = method_of(cfg, given)
     rank, world, device = distributed.setup(cfg.device)  # torchrun: one of `world` processes
@@ -89,7 +101,7 @@ def run_semantic_noco(cfg, given, script, default_root="data"):
     seed_everything(cfg.seed)  # also fixes a random-init (--weights none) encoder
 
     # data ---------------------------------------------------------------------
-    root = Path(cfg.data_path or default_root)
+    root = Path(cfg.data_path or _DEFAULT_ROOTS.get(cfg.dataset, "data"))
     with distributed.rank0_first(rank, world):  # one process downloads, the others then read its files
         train_base, test_base = (SemanticDataset(cfg.dataset, root, split, cfg.image_size, cfg.crop_size,
                                                  cfg.download, resize=cfg.resize) for split in ("train", "test"))
@@ -116,7 +128,7 @@ def run_semantic_noco(cfg, given, script, default_root="data"):
                   if not all(run.finished(model_name[s.normal_class, n]) for n in cfg.target_norm)]
     train = Trainer(run, cfg.resume, cfg.checkpoint, cfg.seed, device, rank, world, cfg.checkpoint_every,
                     cfg.save_checkpoints)
-    ignore = NOT_TRAINING | not_in_fingerprint(method)
+    ignore = ignored_options(options, method)
 
     # frozen features, once: every class and every target norm reuses them -----------
     encoder = method.build_encoder(cfg).to(device)
