@@ -36,19 +36,27 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from models import METHODS  # noqa: E402
 from utils.config import ConfigError  # noqa: E402
 
 # each base's training configuration is train_mvtec.py's (benchmarks/script_config.py) for these options:
 # "paper" gives none (its presets: wide_resnet50_2 at 256 px, EfficientNet-B4 at 224 px with batch 64 for UniAD,
-# ViT-B/14 at 448 -> 392 px for Dinomaly), "cpu" a size a 2-core CPU trains in seconds per step
-SIZES = {"paper": {},
-         "cpu": {"revdist": {"backbone": "resnet18", "image_size": 128, "crop_size": 0},
-                 "recontrast": {"backbone": "resnet18", "image_size": 128, "crop_size": 0},
-                 "uniad": {"image_size": 128, "crop_size": 0, "batch_size": 16},  # its own encoder, EfficientNet-B4
-                 "dinomaly": {"vit": "small", "image_size": 112, "crop_size": 0, "batch_size": 16}}}
+# ViT-B/14 at 448 -> 392 px for Dinomaly), "cpu" a size a 2-core CPU trains in seconds per step (the registry's
+# cpu_training; the methods without one are not bases here)
+SIZES = {"paper": {}, "cpu": {method.name: method.cpu_training for method in METHODS.values() if method.cpu_training}}
 VARIANTS = {"": {}, "relu": {"decoder_activation": "relu"}, "recompute": {"recompute": True}, "nocache": {}}
-BASES = ("revdist", "revdist-relu", "revdist-nocache", "revdist-recompute", "recontrast", "recontrast-recompute",
-         "uniad", "uniad-nocache", "dinomaly")
+RELU_DECODERS = ("revdist",)  # RD4AD's ReLU decoder as a row of its own: the one OFFICIAL["revdist"] was measured with
+
+
+def method_bases(method):
+    """A method's rows: itself, its ReLU decoder (RELU_DECODERS), the step that runs its frozen encoder too (a method
+    that trains on cached features) and the one that keeps only convolution outputs (a method with --recompute)."""
+    return [method.name] + [f"{method.name}-{variant}" for variant, applies in (
+        ("relu", method.name in RELU_DECODERS), ("nocache", method.trains_on == "features"),
+        ("recompute", "recompute" in method.own_options)) if applies]
+
+
+BASES = tuple(base for method in METHODS.values() if method.cpu_training for base in method_bases(method))
 # the official code's training step on the latest and the first 2-core development CPU, plain malloc
 # (wide_resnet50_2, 256 px, batch 16; benchmarks/README.md)
 OFFICIAL = {"revdist": "RD4AD main.py: 46.5 s, 8.3 GiB (first CPU: 23.7 s, 8.2 GiB)",
@@ -59,7 +67,7 @@ def base_options(base, size, backbone="", weights="none", device_name="cpu"):
     """train_mvtec.py's command-line options of one benchmark row (its presets fill in the rest)."""
     method, _, variant = base.partition("-")
     options = {"method": method, "weights": weights, **VARIANTS[variant], **SIZES[size].get(method, {})}
-    if backbone and method != "dinomaly":  # Dinomaly's encoder is its ViT (--vit), not a --backbone
+    if backbone and "backbone" not in METHODS[method].unused:  # Dinomaly's encoder is its ViT (--vit)
         options["backbone"] = backbone
     if device_name.startswith("cuda"):  # the script's speed options on a GPU
         options.update(device=device_name, amp=True, channels_last=True)
@@ -71,7 +79,6 @@ def measure(base, size, steps, device_name, plain_malloc=False, backbone="", wei
         from utils.cpu import keep_freed_memory
         keep_freed_memory()
     import torch
-    from models import METHODS
     from script_config import train_config
     from utils.training import fit
 
@@ -90,8 +97,7 @@ def measure(base, size, steps, device_name, plain_malloc=False, backbone="", wei
     encoder = method.build_encoder(cfg).to(device, memory_format=memory_format)
     model = method.build_model(cfg, encoder, cfg.target_norm[0], torch.Generator().manual_seed(cfg.seed))
     model = model.to(device, memory_format=memory_format).train()
-    encode = (model.frozen_encoder if cfg.method == "recontrast" else model.encoder if cfg.method == "dinomaly"
-              else encoder)  # the frozen encoder, whose forward alone is timed too
+    encode = method.frozen_part(model, encoder)  # the frozen encoder, whose forward alone is timed too
 
     def sync():
         if cuda:
@@ -126,7 +132,7 @@ def measure(base, size, steps, device_name, plain_malloc=False, backbone="", wei
     step_s = timed(step, steps)
     peak = (torch.cuda.max_memory_allocated(device) if cuda else
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # kilobytes on Linux
-    return {"base": base, "size": size, "backbone": f"vit_{cfg.vit}" if cfg.method == "dinomaly" else cfg.backbone,
+    return {"base": base, "size": size, "backbone": method.encoder_name(cfg),
             "weights": cfg.weights, "image_size": side, "batch_size": cfg.batch_size, "step_s": step_s,
             "images_per_s": cfg.batch_size / step_s, "encoder_s": encoder_s, "peak_gib": peak / 2 ** 30,
             "device": str(device), "threads": torch.get_num_threads()}
@@ -164,7 +170,7 @@ def main():
           f"{'encoder s':>9} {'peak GiB':>8}  official")
     for size in args.sizes.split(","):
         for base in args.bases.split(","):
-            backbones = [""] if base == "dinomaly" else args.backbones.split(",")
+            backbones = [""] if "backbone" in METHODS[base.partition("-")[0]].unused else args.backbones.split(",")
             for backbone in backbones:
                 done = subprocess.run([sys.executable, __file__, "--one", f"{base}:{size}:{backbone}",
                                        "--steps", str(args.steps), "--warmup", str(args.warmup), "--device",
