@@ -77,11 +77,15 @@ def test_frozen_part_is_the_frozen_encoder_the_model_runs(name):
 
 
 def test_benchmark_method_lists_are_the_registry():
-    assert {base.partition("-")[0] for base in bench_unified.BASES} == {
+    assert {base.partition("-")[0] for base in bench_unified.bases()} == {
         name for name, method in METHODS.items() if method.cpu_training}
-    assert bench_unified.BASES == ("revdist", "revdist-relu", "revdist-nocache", "revdist-recompute", "recontrast",
+    assert bench_unified.bases() == ("revdist", "revdist-relu", "revdist-nocache", "revdist-recompute", "recontrast",
                                    "recontrast-recompute", "uniad", "uniad-nocache", "dinomaly")  # its rows
-    assert bench_unified.SIZES["cpu"] == {name: m.cpu_training for name, m in METHODS.items() if m.cpu_training}
+    assert {name: bench_unified.size_options("cpu", m) for name, m in METHODS.items() if m.cpu_training} == {
+        "revdist": {"backbone": "resnet18", "image_size": 128, "crop_size": 0},
+        "recontrast": {"backbone": "resnet18", "image_size": 128, "crop_size": 0},
+        "uniad": {"image_size": 128, "crop_size": 0, "batch_size": 16},
+        "dinomaly": {"vit": "small", "image_size": 112, "crop_size": 0, "batch_size": 16}}  # its cpu rows
     assert method_facts.METHOD_NAMES == tuple(METHODS) and seed_table.METHOD_NAMES == tuple(METHODS)
     done = subprocess.run([sys.executable, "benchmarks/bench_predict_sizes.py", "--methods", "none"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
