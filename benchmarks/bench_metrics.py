@@ -113,7 +113,8 @@ def measure_in_child(job, data_dir, device):
 
 def _describe(name, result):
     gpu = "" if result["gpu_extra_bytes"] is None else f", GPU peak extra {result['gpu_extra_bytes'] / 2**30:.2f} GiB"
-    again = "" if result["seconds_again"] is None else f" (called again in the same process: {result['seconds_again']:.2f} s)"
+    again = ("" if result["seconds_again"] is None
+             else f" (called again in the same process: {result['seconds_again']:.2f} s)")
     return (f"{name}: {result['seconds']:.2f} s{again}, peak extra memory {result['extra_bytes'] / 2**30:.2f} GiB"
             f"{gpu} [CPU time {result['cpu_seconds']:.1f} s, load average before {result['load_before']:.2f} "
             f"on {os.cpu_count()} cores]")

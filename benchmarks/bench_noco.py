@@ -74,7 +74,8 @@ without_cache = time_epochs(EncodedBatches(encoder, dataset, cfg.batch_size, cfg
 print(f"{cfg.task} NoCo, {cfg.backbone} {layers}, {len(dataset)} images of {root / cfg.class_name}, "
       f"{cfg.image_size}px (crop {cfg.crop_size or 'none'}), batch {cfg.batch_size}, {device}, "
       f"{torch.get_num_threads()} threads; projector {in_channels}->{in_channels}")
-print(f"cache: {sum(v.numel() * v.element_size() for v in cache.values()) / 2 ** 20:.0f} MiB ({next(iter(cache.values())).dtype}), "
+cache_mib = sum(v.numel() * v.element_size() for v in cache.values()) / 2 ** 20
+print(f"cache: {cache_mib:.0f} MiB ({next(iter(cache.values())).dtype}), "
       f"extracted once in {extraction:.2f} s")
 print(f"epoch without cache: {without_cache:.2f} s")
 print(f"epoch with cache:    {with_cache:.2f} s")

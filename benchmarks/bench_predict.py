@@ -76,7 +76,7 @@ def main():
 
     (predict_s, predict_scores), (evaluation_s, evaluation_scores) = best_of(args.repeats, predict_pass,
                                                                              evaluation_pass)
-    encoder = f"vit_{cfg.vit}" if cfg.method == "dinomaly" else cfg.backbone  # Dinomaly reads --vit, not --backbone
+    encoder = scorer.method.encoder_name(cfg)  # Dinomaly's is its --vit
     side, difference = cfg.crop_size or cfg.image_size, (predict_scores - evaluation_scores).abs().max().item()
     relative = difference / max(evaluation_scores.abs().max().item(), 1e-30)  # scores of random weights can be huge
     print(f"{len(files)} images, {cfg.method} [{trained.align}], {encoder} at {side} px"

@@ -30,23 +30,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from script_config import ROOT, train_config  # noqa: E402
+from models import METHODS, not_in_fingerprint  # noqa: E402
 
-METHOD_NAMES = ("noco", "revdist", "recontrast", "uniad", "dinomaly")
 INPUT_OPTIONS = ("backbone", "vit", "image_size", "crop_size", "resize", "eval_size")  # those the demo presets switch
-QUICK = {"noco": {"backbone": "resnet18", "image_size": 64, "crop_size": 0},
-         "revdist": {"backbone": "resnet18", "image_size": 64, "crop_size": 0},
-         "recontrast": {"backbone": "resnet18", "image_size": 64, "crop_size": 0},
-         "uniad": {"backbone": "efficientnet_lite0", "image_size": 128, "crop_size": 0},  # UniAD's smallest side
-         "dinomaly": {"vit": "small", "image_size": 56, "crop_size": 0, "eval_size": 0}}
 
 
 def input_options(method, quick=False):
     """The options that set a method's input (encoder, sizes, resize): its paper configuration's, or --quick's."""
-    from models import METHODS, not_in_fingerprint
     paper = vars(train_config(["--method", method, "--setting", "unified"]))
     ignored = not_in_fingerprint(METHODS[method])  # the options it does not read: refused when given
     options = {name: paper[name] for name in INPUT_OPTIONS if name not in ignored}
-    return {**options, **QUICK[method]} if quick else options
+    return {**options, **METHODS[method].cpu_quick} if quick else options
 
 
 def command_options(options):
@@ -90,7 +84,7 @@ def measure(method, args, out_dir):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", default=",".join(METHOD_NAMES))
+    parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--quick", action="store_true", help="resnet18 at 64 px, Lite0 at 128, ViT-S at 56")
     parser.add_argument("--classes", default="brick,grass", help="demo classes (20 test images each)")
     parser.add_argument("--iters", type=int, default=2, help="training iterations of each run")
@@ -101,8 +95,8 @@ def main():
     parser.add_argument("--out_dir", default="", help="keep the runs and logs here (default: a temporary folder)")
     args = parser.parse_args()
     methods = args.methods.split(",")
-    if unknown := [m for m in methods if m not in METHOD_NAMES]:
-        parser.error(f"unknown method {', '.join(unknown)}: expected among {', '.join(METHOD_NAMES)}")
+    if unknown := [m for m in methods if m not in METHODS]:
+        parser.error(f"unknown method {', '.join(unknown)}: expected among {', '.join(METHODS)}")
     out_dir = Path(args.out_dir or tempfile.mkdtemp(prefix="bench_predict_sizes_"))
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []

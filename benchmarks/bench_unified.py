@@ -40,15 +40,31 @@ from utils.config import ConfigError  # noqa: E402
 
 # each base's training configuration is train_mvtec.py's (benchmarks/script_config.py) for these options:
 # "paper" gives none (its presets: wide_resnet50_2 at 256 px, EfficientNet-B4 at 224 px with batch 64 for UniAD,
-# ViT-B/14 at 448 -> 392 px for Dinomaly), "cpu" a size a 2-core CPU trains in seconds per step
-SIZES = {"paper": {},
-         "cpu": {"revdist": {"backbone": "resnet18", "image_size": 128, "crop_size": 0},
-                 "recontrast": {"backbone": "resnet18", "image_size": 128, "crop_size": 0},
-                 "uniad": {"image_size": 128, "crop_size": 0, "batch_size": 16},  # its own encoder, EfficientNet-B4
-                 "dinomaly": {"vit": "small", "image_size": 112, "crop_size": 0, "batch_size": 16}}}
+# ViT-B/14 at 448 -> 392 px for Dinomaly), "cpu" a size a 2-core CPU trains in seconds per step (the registry's
+# cpu_training; the methods without one are not bases here)
+SIZES = ("paper", "cpu")
 VARIANTS = {"": {}, "relu": {"decoder_activation": "relu"}, "recompute": {"recompute": True}, "nocache": {}}
-BASES = ("revdist", "revdist-relu", "revdist-nocache", "revdist-recompute", "recontrast", "recontrast-recompute",
-         "uniad", "uniad-nocache", "dinomaly")
+RELU_DECODERS = ("revdist",)  # RD4AD's ReLU decoder as a row of its own: the one OFFICIAL["revdist"] was measured with
+
+
+def method_bases(method):
+    """A method's rows: itself, its ReLU decoder (RELU_DECODERS), the step that runs its frozen encoder too (a method
+    that trains on cached features) and the one that keeps only convolution outputs (a method with --recompute)."""
+    return [method.name] + [f"{method.name}-{variant}" for variant, applies in (
+        ("relu", method.name in RELU_DECODERS), ("nocache", method.trains_on == "features"),
+        ("recompute", "recompute" in method.own_options)) if applies]
+
+
+def bases():
+    """Every row's base, in registry order. The registry is imported here and in measure(), not at the top, so that a
+    measuring process imports it after utils.cpu.keep_freed_memory, as the script does."""
+    from models import METHODS
+    return tuple(base for method in METHODS.values() if method.cpu_training for base in method_bases(method))
+
+
+def size_options(size, method):
+    """The options a size gives a method: none for "paper", its cpu_training for "cpu"."""
+    return {} if size == "paper" else method.cpu_training
 # the official code's training step on the latest and the first 2-core development CPU, plain malloc
 # (wide_resnet50_2, 256 px, batch 16; benchmarks/README.md)
 OFFICIAL = {"revdist": "RD4AD main.py: 46.5 s, 8.3 GiB (first CPU: 23.7 s, 8.2 GiB)",
@@ -57,9 +73,11 @@ OFFICIAL = {"revdist": "RD4AD main.py: 46.5 s, 8.3 GiB (first CPU: 23.7 s, 8.2 G
 
 def base_options(base, size, backbone="", weights="none", device_name="cpu"):
     """train_mvtec.py's command-line options of one benchmark row (its presets fill in the rest)."""
-    method, _, variant = base.partition("-")
-    options = {"method": method, "weights": weights, **VARIANTS[variant], **SIZES[size].get(method, {})}
-    if backbone and method != "dinomaly":  # Dinomaly's encoder is its ViT (--vit), not a --backbone
+    from models import METHODS
+    name, _, variant = base.partition("-")
+    method = METHODS[name]
+    options = {"method": name, "weights": weights, **VARIANTS[variant], **size_options(size, method)}
+    if backbone and "backbone" not in method.unused:  # Dinomaly's encoder is its ViT (--vit)
         options["backbone"] = backbone
     if device_name.startswith("cuda"):  # the script's speed options on a GPU
         options.update(device=device_name, amp=True, channels_last=True)
@@ -90,8 +108,7 @@ def measure(base, size, steps, device_name, plain_malloc=False, backbone="", wei
     encoder = method.build_encoder(cfg).to(device, memory_format=memory_format)
     model = method.build_model(cfg, encoder, cfg.target_norm[0], torch.Generator().manual_seed(cfg.seed))
     model = model.to(device, memory_format=memory_format).train()
-    encode = (model.frozen_encoder if cfg.method == "recontrast" else model.encoder if cfg.method == "dinomaly"
-              else encoder)  # the frozen encoder, whose forward alone is timed too
+    encode = method.frozen_part(model, encoder)  # the frozen encoder, whose forward alone is timed too
 
     def sync():
         if cuda:
@@ -126,7 +143,7 @@ def measure(base, size, steps, device_name, plain_malloc=False, backbone="", wei
     step_s = timed(step, steps)
     peak = (torch.cuda.max_memory_allocated(device) if cuda else
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # kilobytes on Linux
-    return {"base": base, "size": size, "backbone": f"vit_{cfg.vit}" if cfg.method == "dinomaly" else cfg.backbone,
+    return {"base": base, "size": size, "backbone": method.encoder_name(cfg),
             "weights": cfg.weights, "image_size": side, "batch_size": cfg.batch_size, "step_s": step_s,
             "images_per_s": cfg.batch_size / step_s, "encoder_s": encoder_s, "peak_gib": peak / 2 ** 30,
             "device": str(device), "threads": torch.get_num_threads()}
@@ -134,7 +151,7 @@ def measure(base, size, steps, device_name, plain_malloc=False, backbone="", wei
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bases", default=",".join(BASES))
+    parser.add_argument("--bases", default="")
     parser.add_argument("--sizes", default="paper,cpu")
     parser.add_argument("--backbones", default="",
                         help="comma list: a row per --backbone for every base but dinomaly (whose encoder is its "
@@ -156,15 +173,17 @@ def main():
         except ConfigError as error:
             sys.exit(f"error: {error}")
         return
-    unknown = [base for base in args.bases.split(",") if base not in BASES]
+    args.bases = args.bases or ",".join(bases())  # every base (the registry is read after --one: see bases())
+    unknown = [base for base in args.bases.split(",") if base not in bases()]
     unknown += [size for size in args.sizes.split(",") if size not in SIZES]
     if unknown:
-        parser.error(f"unknown base or size {', '.join(unknown)}: bases {', '.join(BASES)}; sizes {', '.join(SIZES)}")
+        parser.error(f"unknown base or size {', '.join(unknown)}: bases {', '.join(bases())}; sizes {', '.join(SIZES)}")
+    from models import METHODS
     print(f"{'base':<20} {'size':<6} {'backbone':<18} {'px':>4} {'batch':>5} {'s/step':>8} {'img/s':>7} "
           f"{'encoder s':>9} {'peak GiB':>8}  official")
     for size in args.sizes.split(","):
         for base in args.bases.split(","):
-            backbones = [""] if base == "dinomaly" else args.backbones.split(",")
+            backbones = [""] if "backbone" in METHODS[base.partition("-")[0]].unused else args.backbones.split(",")
             for backbone in backbones:
                 done = subprocess.run([sys.executable, __file__, "--one", f"{base}:{size}:{backbone}",
                                        "--steps", str(args.steps), "--warmup", str(args.warmup), "--device",

@@ -81,6 +81,9 @@ from pathlib import Path
 
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from method_facts import VIT_SIZES, encoder_option  # noqa: E402
+
 PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.csv")
 PAPER_SETTINGS = Path(__file__).with_name("paper_settings.csv")
 PAPER_CLASSES = Path(__file__).with_name("paper_classes.csv")
@@ -90,8 +93,6 @@ COLUMNS = ["source", "table", *KEYS, "options", "metric", "ours", "paper", "diff
 REQUIRED = ["backbone", "weights"]  # a run must have the paper's values, and say them
 SIZES = ["image_size", "crop_size"]  # ... and these, where it says them (config.json always does)
 SETTINGS = REQUIRED + SIZES
-ENCODER_KEYS = {"dinomaly": "vit"}  # the run key that names a method's encoder when it is not `backbone`
-VIT_NAMES = {f"vit_{size}_patch14_reg4_dinov2": size for size in ("small", "base", "large")}  # --vit's timm names
 TRAINING = ["epochs", "iters", "batch_size", "cada_iters", "cada_batch_size"]  # paper_settings.csv's `training` keys
 HEAD_TRAINING = ("cada_iters", "cada_batch_size")  # ... that only the rows of a trained head read
 REASON_ORDER = ["classes", "class", "data", "backbone", "vit", "weights", *SIZES, *TRAINING]  # the order of the telling
@@ -281,8 +282,8 @@ def differences(run, settings, paper_classes, row_class, method=None):
     """What differs between the run and the paper's run of a row, one phrase each."""
     found = [class_difference(run.get("classes"), paper_classes, row_class)]
     for name in SETTINGS:
-        key = ENCODER_KEYS.get(method, name) if name == "backbone" else name
-        ran = VIT_NAMES.get(run.get(key), run.get(key)) if key == "vit" else run.get(key)
+        key = encoder_option(method) if name == "backbone" else name
+        ran = VIT_SIZES.get(run.get(key), run.get(key)) if key == "vit" else run.get(key)
         if ran is None:
             found.append(f"{key} unknown (paper: {settings[name]})" if name in REQUIRED else "")
         elif not same(ran, settings[name]):
@@ -404,7 +405,7 @@ def main(argv=None):
         if args.classes:
             given["classes"] = "all" if args.classes == "all" else args.classes.split(",")
         given.update(parse_options(args.options, "--options"))
-        encoder = ENCODER_KEYS.get(given.get("method"), "backbone")
+        encoder = encoder_option(given.get("method"))
         if config is None and not ({"dataset", "method"} <= given.keys() and (
                 args.force or {encoder, "weights", "classes"} <= given.keys())):
             raise ValueError(f"{Path(args.results).parent / 'config.json'}: no such file; pass --dataset, --method, "

@@ -23,6 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from method_facts import METHOD_NAMES, encoder_name  # noqa: E402
+
 POOLED_CLASSES = ["mean", "mixed", "ideal"]
 GROUP_KEYS = ("method", "setting", "encoder", "weights", "image_size", "length")
 
@@ -35,7 +38,7 @@ def run_table(csv_path):
         table["align"] = "none"
     table["align"] = table["align"].fillna("none")
     table["method"], table["setting"], table["weights"] = config["method"], config["setting"], config["weights"]
-    table["encoder"] = f"vit_{config['vit']}" if config["method"] == "dinomaly" else config["backbone"]
+    table["encoder"] = encoder_name(config)
     table["image_size"] = config.get("crop_size") or config["image_size"]
     table["length"] = (f"{config['epochs']} epochs" if config["setting"] == "separate"
                        else f"{config['iters']} iters")
@@ -116,9 +119,6 @@ def gap_table(group, metrics):
     return "\n".join(lines)
 
 
-METHOD_ORDER = ("noco", "revdist", "recontrast", "uniad", "dinomaly")
-
-
 def summary_tables(tables, metrics):
     """Markdown tables over every group: mean [min-max] of `mean` and `mixed` per alignment; per seed, the gap and,
     where the runs have `ideal` rows, what is left and the fraction closed (gap_frame), of the first metric.
@@ -128,7 +128,7 @@ def summary_tables(tables, metrics):
         if group.groupby("seed")["run"].nunique().max() > 1:
             raise ValueError(f"{', '.join(map(str, key))}: two runs with the same seed: "
                              f"{sorted(group['run'].unique())}")
-    runs["order"] = runs["method"].map({m: i for i, m in enumerate(METHOD_ORDER)}).fillna(len(METHOD_ORDER))
+    runs["order"] = runs["method"].map({m: i for i, m in enumerate(METHOD_NAMES)}).fillna(len(METHOD_NAMES))
     runs = runs.sort_values(["weights", "order", "setting"], kind="stable")
     shared = [k for k in GROUP_KEYS if runs[k].nunique() == 1 and k != "weights"]
     keys = ["weights"] + [k for k in GROUP_KEYS if k not in shared + ["weights"]]

@@ -11,8 +11,10 @@ A batch is the frozen encoder's feature dict (trains_on "features": the script m
 {"image": images} (trains_on "images": the method trains an encoder of its own, or, as Dinomaly, runs its
 frozen encoder inside every step).
 
-Adding a method: one model file with that face, one Method entry below (its presets: its reference settings)
-and its rows in the README; tests/test_methods.py then checks its face.
+Adding a method: one model file with that face, one Method entry below (its presets: its reference settings;
+its encoder option and CPU benchmark settings), its line in benchmarks/method_facts.py (the torch-free copy the
+table scripts read) and its rows in the README; tests/test_methods.py then checks its face, and
+tests/test_bench_registry.py its benchmark facts.
 """
 from dataclasses import dataclass
 from typing import Callable
@@ -42,6 +44,21 @@ class Method:
     unused: tuple = ()           # shared options it does not read: refused when given, out of its fingerprint
     presets: tuple = ()          # its reference settings: (condition, values[, note]), see method_presets
     probe: Callable = None       # (model, model input) -> per-image data of its --plots figure (NoCo's polar plot)
+    encoder_option: str = "backbone"  # the option that names its encoder (Dinomaly: --vit)
+    encoder_label: str = "{}"    # how tables name that encoder, from the option's value (Dinomaly: "vit_{}")
+    frozen_encoder: Callable = None  # (model, built encoder) -> the frozen encoder the model runs (None: the built one)
+    cpu_training: dict = None    # benchmarks/bench_unified.py's cpu size: options a 2-core CPU trains in seconds per
+    #                              step (None: not one of its bases; NoCo's speed is benchmarks/bench_noco.py's)
+    cpu_quick: dict = None       # benchmarks/bench_predict_sizes.py --quick: the smallest encoder and input it runs at
+
+    def encoder_name(self, config):
+        """The encoder a run's configuration names (a namespace, or config.json's dict), as the tables show it."""
+        value = config[self.encoder_option] if isinstance(config, dict) else getattr(config, self.encoder_option)
+        return self.encoder_label.format(value)
+
+    def frozen_part(self, model, encoder):
+        """The frozen encoder that `model` runs (built by build_encoder, or inside the model for trains_on images)."""
+        return encoder if self.frozen_encoder is None else self.frozen_encoder(model, encoder)
 
 
 def input_side(cfg):
@@ -161,6 +178,7 @@ def _dinomaly_head_input(model, batch, align_input):
 METHODS = {method.name: method for method in (
     Method("noco", "features", ("target", "target_norm", "target_p", "nu", "radius_init", "layers", "encoder_taps"),
            _noco_encoder, _noco_model, _deepest_encoder_layer, before_training=_noco_mean_target, probe=noco_polar,
+           cpu_quick={"backbone": "resnet18", "image_size": 64, "crop_size": 0},
            presets=(({"dataset": "mpdd"}, {"batch_size": 8}, "NoCo's README: batch 8 on MPDD"),
                     ({"dataset": "visa"}, {"batch_size": 8}, "NoCo's README: batch 8 on VisA"))),
     Method("revdist", "features", ("decoder_activation", "loss_form", "recompute"),
@@ -168,6 +186,8 @@ METHODS = {method.name: method for method in (
            lambda cfg, encoder, norm, generator: RevDist(cfg.backbone, activation=cfg.decoder_activation,
                                                          loss_form=cfg.loss_form, recompute=cfg.recompute),
            _bottleneck_or_encoder, check=_revdist_check,
+           cpu_training={"backbone": "resnet18", "image_size": 128, "crop_size": 0},
+           cpu_quick={"backbone": "resnet18", "image_size": 64, "crop_size": 0},
            presets=(({}, {"setting": "unified", **RD_INPUT}, "CADA's base: unified, RD4AD's 256 px full frame"),
                     ({"setting": "separate"},
                      {"optimizer": "adam", "lr": 5e-3, "betas": (0.5, 0.999), "weight_decay": 0.0, "amsgrad": False,
@@ -177,7 +197,9 @@ METHODS = {method.name: method for method in (
            lambda cfg: load_backbone(cfg.backbone, cfg.weights),
            lambda cfg, backbone, norm, generator: ReContrast(backbone, cfg.backbone, activation=cfg.decoder_activation,
                                                              hm_factor=cfg.hm_factor, recompute=cfg.recompute),
-           _recontrast_head_input, check=_revdist_check,
+           _recontrast_head_input, check=_revdist_check, frozen_encoder=lambda model, backbone: model.frozen_encoder,
+           cpu_training={"backbone": "resnet18", "image_size": 128, "crop_size": 0},
+           cpu_quick={"backbone": "resnet18", "image_size": 64, "crop_size": 0},
            presets=(({}, {"setting": "unified", **RD_INPUT}, "CADA's base: unified, RD4AD's 256 px full frame"),
                     ({"setting": "separate"},
                      {"lr": 2e-3, "betas": (0.9, 0.999), "weight_decay": 1e-5, "amsgrad": False, "epochs": 135},
@@ -186,6 +208,8 @@ METHODS = {method.name: method for method in (
     Method("uniad", "features", (),  # four EfficientNet-B4 stages resized to stride 16 and concatenated: 272 channels
            lambda cfg: uniad.TokenEncoder(build_encoder(cfg.backbone, cfg.weights, uniad.UNIAD_LAYERS)),
            _uniad_model, _bottleneck_or_encoder, check=_uniad_check, grad_clip=uniad.GRAD_CLIP,
+           cpu_training={"image_size": 128, "crop_size": 0, "batch_size": 16},  # its own encoder, EfficientNet-B4
+           cpu_quick={"backbone": "efficientnet_lite0", "image_size": 128, "crop_size": 0},  # its smallest side
            presets=(({}, {"setting": "unified", "backbone": "efficientnet_b4", "image_size": 224, "crop_size": 0,
                           "resize": "pil", "encoder_taps": "standard", "optimizer": "adamw", "lr": 3e-4,
                           "betas": (0.9, 0.999), "weight_decay": 1e-4, "amsgrad": False, "adam_eps": 1e-8,
@@ -195,6 +219,9 @@ METHODS = {method.name: method for method in (
     Method("dinomaly", "images", ("vit", "bottleneck_dropout", "hm_factor"),  # its frozen ViT runs in every step
            lambda cfg: dinomaly.build_vit(cfg.vit, cfg.weights), _dinomaly_model, _dinomaly_head_input,
            check=_dinomaly_check, grad_clip=dinomaly.GRAD_CLIP, unused=("backbone",),  # --vit is its encoder
+           encoder_option="vit", encoder_label="vit_{}", frozen_encoder=lambda model, vit: model.encoder,
+           cpu_training={"vit": "small", "image_size": 112, "crop_size": 0, "batch_size": 16},
+           cpu_quick={"vit": "small", "image_size": 56, "crop_size": 0, "eval_size": 0},
            presets=(({}, DINOMALY, "the official dinomaly_mvtec_uni.py"),
                     ({"setting": "separate"}, {"epochs": 320, "adam_eps": 1e-8},
                      "dinomaly_mvtec_sep.py: 5000 iterations of 16 ~ 320 epochs of an average MVTec AD class "
