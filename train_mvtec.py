@@ -37,10 +37,10 @@ from utils.features import CachedBatches
 from utils import distributed, report
 from utils.evaluation import alignment_statistics, evaluate_thresholded, head_training_table
 from utils.frozen_maps import MapReader
+from utils.mvtec_options import MVTEC_RULES
 from utils.results import RunFolder, model_rows, new_run_path, resumed_config, write_table
 from utils.structured_data import structured_data
 from utils.thresholds import save_held_out_thresholds
-from utils.mvtec_options import MVTEC_RULES
 from utils.options import added_options, check_options, head_only, not_in_recipe, not_training, option_table
 from utils.training import (Trainer, check_reuse, check_saved_files, class_data_fingerprint, data_fingerprint,
                             iterations, place, training_batches)
@@ -138,6 +138,7 @@ cada_dropout = 0.25          # ... dropout rate (0, 0.25, 0.5, 0.75) ...
 cada_dropout_at = "every_linear"  # ... before every linear layer (sec. 3.3: "before linear layers") | first_linear
 cada_pool = "mean"           # alignment head (ours): its global pooling, mean (as we read the paper) | median
 cada_standardise = False     # alignment head (ours): its input standardised per channel (training images' mean, std)
+cluster_k = "silhouette"     # --align cluster (ours): k by silhouette | calibration (cross-validated (u, gamma) error)
 # -----------------------------------------------------------------------------
 PRESETS = [  # (condition, values, note), applied in order; an option given on the command line is never replaced
     *method_presets(),  # each method's reference settings (models/__init__.py: its registry entry)
@@ -145,9 +146,8 @@ PRESETS = [  # (condition, values, note), applied in order; an option given on t
     ({"dataset": "demo"}, {"backbone": "efficientnet_lite0", "weights": "imagenet", "image_size": 128, "crop_size": 0},
      "a quick first run, with ImageNet weights shipped by pip"),
     ({"dataset": "demo", "method": "uniad"}, {"backbone": "efficientnet_lite0", "batch_size": 16}),
-    ({"dataset": "demo", "method": "dinomaly"},
-     {"vit": "small", "weights": "none", "image_size": 112, "crop_size": 0, "eval_size": 0},
-     "CPU-sized; offline: no DINOv2"),
+    ({"dataset": "demo", "method": "dinomaly"}, {"vit": "small", "weights": "none", "image_size": 112, "crop_size": 0,
+                                                 "eval_size": 0}, "CPU-sized; offline: no DINOv2"),
 ]
 OPTIONS = option_table(script_constants(globals()), MVTEC_RULES, option_owners())  # checks, owners, what trains
 NOT_TRAINING, HEAD_ONLY = not_training(OPTIONS), head_only(OPTIONS)  # (utils/mvtec_options.py)
@@ -174,8 +174,7 @@ def configure():
 
 
 def open_run(ctx, data, started):
-    """(the run folder: new, or --resume's, where a finished class whose images changed is refused; each class's
-    data fingerprint), and the context's Trainer, frozen encoder and reader of maps."""
+    """(run folder: new, or --resume's, refusing finished classes whose images changed; class data fingerprints)"""
     cfg, method = ctx.cfg, ctx.method
     path = cfg.resume or new_run_path(cfg.out_dir, "train_mvtec", data.name, cfg.method, cfg.setting)
     ctx.run = RunFolder(distributed.agreed(path, ctx.world), vars(cfg), ctx.device, started, resume=bool(cfg.resume),
@@ -225,14 +224,15 @@ def train_alignment(ctx, *, kind, name, head_table, training_config, n_classes):
     seed_everything(cfg.seed)
     channels = head_table["features"].shape[1] if "features" in head_table else 0
     alignment = cada.alignment_of(kind, channels, n_classes, cfg).to(ctx.device)
+    started, config = time.time(), {**training_config, "align": kind}
     alignment.fit_statistics(head_table, cfg.seed)
-    config = {**training_config, "align": kind}
     if spec.trained:  # its loss (CADA eq. 3, or cross-entropy), the base frozen
-        return ctx.train(alignment, name, config, ignored_options(ctx.method, head=True),
-                         lambda: CachedBatches(head_table, cfg.cada_batch_size), cfg.cada_iters, cfg,
-                         base=False, drop_last=True, batch_option="cada_batch_size")
-    if spec.saved and cfg.save_checkpoints:  # fitted, not trained: for predict.py
+        alignment = ctx.train(alignment, name, config, ignored_options(ctx.method, head=True),
+                              lambda: CachedBatches(head_table, cfg.cada_batch_size), cfg.cada_iters, cfg,
+                              base=False, drop_last=True, batch_option="cada_batch_size")
+    elif spec.saved and cfg.save_checkpoints:  # fitted, not trained: for predict.py
         ctx.run.save_checkpoint({"model": alignment.state_dict(), "fingerprint": "", "training_config": config}, name)
+    alignment.record["fit_seconds"] = round(time.time() - started, 2)  # fitted and trained (or reused)
     return alignment
 
 

@@ -17,7 +17,8 @@ blur. The base model is frozen throughout; only the small head below is trained.
                training images' class labels, picks (u_c, gamma_c) of its argmax class at test.
   cluster      ours (no paper): class statistics without class labels. The training images' head inputs,
                global-average-pooled and standardised, are clustered by k-means (scikit-learn, k = 2 .. 10
-               chosen by the best silhouette score on the training images alone); each cluster gets
+               chosen on the training images alone: by the best silhouette score, or with --cluster_k
+               calibration by the cross-validated error of the clusters' statistics); each cluster gets
                class_aware's (u, gamma) over its images, and a test image takes its nearest centroid's.
 
 Head (CADA Table 3's structures; default "1 conv, 2 linear"): `convs` times [conv (channels kept,
@@ -62,6 +63,7 @@ SIGMA_WIDTH = 3.0     # sec. 4.4, Table 5: gamma = u + 3 sigma
 MIN_SPREAD = 1e-6     # eq. 5 guard: gamma_hat - u_hat is clamped to at least this (maps stay ordered, finite)
 MAX_CLUSTERS = 10     # cluster: k is tried from 2 to min(MAX_CLUSTERS, training images - 1) ...
 KMEANS_INITS = 10     # ... each k-means run from this many seeded initialisations (scikit-learn's n_init)
+CLUSTER_CRITERIA = ("silhouette", "calibration")  # cluster: how k is chosen (choose_clusters)
 
 
 class StatsHead(nn.Module):
@@ -170,15 +172,52 @@ def pooled_standardised(features, mean, std):
     return (features.float().mean(dim=(2, 3)) - mean) / std
 
 
-def choose_clusters(points, seed, max_clusters=MAX_CLUSTERS):
+def calibration_error(points, u, gamma, k, seed):
+    """How far, in calibrated units, training images' own (u, gamma) lie from those of the k-means cluster they
+    fall in, cross-validated: a seeded half of the images fits the clusters and each cluster's (u, gamma)
+    (class_statistics), the other half is scored, then the other way round; the mean over images of
+    (|u - u_c| + |gamma - gamma_c|) / (gamma_c - u_c) per image (N,). Merging two classes of different levels costs
+    every image of the smaller one; splitting a class into clusters too small to estimate costs noise."""
+    from sklearn.cluster import KMeans
+    order = np.random.default_rng(seed).permutation(len(points))
+    halves = order[:len(order) // 2], order[len(order) // 2:]
+    errors = []
+    for fitted, scored in (halves, halves[::-1]):
+        kmeans = KMeans(n_clusters=k, random_state=seed, n_init=KMEANS_INITS).fit(points[fitted])
+        labels = torch.as_tensor(kmeans.labels_).long()
+        table = class_statistics({"mean": u[fitted], "max": gamma[fitted]}, labels, k)
+        nearest = torch.as_tensor(kmeans.predict(points[scored])).long()
+        u_c, gamma_c = table[nearest, 0], table[nearest, 1]
+        spread = (gamma_c - u_c).clamp_min(MIN_SPREAD)
+        errors.append(((u[scored] - u_c).abs() + (gamma[scored] - gamma_c).abs()) / spread)
+    scored_first = torch.as_tensor(np.concatenate(halves[::-1]))
+    return torch.empty(len(points)).index_put_((scored_first,), torch.cat(errors))
+
+
+def choose_clusters(points, seed, max_clusters=MAX_CLUSTERS, criterion="silhouette", u=None, gamma=None):
     """(k, labels (N,), centroids (k, D)) of (N, D) points: scikit-learn KMeans (random_state `seed`,
-    KMEANS_INITS initialisations) for k = 2 .. min(max_clusters, N - 1), the k of the best silhouette score
-    (the smallest on a tie). Reads the points only."""
+    KMEANS_INITS initialisations) for k = 2 .. min(max_clusters, N - 1), the k of the best silhouette score, or
+    with criterion "calibration" the smallest k (up to N / 2) whose mean calibration_error of the images' own
+    (u, gamma) (N,) each is within one standard error of the lowest (the one-standard-error rule of
+    cross-validation: more clusters must fit clearly better). Reads the training points (and statistics) only."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
     points = np.asarray(points, dtype=np.float64)
-    if len(points) < 3:
-        raise ValueError(f"cluster: k-means with a silhouette needs at least 3 training images, got {len(points)}")
+    if criterion not in CLUSTER_CRITERIA:
+        raise ValueError(f"cluster: criterion must be one of {CLUSTER_CRITERIA}, got {criterion!r}")
+    if len(points) < (4 if criterion == "calibration" else 3):
+        raise ValueError(f"cluster: k-means with a {criterion} criterion needs at least "
+                         f"{4 if criterion == 'calibration' else 3} training images, got {len(points)}")
+    if len(np.unique(points, axis=0)) < 2:
+        raise ValueError("cluster: the training images' head inputs are all identical: nothing to cluster")
+    if criterion == "calibration":
+        errors = {k: calibration_error(points, u, gamma, k, seed)
+                  for k in range(2, min(max_clusters, len(points) // 2) + 1)}
+        best = min(errors, key=lambda j: (errors[j].mean().item(), j))
+        limit = errors[best].mean() + errors[best].std() / len(points) ** 0.5
+        k = min(j for j in errors if errors[j].mean() <= limit)
+        kmeans = KMeans(n_clusters=k, random_state=seed, n_init=KMEANS_INITS).fit(points)
+        return k, torch.as_tensor(kmeans.labels_).long(), torch.as_tensor(kmeans.cluster_centers_).float()
     best = None
     for k in range(2, min(max_clusters, len(points) - 1) + 1):
         kmeans = KMeans(n_clusters=k, random_state=seed, n_init=KMEANS_INITS).fit(points)
@@ -193,13 +232,15 @@ def choose_clusters(points, seed, max_clusters=MAX_CLUSTERS):
 
 
 def _cluster_table(alignment, table, seed):
-    """Fit `cluster` on the training table: standardise the pooled head inputs, choose_clusters, each
-    cluster's class_statistics; record k and the adjusted Rand index against the class labels (never used)."""
+    """Fit `cluster` on the training table: standardise the pooled head inputs, choose_clusters (by the
+    alignment's criterion), each cluster's class_statistics; record k and the adjusted Rand index against the
+    class labels (never used)."""
     from sklearn.metrics import adjusted_rand_score
     pooled = table["features"].float().mean(dim=(2, 3))
     mean, std = pooled.mean(dim=0), pooled.std(dim=0)
     std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel: left as it is
-    k, labels, centroids = choose_clusters(pooled_standardised(table["features"], mean, std), seed)
+    k, labels, centroids = choose_clusters(pooled_standardised(table["features"], mean, std), seed,
+                                           criterion=alignment.cluster_criterion, u=table["mean"], gamma=table["max"])
     device = alignment.class_stats.device
     for name, value in (("feature_mean", mean), ("feature_std", std), ("centroids", centroids),
                         ("cluster_stats", class_statistics(table, labels, k))):
@@ -269,7 +310,8 @@ def alignment_of(kind, channels, n_classes, cfg):
     """The Alignment of `kind` a run's options describe (train_mvtec.py's --cada_* options), as training and
     predict.py build it."""
     return Alignment(kind, channels, n_classes, cfg.cada_beta, cfg.cada_convs, cfg.cada_linears, cfg.cada_dropout,
-                     cfg.cada_dropout_at, pool=cfg.cada_pool, standardise=cfg.cada_standardise)
+                     cfg.cada_dropout_at, pool=cfg.cada_pool, standardise=cfg.cada_standardise,
+                     cluster_criterion=cfg.cluster_k)
 
 
 def targets(kind, stats):
@@ -283,11 +325,13 @@ class Alignment(nn.Module):
     trained kinds' head is a StatsHead of `convs`, `linears`, `dropout`, `dropout_at` (Table 3)."""
 
     def __init__(self, kind, channels=0, n_classes=1, smooth_l1_beta=0.1, convs=CONVS, linears=LINEARS,
-                 dropout=DROPOUT, dropout_at=DROPOUT_AT, kernel_size=CONV_KERNEL, pool="mean", standardise=False):
+                 dropout=DROPOUT, dropout_at=DROPOUT_AT, kernel_size=CONV_KERNEL, pool="mean", standardise=False,
+                 cluster_criterion="silhouette"):
         super().__init__()
         if kind not in ALIGNMENTS:
             raise ValueError(f"alignment must be one of {', '.join(ALIGNMENTS)}, got {kind!r}")
         self.kind, self.spec, self.beta = kind, ALIGNMENTS[kind], smooth_l1_beta
+        self.cluster_criterion = cluster_criterion  # cluster: how k is chosen (choose_clusters)
         self.head = StatsHead(channels, self.spec.head_outputs(n_classes), convs, linears, dropout, dropout_at,
                               kernel_size, pool=pool) if self.spec.trained else None
         self.register_buffer("class_stats", torch.zeros(n_classes, 2))  # CaDA-A/B: (u_c, gamma_c)

@@ -88,6 +88,7 @@ def test_median_pooling_is_the_median_of_each_channel_and_ignores_one_outlying_p
 def cfg(**changes):
     return SimpleNamespace(**{"cada_beta": 0.1, "cada_convs": 1, "cada_linears": 2, "cada_dropout": 0.25,
                               "cada_dropout_at": "every_linear", "cada_pool": "mean", "cada_standardise": False,
+                              "cluster_k": "silhouette",
                               **changes})
 
 
@@ -131,7 +132,48 @@ def test_the_new_head_options_are_checked_from_the_option_table():
     from utils.config import ConfigError
     from utils.options import added_options, check_options
     from utils.inference import script_defaults
-    assert added_options(train_mvtec.OPTIONS) == {"cada_pool": "mean", "cada_standardise": False}
-    assert {"cada_pool", "cada_standardise"} <= train_mvtec.HEAD_ONLY  # a base model is reused across them
+    assert added_options(train_mvtec.OPTIONS) == {"cada_pool": "mean", "cada_standardise": False,
+                                                  "cluster_k": "silhouette"}
+    assert {"cada_pool", "cada_standardise", "cluster_k"} <= train_mvtec.HEAD_ONLY  # a base model is reused across them
     with pytest.raises(ConfigError, match="--cada_pool: expected one of mean, median, got 'max'"):
         check_options(SimpleNamespace(**{**script_defaults(), "cada_pool": "max"}), train_mvtec.OPTIONS)
+
+
+def near_groups_of_different_levels():
+    """Groups A and B close in feature space (a small offset) but of very different map levels, C far away:
+    silhouette sees two groups; calibration sees that A and B must not share statistics."""
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [3.0, 0.0], [30.0, 30.0]])
+    labels = torch.arange(3).repeat_interleave(torch.tensor([60, 20, 40]))
+    points = centres[labels] + 0.3 * torch.randn(len(labels), 2, generator=generator)
+    level = torch.tensor([0.2, 0.8, 0.5])[labels]
+    u = level + 0.01 * torch.randn(len(labels), generator=generator)
+    return points.numpy(), u, u + 0.3, labels
+
+
+def test_calibration_chooses_the_k_that_keeps_groups_of_different_levels_apart_where_silhouette_merges_them():
+    from sklearn.metrics import adjusted_rand_score
+    from models.cada import calibration_error, choose_clusters
+    points, u, gamma, labels = near_groups_of_different_levels()
+    k, _, _ = choose_clusters(points, seed=0)
+    assert k == 2  # A and B look like one group
+    k, found, centroids = choose_clusters(points, seed=0, criterion="calibration", u=u, gamma=gamma)
+    assert k == 3 and adjusted_rand_score(labels.numpy(), found.numpy()) == 1.0 and centroids.shape == (3, 2)
+    errors = {k: calibration_error(points, u, gamma, k, 0) for k in (2, 3)}
+    assert errors[3].shape == (len(points),) and errors[3].mean() < 0.2 < 1.0 < errors[2].mean()
+    rows = labels == 1  # B's images pay for sharing A's statistics: |0.8 - 0.2-ish| over a spread of 0.3
+    assert errors[2][rows].mean() > 1.5 and errors[3][rows].mean() < 0.2
+    with pytest.raises(ValueError, match="criterion must be one of"):
+        choose_clusters(points, seed=0, criterion="gap")
+
+
+def test_the_cluster_alignment_fits_by_the_criterion_it_is_built_with():
+    points, u, gamma, labels = near_groups_of_different_levels()
+    table = {"features": torch.as_tensor(points)[:, :, None, None], "mean": u, "max": gamma, "std": u,
+             "label": labels.float()}
+    found = {}
+    for criterion in ("silhouette", "calibration"):
+        alignment = alignment_of("cluster", 2, 3, cfg(cluster_k=criterion))
+        alignment.fit_statistics(table, seed=0)
+        found[criterion] = alignment.record["clusters"]
+    assert found == {"silhouette": 2, "calibration": 3}

@@ -23,7 +23,7 @@ _NOT_TRAINING = ("out_dir", "resume", "checkpoint", "device", "num_workers", "im
 # options of the alignment heads only: the base model is reused across them
 _HEAD_ONLY = ("align", "align_input", "cada_iters", "cada_lr", "cada_momentum", "cada_weight_decay", "cada_beta",
               "cada_batch_size", "cada_convs", "cada_linears", "cada_dropout", "cada_dropout_at",
-              "cada_pool", "cada_standardise")
+              "cada_pool", "cada_standardise", "cluster_k")
 _CHECKS = {
     "batch_size": _positive, "lr": _positive, "encoder_lr": _positive, "target_norm": {"positive": True,
                                                                                         "non_empty": True},
@@ -48,6 +48,7 @@ _CHECKS = {
     "cache_dtype": {"choices": tuple(CACHE_DTYPES)}, "loss_form": {"choices": LOSS_FORMS},
     "decoder_activation": {"choices": tuple(ACTIVATIONS)}, "align_input": {"choices": ("bottleneck", "encoder")},
     "cada_dropout_at": {"choices": cada.DROPOUT_PLACES}, "cada_pool": {"choices": cada.POOLS},
+    "cluster_k": {"choices": cada.CLUSTER_CRITERIA},
     "align": {"non_empty": True}, "layers": {"non_empty": True},
 }
 
@@ -67,7 +68,7 @@ _USED_WHEN = {
     "cache_dtype": lambda config, method: (method.trains_on == "features" and config["cache_features"]
                                            and config["cache_dtype"] != "float32"),
 }
-_ADDED = ("cada_pool", "cada_standardise")  # checkpoints saved before these options ran their defaults
+_ADDED = ("cada_pool", "cada_standardise", "cluster_k")  # checkpoints saved before these options ran their defaults
 MVTEC_RULES = {name: {"check": _CHECKS.get(name, {}), "trains": "" if name in _NOT_TRAINING else
                       "head" if name in _HEAD_ONLY else "model", "used_when": _USED_WHEN.get(name),
                       "added": name in _ADDED}
