@@ -4,7 +4,9 @@
 
 train_mvtec.py --align ... writes alignment_stats.csv beside its table: per class and alignment, the
 true u and gamma of the held-out normal test images beside each alignment's estimates, the spread over
-those images of the true per-image u and of its estimate, and their correlation. This prints them,
+those images of the true per-image u and of its estimate, their correlation, and (runs since these columns
+exist) how well the estimates separate the class's anomalous test images and the error of u on training and
+normal test images, and the clusters' k. This prints them,
 one block per file, with the run folder's name as the heading.
 """
 import sys
@@ -14,14 +16,17 @@ import pandas as pd
 
 COLUMNS = {"align": "align", "class": "class", "u_test_normal": "true u", "u_estimated": "u est.",
            "gamma_test_normal": "true gamma", "gamma_estimated": "gamma est.",
-           "u_test_normal_std": "true u spread", "u_estimated_std": "u est. spread", "u_correlation": "corr."}
+           "u_test_normal_std": "true u spread", "u_estimated_std": "u est. spread", "u_correlation": "corr.",
+           "u_anomaly_auroc": "u vs anomaly", "gamma_anomaly_auroc": "gamma vs anomaly",
+           "u_train_error": "u error train", "u_test_error": "u error test", "clusters": "k"}
 
 
 def markdown(table):
-    shown = table[list(COLUMNS)].rename(columns=COLUMNS)
+    shown = table[[c for c in COLUMNS if c in table]].rename(columns=COLUMNS)  # older runs lack the later columns
     lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
     for row in shown.itertuples(index=False):
-        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |")
+        lines.append("| " + " | ".join(("" if v != v else f"{v:.4g}") if isinstance(v, float) else str(v) for v in row)
+                     + " |")  # NaN: not defined there (a constant estimate has no correlation)
     return "\n".join(lines)
 
 
