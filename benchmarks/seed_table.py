@@ -28,15 +28,44 @@ from method_facts import METHOD_NAMES, encoder_name  # noqa: E402
 
 POOLED_CLASSES = ["mean", "mixed", "ideal"]
 GROUP_KEYS = ("method", "setting", "encoder", "weights", "image_size", "length")
+CLOSED_ENOUGH, DROP_LIMIT = 0.9, 2.0  # the claims tables: a fraction closed counted from, a class drop counted above
+
+# models.cada.ALIGNMENTS without torch (tests/test_seed_table.py checks them against it): the kinds with a trained
+# head, those of them trained by regression (SmoothL1, --cada_beta), and the one that clusters the head input
+TRAINED_HEADS, REGRESSION_HEADS, FEATURE_CLUSTERS = ("cada", "cada_sigma", "classifier"), ("cada", "cada_sigma"), \
+    ("cluster",)
+# train_mvtec.py's alignment options (those that train the head only) with their defaults and the alignments each
+# applies to; a row of an alignment run with another value is labelled with it (align_label)
+LABEL_OPTIONS = {"align_input": ("bottleneck", TRAINED_HEADS + FEATURE_CLUSTERS),
+                 "cada_iters": (5000, TRAINED_HEADS), "cada_lr": (0.05, TRAINED_HEADS),
+                 "cada_momentum": (0.9, TRAINED_HEADS), "cada_weight_decay": (1e-4, TRAINED_HEADS),
+                 "cada_beta": (0.1, REGRESSION_HEADS), "cada_batch_size": (16, TRAINED_HEADS),
+                 "cada_convs": (1, TRAINED_HEADS), "cada_linears": (2, TRAINED_HEADS),
+                 "cada_dropout": (0.25, TRAINED_HEADS), "cada_dropout_at": ("every_linear", TRAINED_HEADS),
+                 "cada_pool": ("mean", TRAINED_HEADS), "cada_standardise": (False, TRAINED_HEADS),
+                 "cluster_k": ("silhouette", FEATURE_CLUSTERS)}
+METHOD_HEAD_PRESETS = {"uniad": {"cada_beta": 10.0, "cada_iters": 20000}}  # models.METHODS presets of these options
+
+
+def align_label(align, config):
+    """An alignment's row label: its name, then each option of LABEL_OPTIONS that applies to it and that the run's
+    config.json records with a value other than its default for the run's method, e.g. `cada [cada_pool=median]`;
+    an option the config.json lacks (a run from before it) had its default."""
+    defaults = {**{option: default for option, (default, _) in LABEL_OPTIONS.items()},
+                **METHOD_HEAD_PRESETS.get(config["method"], {})}
+    changed = [f"{option}={config[option]}" for option, (_, aligns) in LABEL_OPTIONS.items()
+               if align in aligns and option in config and config[option] != defaults[option]]
+    return f"{align} [{', '.join(changed)}]" if changed else align
 
 
 def run_table(csv_path):
-    """One run's results.csv with its configuration's group keys and seed as columns."""
+    """One run's results.csv with its configuration's group keys and seed as columns, and each alignment row's
+    `align` its label (align_label)."""
     config = json.loads((csv_path.parent / "config.json").read_text())["config"]
     table = pd.read_csv(csv_path)
     if "align" not in table:
         table["align"] = "none"
-    table["align"] = table["align"].fillna("none")
+    table["align"] = table["align"].fillna("none").map(lambda align: align_label(align, config))
     table["method"], table["setting"], table["weights"] = config["method"], config["setting"], config["weights"]
     table["encoder"] = encoder_name(config)
     table["image_size"] = config.get("crop_size") or config["image_size"]
@@ -55,14 +84,27 @@ def spread(values):
     return f"{values.mean():.1f} [{values.min():.1f}-{values.max():.1f}]"
 
 
+def merged_runs(tables):
+    """The runs' rows in one frame, those of several runs of one seed in one group merged: rows equal in every
+    column but `run` (the `none` block of two runs on one base model) kept once; a (seed, align, class) of a group
+    that still occurs twice (two different runs of one seed) is refused, naming the runs."""
+    rows = pd.concat(tables, ignore_index=True)
+    rows = rows.drop_duplicates(subset=[column for column in rows if column != "run"])
+    keys = [*GROUP_KEYS, "seed", "align", "class"]
+    twice = rows[rows.duplicated(keys, keep=False)]
+    if not twice.empty:
+        (*group, seed, align, name), same = next(iter(twice.groupby(keys, sort=False)))
+        raise ValueError(f"{', '.join(map(str, group))}: two runs with the same seed: seed {seed}, {align} "
+                         f"{name} differs between {sorted(same['run'])}")
+    return rows
+
+
 def group_tables(tables, metrics, classes):
     """Markdown blocks, one per group: rows (align, class), a column per metric."""
     blocks = []
-    for key, group in pd.concat(tables).groupby(list(GROUP_KEYS), sort=False):
+    for key, group in merged_runs(tables).groupby(list(GROUP_KEYS), sort=False):
         seeds = sorted(group["seed"].unique())
         title = ", ".join(str(v) for v in key) + f"; seeds {', '.join(map(str, seeds))}"
-        if group.groupby("seed")["run"].nunique().max() > 1:
-            raise ValueError(f"{title}: two runs with the same seed: {sorted(group['run'].unique())}")
         rows = group if classes else group[group["class"].isin(POOLED_CLASSES)]
         lines = [f"**{title}**", "", "| align | class | " + " | ".join(metrics) + " |",
                  "|---|---|" + "---|" * len(metrics)]
@@ -87,6 +129,62 @@ def gap_frame(group, metric):
     achievable = pd.Series(none["ideal"].reindex(seeds).to_numpy(), index=wide.index) - mixed_none
     return pd.DataFrame({"gap": wide["mean"] - wide["mixed"], "left": wide["ideal"] - wide["mixed"],
                          "closed": (wide["mixed"] - mixed_none) / achievable.where(achievable > 0)})
+
+
+def class_drops(group, metric):
+    """Per (align, seed) of one group, `none` left out: the largest drop of a class row (a class not in
+    POOLED_CLASSES) against the same class in the `none` block of that seed, none's value - the alignment's
+    (`drop`, in points), and that class (`class`); empty without class rows or a `none` block."""
+    rows = group[~group["class"].isin(POOLED_CLASSES)]
+    if not (rows["align"] == "none").any():
+        no_rows = pd.MultiIndex.from_arrays([[], []], names=["align", "seed"])
+        return pd.DataFrame({"drop": [], "class": []}, index=no_rows)
+    wide = rows.pivot_table(index=["align", "seed"], columns="class", values=metric, sort=False)
+    none = wide.xs("none", level="align").reindex(wide.index.get_level_values("seed"))
+    drops = (pd.DataFrame(none.to_numpy(), index=wide.index, columns=wide.columns) - wide).drop(index="none")
+    drops = drops.dropna(how="all")
+    return pd.DataFrame({"drop": drops.max(axis=1).round(9), "class": drops.idxmax(axis=1)})  # 64.01 - 62.01 = 2
+
+
+def claims_tables(runs, keys, metric):
+    """Two markdown tables in `metric` over the groups (`keys`) of `runs`, `none` left out: per group and
+    alignment, the fraction of the `none` block's achievable gap closed (gap_frame) as its minimum over seeds and
+    the count of seeds where it is >= CLOSED_ENOUGH, and the count of seeds where the largest class drop against
+    `none` (class_drops) exceeds DROP_LIMIT points; per group and seed, that largest drop of each alignment."""
+    claims, drops_by_seed = [], {}  # drops_by_seed: {(*key, seed): {align: "drop (class)"}}
+    for key, group in runs.groupby(keys, sort=False):
+        if not (group["class"] == "mixed").any():
+            continue
+        closed, drops = gap_frame(group, metric)["closed"], class_drops(group, metric)
+        drops_by_seed.update({(*key, seed): {} for seed in sorted(group["seed"].unique())})
+        for align in group["align"].unique():
+            if align == "none":
+                continue
+            fractions = closed.loc[align].dropna().round(9)  # 0.9 not read as 0.8999999999999999
+            closed_cell = (f"{fractions.min():.2f} min, {(fractions >= CLOSED_ENOUGH).sum()} of {len(fractions)} "
+                           f"seeds >= {CLOSED_ENOUGH:.2f}" if len(fractions) else "")
+            largest = drops.loc[align] if align in drops.index.get_level_values("align") else drops.iloc[:0]
+            drop_cell = (f"{(largest['drop'] > DROP_LIMIT).sum()} of {len(largest)} seeds > {DROP_LIMIT:.1f}"
+                         if len(largest) else "")
+            claims.append("| " + " | ".join(map(str, key)) + f" | {align} | {closed_cell} | {drop_cell} |")
+            for seed, row in largest.iterrows():
+                drops_by_seed.setdefault((*key, seed), {})[align] = f"{row['drop']:.1f} ({row['class']})"
+    if not claims:
+        return []
+    blocks = ["\n".join([f"Claims in {metric}, per alignment: the fraction of the `none` block's achievable gap "
+                         f"closed, and the seeds where a class drops by more than {DROP_LIMIT:.1f} against `none`:",
+                         "", "| " + " | ".join(keys) + " | align | fraction closed | largest class drop |",
+                         "|" + "---|" * (len(keys) + 3), *claims])]
+    drops_by_seed = {key: row for key, row in drops_by_seed.items() if row}
+    if drops_by_seed:
+        aligns = list(dict.fromkeys(a for row in drops_by_seed.values() for a in row))
+        blocks.append("\n".join(
+            [f"Largest drop of a class against the same class of `none` (none - align) in {metric}, per seed:", "",
+             "| " + " | ".join(keys) + " | seed | " + " | ".join(aligns) + " |",
+             "|" + "---|" * (len(keys) + 1 + len(aligns)),
+             *("| " + " | ".join(map(str, key)) + " | " + " | ".join(row.get(a, "") for a in aligns) + " |"
+               for key, row in drops_by_seed.items())]))
+    return blocks
 
 
 GAP_TITLES = {"gap": "Gap `mean` - `mixed`", "left": "What is left, `ideal` - `mixed`",
@@ -123,11 +221,7 @@ def summary_tables(tables, metrics):
     """Markdown tables over every group: mean [min-max] of `mean` and `mixed` per alignment; per seed, the gap and,
     where the runs have `ideal` rows, what is left and the fraction closed (gap_frame), of the first metric.
     Group keys equal in every run are named once above the tables, not repeated in a column."""
-    runs = pd.concat(tables)
-    for key, group in runs.groupby(list(GROUP_KEYS), sort=False):
-        if group.groupby("seed")["run"].nunique().max() > 1:
-            raise ValueError(f"{', '.join(map(str, key))}: two runs with the same seed: "
-                             f"{sorted(group['run'].unique())}")
+    runs = merged_runs(tables)
     runs["order"] = runs["method"].map({m: i for i, m in enumerate(METHOD_NAMES)}).fillna(len(METHOD_NAMES))
     runs = runs.sort_values(["weights", "order", "setting"], kind="stable")
     shared = [k for k in GROUP_KEYS if runs[k].nunique() == 1 and k != "weights"]
@@ -158,6 +252,7 @@ def summary_tables(tables, metrics):
             gap_lines.append("| " + " | ".join(map(str, key)) + " | "
                              + " | ".join(cell(row.get(a), kind) for a in aligns) + " |")
         blocks.append("\n".join(gap_lines))
+    blocks += claims_tables(runs, keys, metrics[0])
     return [b for b in blocks if b]
 
 
