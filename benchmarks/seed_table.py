@@ -18,6 +18,7 @@ closed, a row per group and seed, a column per alignment. Nothing is selected: e
 """
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from method_facts import METHOD_NAMES, encoder_name  # noqa: E402
 
 POOLED_CLASSES = ["mean", "mixed", "ideal"]
-GROUP_KEYS = ("method", "setting", "encoder", "weights", "image_size", "length")
+GROUP_KEYS = ("method", "setting", "encoder", "weights", "image_size", "length", "data")
 CLOSED_ENOUGH, DROP_LIMIT = 0.9, 2.0  # the claims tables: a fraction closed counted from, a class drop counted above
 
 # models.cada.ALIGNMENTS without torch (tests/test_seed_table.py checks them against it): the kinds with a trained
@@ -58,6 +59,14 @@ def align_label(align, config):
     return f"{align} [{', '.join(changed)}]" if changed else align
 
 
+def data_name(config):
+    """The run's data as a group key: --dataset and the folder name of --data_path, a name ending in `_s<seed>`
+    of the run's own seed (a data set drawn per seed, as make_mixture.py --balanced --seed writes them) as `_s*`,
+    so that the seeds of one kind of draw fall in one group."""
+    name = re.sub(rf"_s{config['seed']}$", "_s*", Path(config.get("data_path", "")).name)
+    return f"{config.get('dataset', '')} {name}".strip()
+
+
 def run_table(csv_path):
     """One run's results.csv with its configuration's group keys and seed as columns, and each alignment row's
     `align` its label (align_label)."""
@@ -71,6 +80,7 @@ def run_table(csv_path):
     table["image_size"] = config.get("crop_size") or config["image_size"]
     table["length"] = (f"{config['epochs']} epochs" if config["setting"] == "separate"
                        else f"{config['iters']} iters")
+    table["data"] = data_name(config)
     table["seed"], table["run"] = config["seed"], str(csv_path.parent)
     return table
 

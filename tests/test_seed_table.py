@@ -7,7 +7,8 @@ from benchmarks import seed_table
 from benchmarks.seed_table import main
 
 CONFIG = {"method": "revdist", "setting": "unified", "weights": "imagenet", "backbone": "efficientnet_lite0",
-          "vit": "base", "image_size": 128, "crop_size": 0, "iters": 300, "epochs": 10}
+          "vit": "base", "image_size": 128, "crop_size": 0, "iters": 300, "epochs": 10, "dataset": "mvtec",
+          "data_path": "/data/mixture"}
 
 
 def write_run(folder, seed, rows, **config):
@@ -28,12 +29,12 @@ def test_seeds_are_summarised_and_the_gap_is_given_per_seed(tmp_path, capsys):
     write_run(tmp_path / "other", 0, unified_rows(50.0, 50.0, 50.0), weights="none")  # a group of its own
     main([str(tmp_path), "--metrics", "I-AUROC,P-AUROC"])
     out = capsys.readouterr().out
-    assert "**revdist, unified, efficientnet_lite0, imagenet, 128, 300 iters; seeds 0, 1**" in out
+    assert "**revdist, unified, efficientnet_lite0, imagenet, 128, 300 iters, mvtec mixture; seeds 0, 1**" in out
     assert "| none | mean | 82.0 [80.0-84.0] | 90.0 [90.0-90.0] |" in out
     assert "| cada | mixed | 78.0 [76.0-80.0] | 85.0 [85.0-85.0] |" in out
     assert "| none | 10.0 / 10.0 | 12.0 / 10.0 | 11.0 / 10.0 |" in out  # mean - mixed of seed 0, seed 1, their mean
     assert "| cada | 4.0 / 5.0 | 4.0 / 5.0 | 4.0 / 5.0 |" in out
-    assert "revdist, unified, efficientnet_lite0, none, 128, 300 iters; seeds 0**" in out
+    assert "revdist, unified, efficientnet_lite0, none, 128, 300 iters, mvtec mixture; seeds 0**" in out
 
 
 def test_two_different_runs_of_one_seed_and_bad_paths_are_refused_in_one_line(tmp_path):
@@ -153,15 +154,20 @@ def pair_rows(none_values, aligned, align_classes=None):
 
 def test_runs_a_and_b_of_one_base_are_merged_into_one_group(tmp_path, capsys):
     none = (85.0, 70.0, 80.0)
-    for seed in (0, 1):
+    for seed in (0, 1):  # the balanced mixture is drawn per seed (make_mixture.py --balanced --seed): one group
         write_run(tmp_path / f"s{seed}_A", seed, pair_rows(none, {"cada": (85.0, 75.0, 80.0),
-                                                                  "cluster": (85.0, 72.0, 80.0)}))
+                                                                  "cluster": (85.0, 72.0, 80.0)}),
+                  data_path=f"/data/mix_bal_s{seed}")
         write_run(tmp_path / f"s{seed}_B", seed, pair_rows(none, {"cada": (85.0, 78.0, 80.0),
                                                                   "cluster": (85.0, 79.0, 80.0)}),
-                  cada_pool="median", cluster_k="calibration")
+                  data_path=f"/data/mix_bal_s{seed}", cada_pool="median", cluster_k="calibration")
+    write_run(tmp_path / "unbalanced_s0", 0, pair_rows((60.0, 50.0, 55.0), {"cada": (60.0, 51.0, 55.0)}),
+              data_path="/data/mix_s1")  # other data (not drawn by seed 0): a group of its own, not a second run
     main([str(tmp_path), "--metrics", "I-AUROC", "--classes"])
     out = capsys.readouterr().out
-    assert out.count("**revdist, unified") == 1 and "seeds 0, 1**" in out
+    assert "**revdist, unified, efficientnet_lite0, imagenet, 128, 300 iters, mvtec mix_bal_s*; seeds 0, 1**" in out
+    assert "**revdist, unified, efficientnet_lite0, imagenet, 128, 300 iters, mvtec mix_s1; seeds 0**" in out
+    out = out[:out.index("mix_s1; seeds 0**")]
     assert out.count("| none | mixed | 70.0 [70.0-70.0] |") == 1  # the shared none block, once
     assert "| cada | mixed | 75.0 [75.0-75.0] |" in out
     assert "| cada [cada_pool=median] | mixed | 78.0 [78.0-78.0] |" in out
@@ -170,7 +176,8 @@ def test_runs_a_and_b_of_one_base_are_merged_into_one_group(tmp_path, capsys):
     assert "| cada [cada_pool=median] | 0.80 | 0.80 | 0.80 |" in closed  # (78 - 70) / (80 - 70)
     main([str(tmp_path), "--metrics", "I-AUROC", "--summary"])
     out = capsys.readouterr().out
-    assert "| imagenet | 0 | 15.0 | 10.0 | 13.0 | 7.0 | 6.0 |" in out  # the gap: none, cada, cluster, then B's
+    assert "| imagenet | mvtec mix_bal_s* | 0 | 15.0 | 10.0 | 13.0 | 7.0 | 6.0 |" in out  # none, cada, cluster, B's
+    assert "| imagenet | mvtec mix_s1 | 0 | 10.0 | 9.0 |  |  |  |" in out
 
 
 def test_the_claims_tables_count_the_seeds_that_close_the_gap_and_that_drop_a_class(tmp_path, capsys):
