@@ -2,19 +2,30 @@
 
     python benchmarks/seed_table.py /tmp/ev/runs                    # every results.csv below the folder(s)
     python benchmarks/seed_table.py runA runB runC --metrics I-AUROC,P-AUROC,AUPRO --classes
-    python benchmarks/seed_table.py /tmp/ev/runs --summary          # one table of every group, one gap table
+    python benchmarks/seed_table.py /tmp/ev/runs --summary          # one table of every group, gaps, claims
 
-Runs are grouped by what they trained (method, setting, encoder, weights, input size, iterations or epochs,
-read from each run's config.json); a group's runs should differ only in --seed. For each group it prints the
-`mean`, `mixed` and `ideal` rows (every class row too with --classes) as mean [min-max] over its seeds, and for
-unified groups, per seed and alignment: the gap `mean` - `mixed`; what is left, `ideal` - `mixed` (`ideal` is
-the perfect-alignment reference of each alignment block, see utils.metrics.perfect_alignment_reference); and
-the fraction of the `none` block's achievable gap that the alignment closes,
-(`mixed` - `mixed` of none) / (`ideal` of none - `mixed` of none): 0 for `none` itself, 1 where `mixed`
-reaches the perfect-alignment value (empty without `ideal` rows, which runs before it lack, or where `none`
-has nothing to close). With --summary it prints instead one table, a row per group and alignment (`mean` and
-`mixed` of each metric), and for the first metric one table each of the gap, what is left and the fraction
-closed, a row per group and seed, a column per alignment. Nothing is selected: every run found is counted.
+Runs are grouped by what they trained (method, setting, encoder, weights, input size, iterations or epochs, and the
+data: --dataset and --data_path's folder name, a name ending in `_s<seed>` of the run's own seed, as
+make_mixture.py --balanced --seed draws one per seed, read as `_s*`; all read from each run's config.json); a
+group's runs should differ only in --seed. Two runs of one seed in a group (say run A with the default heads and
+run B with other head options on A's base model through --checkpoint) are merged: rows equal in every value (B's
+`none` block) are kept once, and a seed, alignment and class that still occurs twice is refused in one line. An
+alignment's rows are labelled with the head options the run set away from their defaults (LABEL_OPTIONS, each for
+the alignments it applies to, the default the method's own where its preset sets one, e.g. UniAD's --cada_beta 10):
+`cada [cada_pool=median]`, `cluster [cluster_k=calibration]`; `none` and `class_aware` never. For each group it
+prints the `mean`, `mixed` and `ideal` rows (every class row too with --classes) as mean [min-max] over its seeds,
+and for unified groups, per seed and alignment: the gap `mean` - `mixed`; what is left, `ideal` - `mixed` (`ideal`
+is the perfect-alignment reference of each alignment block, see utils.metrics.perfect_alignment_reference); and the
+fraction of the `none` block's achievable gap that the alignment closes, (`mixed` - `mixed` of none) / (`ideal` of
+none - `mixed` of none): 0 for `none` itself, 1 where `mixed` reaches the perfect-alignment value (empty without
+`ideal` rows, which runs before it lack, or where `none` has nothing to close). With --summary it prints instead
+one table, a row per group and alignment (`mean` and `mixed` of each metric), and for the first metric one table
+each of the gap, what is left and the fraction closed, a row per group and seed, a column per alignment; then two
+claims tables of the first metric, `none` left out: per group and alignment, the fraction closed as its minimum
+over the seeds and the count of seeds where it is >= 0.90 (of the seeds where it is defined), and the count of
+seeds where some class drops by more than 2 points against the same class of that seed's `none` block; and per
+group and seed, each alignment's largest such drop, none's value - the alignment's, with the class (classes: the
+rows other than mean, mixed and ideal). Nothing is selected: every run found is counted.
 """
 import argparse
 import json
@@ -271,7 +282,8 @@ def main(argv=None):
     parser.add_argument("paths", nargs="+", help="run folders, results.csv files or folders holding runs")
     parser.add_argument("--metrics", default="I-AUROC,P-AUROC,AUPRO")
     parser.add_argument("--classes", action="store_true", help="print every class row, not only mean and mixed")
-    parser.add_argument("--summary", action="store_true", help="one table of every group and one gap table")
+    parser.add_argument("--summary", action="store_true",
+                        help="one table of every group, the gap tables and the claims tables")
     args = parser.parse_args(argv)
     csvs = []
     for path in map(Path, args.paths):
