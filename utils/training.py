@@ -298,10 +298,14 @@ class Trainer:
         """`batches` makes the training batches (called only when the model is trained, not reused);
         `cfg` goes to model.configure_optimizers. Alignment heads (base=False) train in float32, and a head
         saved under other head options is trained again (a base model so saved is an error). `batch_option`
-        is the option that set the batch size, for messages."""
+        is the option that set the batch size, for messages. A model reused from --checkpoint is saved in this run
+        too (with save_checkpoints), so that the run folder serves predict.py and a later --checkpoint alone."""
         state = saved_state(self.sources, name, training_config, ignore, must_match=base, added=self.added)
         if state is not None:
             model.load_state_dict(state["model"])
+            if self.save and not (self.run.path / "checkpoints" / f"{name}.pt").is_file():  # from --checkpoint: the
+                self.run.save_checkpoint({"model": state["model"], "training_config": training_config,  # run folder
+                                          "fingerprint": fingerprint(training_config, ignore)}, name)  # holds it
             return model.eval()
         source, generator = batches(), torch.Generator().manual_seed(self.seed)
         if before_training is not None:
