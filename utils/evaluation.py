@@ -97,13 +97,12 @@ def alignment_statistics(tested, alignment, head_table=None):
     for index, (name, class_maps) in enumerate(tested.items()):
         normal = class_maps.labels == 0
         true_u, true_gamma = alignment.spec.targets(map_statistics(class_maps.maps[normal]))
-        features = None if class_maps.features is None else class_maps.features[normal]
-        u, gamma = alignment.statistics(features, torch.full((int(normal.sum()),), index))
+        all_u, all_gamma = alignment.statistics(class_maps.features, torch.full((len(class_maps.labels),), index))
+        u, gamma = all_u[normal], all_gamma[normal]  # per image: the normal ones' estimates, not estimated twice
         row = {"class": name, "u_test_normal": true_u.mean().item(),
                "gamma_test_normal": true_gamma.mean().item(), "u_estimated": u.mean().item(),
                "gamma_estimated": gamma.mean().item(), "u_test_normal_std": _spread(true_u),
                "u_estimated_std": _spread(u), "u_correlation": correlation(true_u, u)}
-        all_u, all_gamma = alignment.statistics(class_maps.features, torch.full((len(class_maps.labels),), index))
         row.update(u_anomaly_auroc=_anomaly_auroc(all_u, class_maps.labels),
                    gamma_anomaly_auroc=_anomaly_auroc(all_gamma, class_maps.labels))
         if head_table is not None:
